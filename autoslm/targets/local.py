@@ -1,0 +1,57 @@
+"""This machine's CPU as a target: each measurement loads the checkpoint in a fresh Python process.
+
+A fresh process gives an honest memory figure (nothing else resident, nothing shared with the search) and keeps
+one candidate's threads and caches from disturbing the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from autoslm.errors import UserError
+from autoslm.targets import Measurement, MeasureSettings, Target
+
+
+class MeasurementError(RuntimeError):
+    """The measuring process failed (crash, out of memory, timeout); the message carries its last output."""
+
+
+class LocalTarget(Target):
+    kind = "local"
+
+    def __init__(self, timeout_s: float = 600.0) -> None:
+        self.timeout_s = timeout_s
+        self._fingerprint: dict[str, str | int] | None = None
+
+    def fingerprint(self) -> dict[str, str | int]:
+        if self._fingerprint is None:
+            from autoslm.targets.measure import machine_fingerprint
+
+            self._fingerprint = machine_fingerprint(MeasureSettings().threads)
+        return self._fingerprint
+
+    def measure(self, checkpoint: Path, settings: MeasureSettings | None = None) -> Measurement:
+        settings = settings or MeasureSettings()
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_dir():
+            raise UserError(f"checkpoint '{checkpoint}' is not a directory: give a model or checkpoint directory")
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(settings.threads),
+            "MKL_NUM_THREADS": str(settings.threads),
+        }
+        cmd = [sys.executable, "-m", "autoslm.targets.worker", str(checkpoint), settings.model_dump_json()]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s, env=env)
+        except subprocess.TimeoutExpired as exc:
+            raise MeasurementError(f"measurement timed out after {self.timeout_s:.0f}s") from exc
+        for line in proc.stdout.splitlines():
+            if line.startswith("AUTOSLM-RESULT "):
+                return Measurement.model_validate(json.loads(line.split(" ", 1)[1]))
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        reason = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit {proc.returncode}"
+        raise MeasurementError(f"measurement process failed ({reason}): {tail[0]}")

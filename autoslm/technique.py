@@ -1,0 +1,121 @@
+"""The Technique base class: what every compression technique (built-in or third-party) provides.
+
+A technique is a small class with:
+  name                  dotted and unique, e.g. "prune.depth"
+  Config                a pydantic model (frozen, extra="forbid"): every parameter explicit, validated, versioned
+  stage                 where it runs in a pipeline (prune < lowrank < distill < quantize < cast)
+  requires_calibration  whether apply() reads ctx.calibration()
+  incompatible_with     names of techniques it cannot be combined with
+  space(info, target)   its default search space: {parameter: Dimension}
+  apply(model, config, ctx) -> model   deterministic for a given ctx.seed
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from autoslm.errors import UserError
+from autoslm.space import Dimension
+
+if TYPE_CHECKING:
+    import torch
+
+
+class Stage(IntEnum):
+    """Pipeline order: structural changes first, numeric format last."""
+
+    PRUNE = 10
+    LOWRANK = 20
+    DISTILL = 30
+    QUANTIZE = 40
+    CAST = 50
+
+
+class TechniqueConfig(BaseModel):
+    """Base of every technique's Config: frozen plain data that round-trips through JSON/YAML."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: ClassVar[int] = 1
+
+
+@dataclass
+class ApplyContext:
+    """What a technique may use while it applies: calibration text, the original model, a seed, a logger."""
+
+    tokenizer: Any
+    seed: int = 0
+    device: str = "cpu"
+    calibration_corpus: str = "calibration"
+    calibration_samples: int = 32
+    calibration_seq_len: int = 256
+    teacher_factory: Callable[[], Any] | None = None
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("autoslm.technique"))
+
+    def calibration(self, samples: int | None = None, seq_len: int | None = None) -> torch.Tensor:
+        """Deterministic calibration token windows, shape (samples, seq_len)."""
+        from autoslm import data
+
+        return data.token_windows(
+            self.tokenizer,
+            self.calibration_corpus,
+            seq_len=seq_len or self.calibration_seq_len,
+            count=samples or self.calibration_samples,
+            seed=self.seed,
+        )
+
+    def teacher(self) -> Any:
+        """The uncompressed model (for distillation); built on first use."""
+        if self.teacher_factory is None:
+            raise RuntimeError("this context has no teacher model")
+        return self.teacher_factory()
+
+
+class Technique:
+    """Subclass this, set the class attributes, define `Config`, `space()` and `apply()`."""
+
+    name: ClassVar[str]
+    stage: ClassVar[Stage]
+    description: ClassVar[str] = ""
+    requires_calibration: ClassVar[bool] = False
+    incompatible_with: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type[TechniqueConfig]] = TechniqueConfig
+
+    @classmethod
+    def space(cls, info: dict[str, int], target: dict[str, Any] | None = None) -> dict[str, Dimension]:
+        """Default search space for a model described by `info` (see `autoslm.models.model_info`)."""
+        return {}
+
+    @classmethod
+    def make_config(cls, params: dict[str, Any] | None = None) -> TechniqueConfig:
+        """Validate parameters into a Config, or raise a UserError naming the technique and the problem."""
+        try:
+            return cls.Config.model_validate(params or {})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors(include_url=False)
+            )
+            raise UserError(f"invalid parameters for technique '{cls.name}': {problems}") from exc
+
+    def apply(self, model: Any, config: Any, ctx: ApplyContext) -> Any:
+        """Return the compressed model (may modify `model` in place). Must be deterministic for ctx.seed."""
+        raise NotImplementedError
+
+
+def check_technique_class(cls: Any) -> None:
+    """Raise ValueError when a registered object is not a usable Technique subclass."""
+    if not (isinstance(cls, type) and issubclass(cls, Technique)):
+        raise ValueError(f"{cls!r} is not a subclass of autoslm.Technique")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise ValueError(f"{cls.__name__} has no valid `name`")
+    if not isinstance(getattr(cls, "stage", None), Stage):
+        raise ValueError(f"technique '{name}' has no `stage` (an autoslm.Stage)")
+    if not (isinstance(cls.Config, type) and issubclass(cls.Config, TechniqueConfig)):
+        raise ValueError(f"technique '{name}': Config must subclass autoslm.TechniqueConfig")
