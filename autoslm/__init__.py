@@ -22,7 +22,6 @@ __all__ = [
     "Technique",
     "TechniqueConfig",
     "__version__",
-    "evaluate",
     "hookimpl",
     "load_model",
 ]
@@ -33,10 +32,3 @@ def load_model(spec: str) -> Any:
     from autoslm.models import load_model as _load
 
     return _load(spec)
-
-
-def evaluate(model: Any, tokenizer: Any, fidelity: str = "full") -> Any:
-    """Held-out perplexity and task accuracies (see autoslm.evaluate)."""
-    from autoslm.evaluate import evaluate as _evaluate
-
-    return _evaluate(model, tokenizer, fidelity)

@@ -123,10 +123,10 @@ def resolve(spec: str | ModelSpec) -> Path:
         assert ms.path is not None
         return ms.path
     if ms.kind == "builtin":
-        return _convert_gguf(_builtin_gguf(ms.raw), f"{ms.raw}")
+        return _convert_gguf(_builtin_gguf(ms.raw))
     if ms.kind == "gguf":
         assert ms.path is not None
-        return _convert_gguf(ms.path, ms.path.stem)
+        return _convert_gguf(ms.path)
     if ms.kind == "tiny":
         return _build_tiny()
     return _download_hub(ms.raw)
@@ -214,10 +214,11 @@ def _publish(tmp: Path, final: Path) -> Path:
     return final
 
 
-def _convert_gguf(gguf: Path, label: str) -> Path:
-    """Dequantize a GGUF file to a float safetensors directory once; later loads take well under a second."""
+def _convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF file to a float safetensors directory once (cached by the file's sha256)."""
     digest = _file_sha256(gguf)
-    final = cache_dir("models") / f"{label}-{digest[:12]}"
+    label = "gguf"
+    final = cache_dir("models") / f"{label}-{digest[:16]}"
     if (final / "config.json").is_file():
         return final
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig

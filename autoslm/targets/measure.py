@@ -168,6 +168,7 @@ def measure_checkpoint(directory: Path, settings: MeasureSettings) -> dict[str, 
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     directory = Path(directory)
+    checkpoint.verify_dir(directory)
     tokenizer = checkpoint.load_tokenizer(directory)
     decode_prompt = _prompt(tokenizer, 16, settings.seed)
     prefill_prompt = _prompt(tokenizer, settings.prompt_tokens, settings.seed + 1)
@@ -175,7 +176,7 @@ def measure_checkpoint(directory: Path, settings: MeasureSettings) -> dict[str, 
 
     base = rss_mb()
     t0 = time.perf_counter()
-    model = checkpoint.load_model(directory)
+    model = checkpoint.load_model(directory, verify=False)
     load_s = time.perf_counter() - t0
     reset_ok = reset_peak_rss()
     decode, prefill = [], []

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoslm import checkpoint
+from autoslm.errors import UserError
+from autoslm.models import resolve
+from autoslm.targets import MeasureSettings, get_target
+from autoslm.targets.local import MeasurementError
+
+FAST = MeasureSettings(prompt_tokens=32, decode_tokens=8, repeats=2)
+
+
+def test_local_measurement_of_tiny_llama() -> None:
+    directory = resolve("tiny-llama")
+    m = get_target("local").measure(directory, FAST)
+    assert m.decode_ms > 0 and m.decode_p90_ms >= m.decode_ms
+    assert m.prefill_ms > 0 and m.prompt_tokens == 32
+    assert m.size_mb == pytest.approx(checkpoint.weights_size_mb(directory))
+    # weights are ~12.8 MB; in use it holds more (activations, logits) but not the runtime's hundreds of MB
+    assert m.size_mb * 0.8 < m.memory_mb < 200
+    fp = m.target
+    assert fp["threads"] == 2 and fp["cores"] >= 1 and fp["torch"] and fp["id"]
+
+
+def test_memory_grows_with_model(tiny, tmp_path: Path) -> None:
+    """More layers must show up in size_mb, and in memory_mb by at least most of the added weights."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    cfg = tiny.model.config.to_dict()
+    cfg.update(num_hidden_layers=16, intermediate_size=2048)
+    torch.manual_seed(0)
+    from transformers import LlamaConfig
+
+    big = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    checkpoint.save_dir(big, tiny.tokenizer, tmp_path / "big")
+    target = get_target("local")
+    small_m = target.measure(resolve("tiny-llama"), FAST)
+    big_m = target.measure(tmp_path / "big", FAST)
+    added = big_m.size_mb - small_m.size_mb
+    assert added > 20
+    assert big_m.memory_mb > small_m.memory_mb + 0.5 * added
+
+
+def test_broken_checkpoint_fails_with_reason(tiny, tmp_path: Path) -> None:
+    checkpoint.save_dir(tiny.model, tiny.tokenizer, tmp_path / "c")
+    weights = next((tmp_path / "c").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(MeasurementError, match="does not match its sha256"):
+        get_target("local").measure(tmp_path / "c", FAST)
+
+
+def test_unknown_target_and_missing_dir() -> None:
+    with pytest.raises(UserError, match="unknown target"):
+        get_target("ftp://x")
+    with pytest.raises(UserError, match="not a directory"):
+        get_target("local").measure(Path("/no/such/ckpt"), FAST)

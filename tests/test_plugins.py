@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+import autoslm
+from autoslm.errors import UserError
+from autoslm.plugins import Registry
+
+
+def _fake_distribution(site: Path) -> None:
+    """A pip-installed-like distribution with a broken and a working plugin entry point."""
+    info = site / "fakeplug-1.2.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplug\nVersion: 1.2\n")
+    (info / "entry_points.txt").write_text("[autoslm]\nbroken = fakeplug_broken\ngood = fakeplug_good\n")
+    (site / "fakeplug_broken.py").write_text("raise ImportError('this plugin is deliberately broken')\n")
+    (site / "fakeplug_good.py").write_text(
+        textwrap.dedent(
+            """
+            import autoslm
+
+            class Noop(autoslm.Technique):
+                name = "test.noop"
+                stage = autoslm.Stage.PRUNE
+
+                def apply(self, model, config, ctx):
+                    return model
+
+            @autoslm.hookimpl
+            def register_techniques(register):
+                register(Noop)
+            """
+        )
+    )
+
+
+def _plugins_json(env: dict[str, str]) -> dict[str, dict]:
+    proc = run_cli("plugins", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    return {p["name"]: p for p in json.loads(proc.stdout)}
+
+
+def test_builtin_plugins_load_through_entry_points() -> None:
+    reg = Registry().load()
+    entry = reg.technique("prune.depth")
+    assert entry.dist == "autoslm" and entry.plugin == "prune_depth"
+    assert reg.plugins["prune_depth"].status == "loaded"
+
+
+def test_broken_entry_point_is_reported_and_others_load(tmp_path: Path) -> None:
+    _fake_distribution(tmp_path)
+    plugins = _plugins_json({"PYTHONPATH": str(tmp_path)})
+    assert plugins["broken"]["status"] == "failed"
+    assert "deliberately broken" in plugins["broken"]["error"]
+    assert plugins["broken"]["dist"] == "fakeplug"
+    assert plugins["good"]["status"] == "loaded" and plugins["good"]["techniques"] == ["test.noop"]
+    assert plugins["prune_depth"]["status"] == "loaded"
+
+
+def test_allowlist_and_strict_mode(tmp_path: Path) -> None:
+    _fake_distribution(tmp_path)
+    env = {"PYTHONPATH": str(tmp_path), "AUTOSLM_PLUGINS": "prune_depth,good"}
+    plugins = _plugins_json(env)
+    assert plugins["broken"]["status"] == "disabled"
+    assert plugins["good"]["status"] == "loaded"
+    strict = run_cli("plugins", env={"PYTHONPATH": str(tmp_path), "AUTOSLM_PLUGINS_STRICT": "1"})
+    assert strict.returncode == 2
+    assert "error: plugin 'broken' from fakeplug" in strict.stderr
+    assert "Traceback" not in strict.stderr
+
+
+class _Dup(autoslm.Technique):
+    name = "prune.depth"
+    stage = autoslm.Stage.PRUNE
+
+
+class _DupPlugin:
+    @autoslm.hookimpl
+    def register_techniques(self, register):
+        register(_Dup)
+
+
+class _RaisingPlugin:
+    @autoslm.hookimpl
+    def register_techniques(self, register):
+        raise RuntimeError("hook exploded")
+
+
+class _NotATechnique:
+    @autoslm.hookimpl
+    def register_techniques(self, register):
+        register(dict)
+
+
+def test_duplicate_raising_and_invalid_registrations_are_isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    reg = Registry().load()
+    dup = reg.add(_DupPlugin(), "dup", dist="dupdist")
+    assert dup.status == "failed" and "already registered by autoslm" in (dup.error or "")
+    assert reg.technique("prune.depth").dist == "autoslm"  # the first registration wins
+    raising = reg.add(_RaisingPlugin(), "raising")
+    assert raising.status == "failed" and "hook exploded" in (raising.error or "")
+    invalid = reg.add(_NotATechnique(), "invalid")
+    assert invalid.status == "failed" and "not a subclass" in (invalid.error or "")
+    reg.remove("dup")
+    assert "dup" not in reg.plugins
+    monkeypatch.setenv("AUTOSLM_PLUGINS_STRICT", "1")
+    with pytest.raises(UserError, match="hook exploded"):
+        Registry().load().add(_RaisingPlugin(), "raising2")
+
+
+def test_unknown_technique_lists_installed_ones() -> None:
+    with pytest.raises(UserError, match=r"unknown technique 'quant\.magic'.*prune\.depth"):
+        Registry().load().technique("quant.magic")
+
+
+def test_invalid_config_is_a_clear_error() -> None:
+    cls = Registry().load().technique("prune.depth").cls
+    with pytest.raises(UserError, match=r"technique 'prune.depth': blocks: .*greater than or equal to 0"):
+        cls.make_config({"blocks": -1})
+    with pytest.raises(UserError, match="blockz"):
+        cls.make_config({"blockz": 2})
