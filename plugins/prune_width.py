@@ -1,0 +1,168 @@
+"""prune.width: structured pruning of MLP channels and attention heads, with torch-pruning's pruning functions.
+
+Why per block and not torch-pruning's whole-model dependency graph: on Llama the graph builder hangs when the
+attention projections are prunable (rotary ops make the query group grow without end; see docs/techniques.md),
+and the coupling inside a Llama block is simple and known. So for each decoder block we pick indices ourselves and
+let `torch_pruning.prune_linear_out_channels` / `prune_linear_in_channels` cut the tensors:
+
+  MLP:  gate_proj and up_proj lose output channels, down_proj the same input channels.
+  Heads (grouped-query aware): the same number of query heads is removed from every key/value group, so each
+        remaining query head still reads its own key/value head; q_proj loses the heads' output rows and o_proj
+        the matching input columns. Key/value heads are kept.
+
+Importance is activation-aware (Wanda-style, aggregated per channel/head): the RMS of the channel's activation
+on calibration text times the norm of the weights that read it. Plain weight magnitude destroys this model
+(perplexity 330,000 at 20% MLP pruning, measured), so it is offered only as a baseline.
+
+Every block keeps the same number of channels and heads, so the result is still a plain Llama: `config.json` is
+updated and the checkpoint reloads with `transformers.AutoModelForCausalLM.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+import autoslm
+from autoslm import ApplyContext, Categorical, Float, Stage, Technique, TechniqueConfig
+
+
+class WidthConfig(TechniqueConfig):
+    mlp_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="share of MLP intermediate channels removed")
+    heads_per_group: int = Field(0, ge=0, description="query heads removed from every key/value group")
+    importance: Literal["activation", "magnitude", "random"] = "activation"
+    round_to: int = Field(8, ge=1, description="keep the channel count a multiple of this (kernel friendly)")
+    calibration_samples: int = Field(8, ge=1)
+    calibration_seq_len: int = Field(256, ge=8)
+
+
+class WidthPrune(Technique):
+    name = "prune.width"
+    stage = Stage.PRUNE
+    description = "remove MLP channels and query heads (GQA-aware) by activation importance (torch-pruning)"
+    requires_calibration = True
+    Config = WidthConfig
+
+    @classmethod
+    def space(cls, info: dict[str, int], target: dict[str, Any] | None = None) -> dict[str, Any]:
+        per_group = info["num_attention_heads"] // info["num_key_value_heads"]
+        return {
+            "mlp_ratio": Float(low=0.0, high=0.5),
+            "heads_per_group": Categorical(choices=tuple(range(per_group))),
+        }
+
+    def apply(self, model: Any, config: WidthConfig, ctx: ApplyContext) -> Any:
+        import torch
+        import torch_pruning as tp
+
+        cfg = model.config
+        layers = model.model.layers
+        heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        per_group = heads // kv
+        if config.heads_per_group >= per_group:
+            raise ValueError(
+                f"prune.width: heads_per_group={config.heads_per_group} would leave no query head per key/value "
+                f"group (this model has {per_group} per group); use at most {per_group - 1}"
+            )
+        inter = cfg.intermediate_size
+        keep_channels = _round_keep(inter, config.mlp_ratio, config.round_to)
+        if keep_channels == inter and config.heads_per_group == 0:
+            return model
+        mlp_scores, head_scores = self._importance(model, config, ctx)
+        head_dim = layers[0].self_attn.head_dim
+        gen = torch.Generator().manual_seed(ctx.seed)
+        for i, layer in enumerate(layers):
+            if keep_channels < inter:
+                drop = _lowest(mlp_scores[i], inter - keep_channels, config.importance, gen)
+                tp.prune_linear_out_channels(layer.mlp.gate_proj, drop)
+                tp.prune_linear_out_channels(layer.mlp.up_proj, drop)
+                tp.prune_linear_in_channels(layer.mlp.down_proj, drop)
+            if config.heads_per_group:
+                drop_heads = []
+                for g in range(kv):
+                    group = list(range(g * per_group, (g + 1) * per_group))
+                    scores = head_scores[i][group]
+                    local = _lowest(scores, config.heads_per_group, config.importance, gen)
+                    drop_heads += [group[j] for j in local]
+                rows = [h * head_dim + d for h in sorted(drop_heads) for d in range(head_dim)]
+                attn = layer.self_attn
+                tp.prune_linear_out_channels(attn.q_proj, rows)
+                tp.prune_linear_in_channels(attn.o_proj, rows)
+                attn.num_key_value_groups = per_group - config.heads_per_group
+        cfg.intermediate_size = keep_channels
+        cfg.num_attention_heads = heads - kv * config.heads_per_group
+        cfg.head_dim = head_dim
+        ctx.logger.info(
+            "prune.width: intermediate %d -> %d, heads %d -> %d", inter, keep_channels, heads, cfg.num_attention_heads
+        )
+        return model
+
+    def _importance(self, model: Any, config: WidthConfig, ctx: ApplyContext) -> tuple[list[Any], list[Any]]:
+        """Per block: a score per MLP channel and per query head (higher = more important)."""
+        import torch
+
+        layers = model.model.layers
+        head_dim = layers[0].self_attn.head_dim
+        if config.importance != "activation":
+            mlp = [layer.mlp.down_proj.weight.detach().float().norm(dim=0) for layer in layers]
+            heads = [
+                layer.self_attn.o_proj.weight.detach().float().norm(dim=0).view(-1, head_dim).sum(-1)
+                for layer in layers
+            ]
+            return mlp, heads
+        sq_mlp = [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for layer in layers]
+        sq_attn = [torch.zeros(layer.self_attn.o_proj.in_features, dtype=torch.float64) for layer in layers]
+        count = [0]
+
+        def hook(store: Any) -> Any:
+            def fn(_module: Any, args: tuple[Any, ...]) -> None:
+                x = args[0].detach().double().reshape(-1, args[0].shape[-1])
+                store.add_(x.pow(2).sum(0))
+
+            return fn
+
+        handles = []
+        for i, layer in enumerate(layers):
+            handles.append(layer.mlp.down_proj.register_forward_pre_hook(hook(sq_mlp[i])))
+            handles.append(layer.self_attn.o_proj.register_forward_pre_hook(hook(sq_attn[i])))
+        windows = ctx.calibration(config.calibration_samples, config.calibration_seq_len)
+        try:
+            with torch.inference_mode():
+                for batch in windows.split(2):
+                    model(input_ids=batch, use_cache=False)
+                    count[0] += batch.numel()
+        finally:
+            for h in handles:
+                h.remove()
+        mlp, heads = [], []
+        for i, layer in enumerate(layers):
+            rms_mlp = (sq_mlp[i] / count[0]).sqrt().float()
+            mlp.append(rms_mlp * layer.mlp.down_proj.weight.detach().float().norm(dim=0))
+            rms_attn = (sq_attn[i] / count[0]).sqrt().float()
+            per_dim = rms_attn * layer.self_attn.o_proj.weight.detach().float().norm(dim=0)
+            heads.append(per_dim.view(-1, head_dim).sum(-1))
+        return mlp, heads
+
+
+def _round_keep(total: int, ratio: float, multiple: int) -> int:
+    keep = total - round(total * ratio)
+    keep = max(multiple, (keep // multiple) * multiple) if total >= multiple else max(1, keep)
+    return min(total, keep)
+
+
+def _lowest(scores: Any, k: int, importance: str, gen: Any) -> list[int]:
+    import torch
+
+    if k <= 0:
+        return []
+    if importance == "random":
+        return sorted(torch.randperm(len(scores), generator=gen)[:k].tolist())
+    # stable: ties broken by index, so the choice is deterministic
+    order = sorted(range(len(scores)), key=lambda j: (float(scores[j]), j))
+    return sorted(order[:k])
+
+
+@autoslm.hookimpl
+def register_techniques(register: Any) -> None:
+    register(WidthPrune)
