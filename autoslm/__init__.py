@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from autoslm.codec import Codec
 from autoslm.hookspecs import hookimpl
 from autoslm.space import Categorical, Float, Int
 from autoslm.technique import ApplyContext, Stage, Technique, TechniqueConfig
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ApplyContext",
     "Categorical",
+    "Codec",
     "Float",
     "Int",
     "Stage",

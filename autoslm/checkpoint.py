@@ -35,16 +35,59 @@ def weights_size_mb(directory: Path) -> float:
 
 
 def save_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, directory: Path, **meta: Any) -> Path:
-    """Save `model` (safetensors) and tokenizer, then write the manifest of file checksums."""
+    """Save `model` (safetensors) and tokenizer, then write the manifest of file checksums.
+
+    A model made only of standard modules is saved with `save_pretrained` (it reloads with plain transformers).
+    Modules a technique created (quantized, factorised) are stored through their codec: tensors in
+    `model.safetensors` under the module's name, codec name and metadata in the manifest's `modules`.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)
+    modules = _save_weights(model, directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     files = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = {"format_version": FORMAT_VERSION, "files": files, **meta}
+    if modules:
+        manifest["modules"] = modules
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return directory
+
+
+def _save_weights(model: PreTrainedModel, directory: Path) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    from autoslm.plugins import get_registry
+
+    registry = get_registry()
+    coded = {name: codec for name, mod in model.named_modules() if name and (codec := registry.codec_for(mod))}
+    if not coded:
+        model.save_pretrained(directory, safe_serialization=True)
+        return {}
+    model.config.save_pretrained(directory)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(directory)
+    tensors: dict[str, Any] = {}
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    aliases: dict[str, str] = {}
+    modules: dict[str, Any] = {}
+    prefixes = tuple(f"{name}." for name in coded)
+    for key, tensor in model.state_dict().items():
+        if key.startswith(prefixes) or not hasattr(tensor, "untyped_storage"):
+            continue
+        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if ident in seen:
+            aliases[key] = seen[ident]
+            continue
+        seen[ident] = key
+        tensors[key] = tensor.detach().contiguous()
+    for name, codec in coded.items():
+        enc, meta = codec.encode(model.get_submodule(name))
+        for key, tensor in enc.items():
+            tensors[f"{name}.{key}"] = tensor.detach().contiguous()
+        modules[name] = {"codec": codec.name, "meta": meta, "tensors": sorted(enc)}
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt", "autoslm": "codec"})
+    return {"aliases": aliases, "coded": modules}
 
 
 def verify_dir(directory: Path) -> dict[str, Any] | None:
@@ -80,8 +123,50 @@ def load_model(directory: Path, *, dtype: str | torch.dtype = "auto", verify: bo
             f"model directory '{directory}' has no .safetensors weights: autoslm never loads pickled weights; "
             "convert them with transformers' save_pretrained(safe_serialization=True)"
         )
+    manifest = _read_manifest(directory)
+    if manifest and manifest.get("modules"):
+        return _load_coded(directory, manifest["modules"]).eval()
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True)
     return model.eval()
+
+
+def _read_manifest(directory: Path) -> dict[str, Any] | None:
+    path = Path(directory) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _load_coded(directory: Path, modules: dict[str, Any]) -> PreTrainedModel:
+    """Rebuild a model whose modules include codec-stored ones: skeleton without weights, then assign tensors."""
+    import torch
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from autoslm.plugins import get_registry
+
+    config = AutoConfig.from_pretrained(directory)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config)
+    tensors = load_file(str(Path(directory) / "model.safetensors"))
+    registry = get_registry()
+    decoded = {}
+    for name, entry in modules["coded"].items():
+        codec = registry.codec(entry["codec"])
+        own = {key: tensors.pop(f"{name}.{key}") for key in entry["tensors"]}
+        decoded[name] = codec.decode(own, entry["meta"])
+    for alias, original in modules.get("aliases", {}).items():
+        tensors[alias] = tensors[original]
+    _missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    for name, module in decoded.items():
+        model.set_submodule(name, module)
+    if unexpected:
+        raise UserError(f"checkpoint '{directory}' has tensors the model does not use: {unexpected[:3]}; re-export it")
+    if getattr(config, "tie_word_embeddings", False) and "lm_head" not in modules["coded"]:
+        model.tie_weights()
+    still_empty = [n for n, p in model.named_parameters() if p.device == torch.device("meta")]
+    if still_empty:
+        raise UserError(f"checkpoint '{directory}' lacks weights for {still_empty[:3]}; re-export it")
+    return model
 
 
 def load_tokenizer(directory: Path) -> PreTrainedTokenizerBase:

@@ -18,3 +18,8 @@ hookimpl = pluggy.HookimplMarker("autoslm")
 @hookspec
 def register_techniques(register: Callable[[type[Any]], None]) -> None:
     """Call `register(TechniqueClass)` for each compression technique (a `autoslm.Technique` subclass)."""
+
+
+@hookspec
+def register_codecs(register: Callable[[Any], None]) -> None:
+    """Call `register(codec)` for each `autoslm.Codec`: how a module type a technique creates is saved and loaded."""

@@ -148,22 +148,47 @@ def fingerprint(model: torch.nn.Module) -> str:
     Tensors that share storage (tied embeddings) are hashed once and recorded as aliases, so the value depends only
     on the weights and their layout, not on the process or the load path.
     """
-    import torch
-
     h = hashlib.sha256()
     seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach()
+    for name, value in sorted(model.state_dict().items()):
+        _hash_value(h, name, value, seen)
+    return h.hexdigest()
+
+
+def _hash_value(h: Any, name: str, value: Any, seen: dict[tuple[int, int, tuple[int, ...]], str] | None) -> None:
+    """Hash a state-dict entry: plain tensors, quantized tensors (ints + scales), tuples of them, or plain data.
+
+    Alias detection (`seen`) applies only to tensors the state dict itself holds: derived temporaries are freed
+    while hashing and their addresses reused, so they must never be compared by address.
+    """
+    import torch
+
+    if isinstance(value, tuple | list):
+        for i, item in enumerate(value):
+            _hash_value(h, f"{name}[{i}]", item, None)
+        return
+    if not isinstance(value, torch.Tensor):
+        h.update(f"{name}={value!r}|".encode())
+        return
+    t = value.detach()
+    if t.is_quantized:
+        _hash_value(h, f"{name}.int_repr", t.int_repr(), None)
+        if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            _hash_value(h, f"{name}.scales", t.q_per_channel_scales(), None)
+            _hash_value(h, f"{name}.zero_points", t.q_per_channel_zero_points(), None)
+        else:
+            h.update(f"{name}.scale={t.q_scale()!r},{t.q_zero_point()}|".encode())
+        return
+    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+    if seen is not None:
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         if key in seen:
             h.update(f"alias:{seen[key]}".encode())
-            continue
+            return
         seen[key] = name
-        data = t.contiguous().cpu().reshape(-1)
-        if data.numel():
-            h.update(data.view(torch.uint8).numpy())
-    return h.hexdigest()
+    data = t.contiguous().cpu().reshape(-1)
+    if data.numel():
+        h.update(data.view(torch.uint8).numpy())
 
 
 def model_info(model: Any) -> dict[str, int]:

@@ -18,6 +18,7 @@ from typing import Any
 import pluggy
 
 from autoslm import hookspecs
+from autoslm.codec import Codec
 from autoslm.errors import UserError
 from autoslm.technique import Technique, check_technique_class
 
@@ -44,6 +45,14 @@ class TechniqueEntry:
     version: str
 
 
+@dataclass
+class CodecEntry:
+    codec: Codec
+    plugin: str
+    dist: str
+    version: str
+
+
 class Registry:
     """The loaded plugins and what they registered."""
 
@@ -52,6 +61,7 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
         self.techniques: dict[str, TechniqueEntry] = {}
+        self.codecs: dict[str, CodecEntry] = {}
         self._loaded = False
 
     # --- loading -------------------------------------------------------------------------------------------
@@ -90,23 +100,36 @@ class Registry:
             self.pm.unregister(name=name)
         self.plugins.pop(name, None)
         self.techniques = {k: v for k, v in self.techniques.items() if v.plugin != name}
+        self.codecs = {k: v for k, v in self.codecs.items() if v.plugin != name}
 
     def _collect(self, info: PluginInfo) -> None:
         """Call this plugin's hook implementations alone, so its failures are attributed to it."""
         found: list[type[Technique]] = []
+        codecs: list[Codec] = []
 
         def register(cls: Any) -> None:
             check_technique_class(cls)
             found.append(cls)
 
-        for impl in self.pm.hook.register_techniques.get_hookimpls():
-            if impl.plugin_name != info.name:
+        def register_codec(codec: Any) -> None:
+            if not isinstance(codec, Codec) or not getattr(codec, "name", None):
+                raise ValueError(f"{codec!r} is not an autoslm.Codec instance with a name")
+            codecs.append(codec)
+
+        for hook, callback in (("register_techniques", register), ("register_codecs", register_codec)):
+            for impl in getattr(self.pm.hook, hook).get_hookimpls():
+                if impl.plugin_name != info.name:
+                    continue
+                try:
+                    impl.function(register=callback)
+                except Exception as exc:
+                    self._fail(info, f"{hook} raised {type(exc).__name__}: {exc}")
+                    return
+        for codec in codecs:
+            if codec.name in self.codecs:
+                self._fail(info, f"codec '{codec.name}' is already registered by {self.codecs[codec.name].dist}")
                 continue
-            try:
-                impl.function(register=register)
-            except Exception as exc:
-                self._fail(info, f"register_techniques raised {type(exc).__name__}: {exc}")
-                return
+            self.codecs[codec.name] = CodecEntry(codec, info.name, info.dist, info.version)
         for cls in found:
             if cls.name in self.techniques:
                 other = self.techniques[cls.name]
@@ -131,6 +154,22 @@ class Registry:
                 "(a third-party technique needs its plugin package installed; see `autoslm plugins`)"
             )
         return self.techniques[name]
+
+    def codec(self, name: str) -> Codec:
+        self.load()
+        if name not in self.codecs:
+            raise UserError(
+                f"checkpoint needs codec '{name}', which no installed plugin provides: install the plugin that "
+                "made the checkpoint (its recipe names the distribution), then retry"
+            )
+        return self.codecs[name].codec
+
+    def codec_for(self, module: Any) -> Codec | None:
+        self.load()
+        for entry in self.codecs.values():
+            if type(module) is entry.codec.module_type:
+                return entry.codec
+        return None
 
 
 def _allowlist() -> set[str] | None:
