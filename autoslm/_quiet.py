@@ -11,6 +11,7 @@ NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "neural_compressor", "acceler
 
 def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("LOGLEVEL", "ERROR")  # neural-compressor reads it for its own logger
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

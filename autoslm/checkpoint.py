@@ -60,7 +60,10 @@ def _save_weights(model: PreTrainedModel, directory: Path) -> dict[str, Any]:
     from autoslm.plugins import get_registry
 
     registry = get_registry()
-    coded = {name: codec for name, mod in model.named_modules() if name and (codec := registry.codec_for(mod))}
+    coded: dict[str, Any] = {}
+    for name, mod in model.named_modules():  # parents come first; a coded module's children belong to it
+        if name and not any(name.startswith(f"{c}.") for c in coded) and (codec := registry.codec_for(mod)):
+            coded[name] = codec
     if not coded:
         model.save_pretrained(directory, safe_serialization=True)
         return {}
