@@ -61,8 +61,9 @@ def _save_weights(model: PreTrainedModel, directory: Path) -> dict[str, Any]:
 
     registry = get_registry()
     coded: dict[str, Any] = {}
-    for name, mod in model.named_modules():  # parents come first; a coded module's children belong to it
-        if name and not any(name.startswith(f"{c}.") for c in coded) and (codec := registry.codec_for(mod)):
+    for name, mod in model.named_modules():  # parents come first; a leaf-coded module's children belong to it
+        inside_leaf = any(name.startswith(f"{c}.") for c, codec in coded.items() if not codec.container)
+        if name and not inside_leaf and (codec := registry.codec_for(mod)):
             coded[name] = codec
     if not coded:
         model.save_pretrained(directory, safe_serialization=True)
@@ -74,9 +75,9 @@ def _save_weights(model: PreTrainedModel, directory: Path) -> dict[str, Any]:
     seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
     aliases: dict[str, str] = {}
     modules: dict[str, Any] = {}
-    prefixes = tuple(f"{name}." for name in coded)
+    leaf_prefixes = tuple(f"{name}." for name, codec in coded.items() if not codec.container)
     for key, tensor in model.state_dict().items():
-        if key.startswith(prefixes) or not hasattr(tensor, "untyped_storage"):
+        if key.startswith(leaf_prefixes) or not hasattr(tensor, "untyped_storage"):
             continue
         ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
         if ident in seen:
@@ -88,7 +89,7 @@ def _save_weights(model: PreTrainedModel, directory: Path) -> dict[str, Any]:
         enc, meta = codec.encode(model.get_submodule(name))
         for key, tensor in enc.items():
             tensors[f"{name}.{key}"] = tensor.detach().contiguous()
-        modules[name] = {"codec": codec.name, "meta": meta, "tensors": sorted(enc)}
+        modules[name] = {"codec": codec.name, "meta": meta, "tensors": sorted(enc), "container": codec.container}
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt", "autoslm": "codec"})
     return {"aliases": aliases, "coded": modules}
 
@@ -152,15 +153,20 @@ def _load_coded(directory: Path, modules: dict[str, Any]) -> PreTrainedModel:
         model = AutoModelForCausalLM.from_config(config)
     tensors = load_file(str(Path(directory) / "model.safetensors"))
     registry = get_registry()
-    decoded = {}
-    for name, entry in modules["coded"].items():
+    leaves = {}
+    # containers first, parents before children, built without weights; their children load like any module
+    for name, entry in sorted(modules["coded"].items(), key=lambda kv: kv[0].count(".")):
         codec = registry.codec(entry["codec"])
         own = {key: tensors.pop(f"{name}.{key}") for key in entry["tensors"]}
-        decoded[name] = codec.decode(own, entry["meta"])
+        if entry.get("container"):
+            with init_empty_weights(include_buffers=False):
+                model.set_submodule(name, codec.decode(own, entry["meta"]))
+        else:
+            leaves[name] = codec.decode(own, entry["meta"])
     for alias, original in modules.get("aliases", {}).items():
         tensors[alias] = tensors[original]
     _missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
-    for name, module in decoded.items():
+    for name, module in leaves.items():
         model.set_submodule(name, module)
     if unexpected:
         raise UserError(f"checkpoint '{directory}' has tensors the model does not use: {unexpected[:3]}; re-export it")

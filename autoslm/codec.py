@@ -18,6 +18,9 @@ class Codec:
 
     name: ClassVar[str]
     module_type: ClassVar[type]
+    container: ClassVar[bool] = False
+    """A container codec rebuilds only the module's shell (its children are saved and loaded as usual, through
+    their own codecs where they have one); a leaf codec owns every tensor under the module."""
 
     def encode(self, module: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Return (tensors, JSON-serialisable metadata) that fully describe `module`."""

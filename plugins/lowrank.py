@@ -113,23 +113,20 @@ class LowRank(Technique):
 
 
 class LowRankCodec(Codec):
-    name = "autoslm.lowrank_linear"
+    """Rebuilds the LowRankLinear shell; its `down`/`up` layers are saved like any Linear (or by their own codec
+    when a later step quantized them)."""
 
+    name = "autoslm.lowrank_linear"
     module_type = LowRankLinear
+    container = True
 
     def encode(self, module: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        tensors = {"down": module.down.weight, "up": module.up.weight}
-        if module.up.bias is not None:
-            tensors["bias"] = module.up.bias
-        return tensors, {"in_features": module.in_features, "out_features": module.out_features, "rank": module.rank}
+        meta = {"in_features": module.in_features, "out_features": module.out_features, "rank": module.rank}
+        bias = module.up.bias() if callable(module.up.bias) else module.up.bias  # quantized Linears: a method
+        return {}, {**meta, "bias": bias is not None}
 
     def decode(self, tensors: dict[str, Any], meta: dict[str, Any]) -> Any:
-        module = LowRankLinear(meta["in_features"], meta["out_features"], meta["rank"], "bias" in tensors)
-        module.down.weight = torch.nn.Parameter(tensors["down"], requires_grad=False)
-        module.up.weight = torch.nn.Parameter(tensors["up"], requires_grad=False)
-        if "bias" in tensors:
-            module.up.bias = torch.nn.Parameter(tensors["bias"], requires_grad=False)
-        return module
+        return LowRankLinear(meta["in_features"], meta["out_features"], meta["rank"], meta["bias"])
 
 
 @autoslm.hookimpl

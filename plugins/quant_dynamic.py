@@ -100,20 +100,27 @@ def smooth(model: Any, windows: Any, alpha: float) -> None:
     finally:
         for h in handles:
             h.remove()
+    plain = torch.nn.Linear
     with torch.no_grad():
         for i, layer in enumerate(layers):
             attn, mlp = layer.self_attn, layer.mlp
-            s = _scales(act_max[f"{i}.attn"], [attn.q_proj, attn.k_proj, attn.v_proj], alpha)
-            layer.input_layernorm.weight.div_(s)
-            for lin in (attn.q_proj, attn.k_proj, attn.v_proj):
-                lin.weight.mul_(s)
-            s = _scales(act_max[f"{i}.mlp"], [mlp.gate_proj, mlp.up_proj], alpha)
-            layer.post_attention_layernorm.weight.div_(s)
-            for lin in (mlp.gate_proj, mlp.up_proj):
-                lin.weight.mul_(s)
-            s = _scales(act_max[f"{i}.down"], [mlp.down_proj], alpha)
-            mlp.up_proj.weight.div_(s[:, None])
-            mlp.down_proj.weight.mul_(s)
+            # a group is smoothed only when every layer in it is still a plain Linear (not factorised by lowrank)
+            qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+            if all(type(m) is plain for m in qkv):
+                s = _scales(act_max[f"{i}.attn"], qkv, alpha)
+                layer.input_layernorm.weight.div_(s)
+                for lin in qkv:
+                    lin.weight.mul_(s)
+            gate_up = [mlp.gate_proj, mlp.up_proj]
+            if all(type(m) is plain for m in gate_up):
+                s = _scales(act_max[f"{i}.mlp"], gate_up, alpha)
+                layer.post_attention_layernorm.weight.div_(s)
+                for lin in gate_up:
+                    lin.weight.mul_(s)
+            if type(mlp.up_proj) is plain and type(mlp.down_proj) is plain:
+                s = _scales(act_max[f"{i}.down"], [mlp.down_proj], alpha)
+                mlp.up_proj.weight.div_(s[:, None])
+                mlp.down_proj.weight.mul_(s)
 
 
 def _scales(act: Any, linears: list[Any], alpha: float) -> Any:

@@ -1,0 +1,71 @@
+"""A policy's ordered steps: validation before any work, then application in stage order.
+
+Validation rejects, with one message naming the step: an unknown technique (and which plugin to install), invalid
+parameters, a chain out of stage order (prune < lowrank < distill < quantize < cast), the same technique twice,
+and pairs a technique declares incompatible.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from autoslm.errors import UserError
+from autoslm.plugins import TechniqueEntry, get_registry
+from autoslm.technique import ApplyContext, TechniqueConfig
+
+log = logging.getLogger("autoslm.pipeline")
+
+
+class Step(BaseModel):
+    """One technique with its parameters, as written in a recipe or sampled by the search."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    technique: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class PlannedStep:
+    entry: TechniqueEntry
+    config: TechniqueConfig
+
+    @property
+    def name(self) -> str:
+        return self.entry.cls.name
+
+
+def plan(steps: list[Step]) -> list[PlannedStep]:
+    """Validate a chain completely (no model touched) and return it with validated configs."""
+    registry = get_registry()
+    planned = [
+        PlannedStep(registry.technique(s.technique), registry.technique(s.technique).cls.make_config(s.params))
+        for s in steps
+    ]
+    names = [p.name for p in planned]
+    for i, p in enumerate(planned):
+        if names.count(p.name) > 1:
+            raise UserError(f"technique '{p.name}' appears {names.count(p.name)} times in one policy: keep one")
+        if i and p.entry.cls.stage < planned[i - 1].entry.cls.stage:
+            order = " -> ".join(sorted(names, key=lambda n: registry.technique(n).cls.stage))
+            raise UserError(
+                f"'{p.name}' ({p.entry.cls.stage.name.lower()}) cannot come after '{planned[i - 1].name}' "
+                f"({planned[i - 1].entry.cls.stage.name.lower()}): order the steps as {order}"
+            )
+        for other in planned:
+            if other.name in p.entry.cls.incompatible_with or p.name in other.entry.cls.incompatible_with:
+                raise UserError(f"techniques '{p.name}' and '{other.name}' cannot be combined: drop one of them")
+    return planned
+
+
+def apply_steps(model: Any, steps: list[Step], ctx: ApplyContext) -> Any:
+    """Validate, then apply each step in order; returns the compressed model."""
+    planned = plan(steps)
+    for p in planned:
+        log.info("applying %s %s", p.name, p.config.model_dump())
+        model = p.entry.cls().apply(model, p.config, ctx)
+    return model
