@@ -191,6 +191,19 @@ def _hash_value(h: Any, name: str, value: Any, seen: dict[tuple[int, int, tuple[
         h.update(data.view(torch.uint8).numpy())
 
 
+def count_parameters(model: Any) -> int:
+    """Logical parameter count: float parameters plus the weights of quantized layers (stored as ints, not
+    parameters), so a quantized model counts the same weights as before, however they are stored."""
+    total = sum(p.numel() for p in model.parameters())
+    for module in model.modules():
+        if "weight" in module._parameters or not hasattr(module, "in_features"):
+            continue
+        if any(hasattr(child, "in_features") for child in module.children()):  # a container of linears
+            continue
+        total += int(module.in_features) * int(module.out_features)
+    return total
+
+
 def model_info(model: Any) -> dict[str, int]:
     """Shape facts a technique needs to declare its search space (from the model config)."""
     cfg = model.config
@@ -201,7 +214,7 @@ def model_info(model: Any) -> dict[str, int]:
         "num_attention_heads": int(cfg.num_attention_heads),
         "num_key_value_heads": int(getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)),
         "vocab_size": int(cfg.vocab_size),
-        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+        "num_parameters": count_parameters(model),
     }
 
 
