@@ -15,6 +15,12 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        import optuna
+
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    except ImportError:  # pragma: no cover
+        pass
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging

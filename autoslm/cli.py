@@ -141,6 +141,71 @@ def profile(
 
 
 @app.command()
+def search(
+    model: ModelOpt = "smollm2-135m",
+    budget: Annotated[
+        str, typer.Option(help="hard limits, absolute or relative to the baseline: 'decode_ms<=0.7x,memory_mb<=500'")
+    ] = "decode_ms<=0.7x",
+    trials: Annotated[int, typer.Option(help="candidate policies to evaluate (the baseline is extra)")] = 12,
+    space: Annotated[str, typer.Option(help="search space: a name in search_spaces/ or a YAML file")] = "default",
+    out: Annotated[str, typer.Option(help="run directory (study.db, recipe.yaml, checkpoint/)")] = "runs/search",
+    seed: Annotated[int, typer.Option(help="seed for the sampler and every technique")] = 0,
+    sampler: Annotated[str, typer.Option(help="tpe | nsga2 | random")] = "tpe",
+    resume: Annotated[bool, typer.Option(help="continue the search stored in --out")] = False,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (default: sqlite in --out); journal:PATH for a journal file")
+    ] = None,
+    study: Annotated[str, typer.Option(help="study name inside the storage")] = "autoslm",
+    timeout: Annotated[float | None, typer.Option(help="stop starting new trials after this many seconds")] = None,
+    fidelity: Annotated[str, typer.Option(help="quality evaluation of each candidate: full or low")] = "full",
+) -> None:
+    """Search compression policies under a latency/memory budget measured on this machine.
+
+    Each trial applies a policy (techniques from the space, in stage order), saves the checkpoint, measures it in
+    a fresh process, rejects it cheaply when over budget, estimates quality at low fidelity (hopeless ones are
+    pruned), then evaluates held-out perplexity. The best feasible policy is exported as OUT/recipe.yaml +
+    OUT/checkpoint/. State lives in OUT/study.db: Ctrl-C, then --resume, loses no finished trial.
+
+    Example:  autoslm search --model smollm2-135m --budget "decode_ms<=0.7x" --trials 12
+    """
+    _positive("--trials", trials)
+    if timeout is not None and timeout <= 0:
+        raise UserError(f"--timeout must be positive (got {timeout})")
+    from autoslm.evaluate import Fidelity
+    from autoslm.search.budget import Budget
+
+    Budget.parse(budget)  # fail on malformed input before loading anything
+    Fidelity.preset(fidelity)
+    _quiet_libraries()
+    from autoslm.models import parse_spec
+    from autoslm.search.optuna_backend import make_sampler
+    from autoslm.search.space import find_space_file
+
+    parse_spec(model)
+    find_space_file(space)
+    make_sampler(sampler, seed)
+    from autoslm.search import SearchSettings, run_search
+    from autoslm.search_view import SearchView
+
+    settings = SearchSettings(
+        model=model,
+        budget=budget,
+        space=space,
+        trials=trials,
+        out=out,
+        seed=seed,
+        sampler=sampler,
+        storage=storage,
+        study=study,
+        timeout_s=timeout,
+        fidelity=fidelity,
+    )
+    with SearchView(console, trials) as view:
+        result = run_search(settings, resume=resume, progress=view.event)
+    view.summary(result)
+
+
+@app.command()
 def plugins(as_json: JsonOpt = False) -> None:
     """List installed technique plugins (entry point group `autoslm`), their techniques and load status.
 

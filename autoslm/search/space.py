@@ -1,0 +1,196 @@
+"""Search-space files (search_spaces/*.yaml): which techniques may appear and how their parameters are searched.
+
+    description: text
+    techniques:                       # each listed technique is optional (on/off is searched)
+      prune.depth:
+        blocks: {int: [0, 8]}         # narrow or widen the plugin's own range
+      prune.width:
+        heads_per_group: 0            # fix a parameter (any plain value)
+      quant.dynamic_int8: {}          # the plugin's default space
+    required: [quant.dynamic_int8]    # optional: techniques that are always on
+
+Techniques that declare each other incompatible share one choice (e.g. which quantizer, or none), so every
+sampled policy is valid. Order is each technique's stage, so a policy is always a valid pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from autoslm.errors import UserError
+from autoslm.space import Categorical, Float, Int
+
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+Dim = Float | Int | Categorical
+
+
+class TechniqueSpace(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    dims: dict[str, Dim]
+    fixed: dict[str, Any]
+
+
+class SearchSpace(BaseModel):
+    """A resolved space: per technique, searched dimensions and fixed values; groups of exclusive techniques."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str = ""
+    techniques: tuple[TechniqueSpace, ...]
+    required: tuple[str, ...] = ()
+    groups: tuple[tuple[str, ...], ...] = ()
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        from autoslm.space import describe
+
+        rows = []
+        for g in self.groups:
+            label = "always" if any(t in self.required for t in g) else "optional"
+            rows.append((" | ".join(g), "(choice)" if len(g) > 1 else "(on/off)", label))
+            for t in self.techniques:
+                if t.name in g:
+                    rows += [(f"  {t.name}", p, describe(d)) for p, d in t.dims.items()]
+                    rows += [(f"  {t.name}", p, f"fixed {v!r}") for p, v in t.fixed.items()]
+        return rows
+
+
+def find_space_file(spec: str) -> Path:
+    path = Path(spec)
+    if path.is_file():
+        return path
+    named = SPACES_DIR / f"{spec}.yaml"
+    if named.is_file():
+        return named
+    known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+    raise UserError(f"search space '{spec}' not found: give a YAML file or one of {known}")
+
+
+def load_space(spec: str, info: dict[str, int], target: dict[str, Any] | None = None) -> SearchSpace:
+    """Read a space file and merge it with each plugin's own space() for this model."""
+    from autoslm.plugins import get_registry
+
+    path = find_space_file(spec)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"search space {path}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("techniques"), dict) or not doc["techniques"]:
+        raise UserError(f"search space {path}: needs a 'techniques:' mapping of technique name -> parameters")
+    unknown_keys = set(doc) - {"description", "techniques", "required"}
+    if unknown_keys:
+        raise UserError(f"search space {path}: unknown key(s) {sorted(unknown_keys)}; allowed: techniques, required")
+    registry = get_registry()
+    techniques = []
+    for name, overrides in doc["techniques"].items():
+        if name not in registry.techniques:
+            known = ", ".join(sorted(registry.techniques))
+            raise UserError(f"search space {path}: techniques.{name} is not installed (installed: {known})")
+        overrides = overrides or {}
+        if not isinstance(overrides, dict):
+            raise UserError(f"search space {path}: techniques.{name} must be a mapping of parameter -> range/value")
+        cls = registry.techniques[name].cls
+        dims: dict[str, Dim] = dict(cls.space(info, target))
+        fixed: dict[str, Any] = {}
+        fields = cls.Config.model_fields
+        for param, value in overrides.items():
+            where = f"search space {path}: techniques.{name}.{param}"
+            if param not in fields:
+                raise UserError(f"{where} is not a parameter of {name} (parameters: {', '.join(fields)})")
+            dim = _parse_dim(value, where)
+            if dim is None:
+                dims.pop(param, None)
+                fixed[param] = value
+            else:
+                dims[param] = dim
+        try:
+            sample = {p: _first(d) for p, d in dims.items()}
+            cls.Config.model_validate({**sample, **fixed})
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            raise UserError(
+                f"search space {path}: techniques.{name}.{'.'.join(map(str, err['loc']))}: {err['msg']}"
+            ) from exc
+        techniques.append(TechniqueSpace(name=name, dims=dims, fixed=fixed))
+    required = tuple(doc.get("required") or ())
+    for r in required:
+        if r not in doc["techniques"]:
+            raise UserError(f"search space {path}: required lists '{r}', which is not under techniques")
+    techniques.sort(key=lambda t: (registry.techniques[t.name].cls.stage, t.name))
+    return SearchSpace(
+        name=path.stem,
+        description=str(doc.get("description", "")),
+        techniques=tuple(techniques),
+        required=required,
+        groups=_exclusive_groups([t.name for t in techniques]),
+    )
+
+
+def _parse_dim(value: Any, where: str) -> Dim | None:
+    if not isinstance(value, dict):
+        return None  # a fixed value
+    keys = set(value) - {"log", "step"}
+    try:
+        if keys == {"int"}:
+            lo, hi, *step = value["int"]
+            return Int(low=lo, high=hi, step=step[0] if step else value.get("step", 1))
+        if keys == {"float"}:
+            lo, hi = value["float"]
+            return Float(low=lo, high=hi, log=bool(value.get("log", False)))
+        if keys == {"choices"}:
+            return Categorical(choices=tuple(tuple(c) if isinstance(c, list) else c for c in value["choices"]))
+    except (ValueError, TypeError, ValidationError) as exc:
+        msg = exc.errors(include_url=False)[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise UserError(
+            f"{where}: {msg}; write {{int: [LOW, HIGH]}}, {{float: [LOW, HIGH]}} or {{choices: [...]}}"
+        ) from exc
+    raise UserError(
+        f"{where}: unknown range {value!r}; write {{int: [LOW, HIGH]}}, {{float: [LOW, HIGH]}}, "
+        "{choices: [...]} or a plain value to fix it"
+    )
+
+
+def _first(dim: Dim) -> Any:
+    return dim.choices[0] if isinstance(dim, Categorical) else dim.low
+
+
+def _exclusive_groups(names: list[str]) -> tuple[tuple[str, ...], ...]:
+    """Connected components of the incompatibility graph: each becomes one choice."""
+    from autoslm.plugins import get_registry
+
+    reg = get_registry()
+    parent = {n: n for n in names}
+
+    def root(n: str) -> str:
+        while parent[n] != n:
+            n = parent[n]
+        return n
+
+    for a in names:
+        for b in names:
+            if a != b and (
+                b in reg.techniques[a].cls.incompatible_with or a in reg.techniques[b].cls.incompatible_with
+            ):
+                parent[root(a)] = root(b)
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(root(n), []).append(n)
+    return tuple(tuple(g) for g in groups.values())
+
+
+def encode_choice(value: Any) -> Any:
+    """Optuna categorical choices must be plain scalars: tuples travel as JSON strings."""
+    return json.dumps(list(value)) if isinstance(value, tuple | list) else value
+
+
+def decode_choice(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("["):
+        return json.loads(value)
+    return value

@@ -1,0 +1,124 @@
+"""What `autoslm search` shows: the space, the baseline, a progress bar with best-so-far, and the final tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def policy_text(steps: list[dict[str, Any]]) -> str:
+    if not steps:
+        return "(uncompressed)"
+    parts = []
+    for s in steps:
+        params = ", ".join(f"{k}={_short(v)}" for k, v in s["params"].items() if not k.startswith("calibration"))
+        parts.append(f"{s['technique']}({params})")
+    return " -> ".join(parts)
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+class SearchView:
+    def __init__(self, console: Console, trials: int) -> None:
+        self.console = console
+        self.trials = trials
+        self.baseline: dict[str, Any] | None = None
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[best]}"),
+            console=console,
+        )
+        self.task = None
+
+    def __enter__(self) -> SearchView:
+        self.progress.start()
+        self.task = self.progress.add_task("baseline", total=self.trials, best="")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def event(self, kind: str, payload: Any) -> None:
+        if kind == "space":
+            table = Table(title=f"search space '{payload.name}'", show_header=True)
+            for col in ("technique", "parameter", "range"):
+                table.add_column(col)
+            for row in payload.describe():
+                table.add_row(*row)
+            self.progress.console.print(table)
+        elif kind == "baseline_start":
+            self.progress.update(self.task, description="measuring the baseline")
+        elif kind == "baseline":
+            self.baseline = payload["baseline"]
+            m = self.baseline["metrics"]
+            self.progress.console.print(
+                f"baseline: ppl {self.baseline['ppl']:.2f}, decode {m['decode_ms']:.1f} ms/token, "
+                f"memory {m['memory_mb']:.0f} MB, size {m['size_mb']:.0f} MB  ·  budget {payload['budget']}"
+            )
+            self.progress.update(self.task, description="searching")
+        elif kind == "trial":
+            row, best = payload["trial"], payload["best"]
+            self.progress.update(
+                self.task,
+                completed=min(payload["done"], self.trials),
+                best=f"best ppl {best['ppl']:.2f} (trial {best['number']})" if best else "no feasible yet",
+            )
+            self.progress.console.print(f"  trial {row['number']:>3} {_status(row):<32} {policy_text(row['steps'])}")
+
+    def summary(self, result: Any) -> None:
+        base = result.baseline
+        bm = base["metrics"]
+        if result.best is None:
+            self.console.print("[bold red]no feasible policy[/bold red] met the budget; closest candidates:")
+            table = _table(result.closest, bm, base["ppl"])
+            self.console.print(table)
+            self.console.print(
+                f"everything is saved in {result.run_dir}/ (trials.json, study.db); "
+                "loosen the budget or widen the space and --resume"
+            )
+            return
+        self.console.print(_table([result.best], bm, base["ppl"], title="best feasible policy"))
+        self.console.print(_table(result.pareto, bm, base["ppl"], title="Pareto set (ppl, decode ms, memory MB)"))
+        self.console.print(f"recipe: {result.recipe_path}\ncheckpoint: {result.checkpoint_path}")
+
+
+def _status(row: dict[str, Any]) -> str:
+    if row.get("cached_from") is not None:
+        return f"cached (= trial {row['cached_from']})"
+    if row["status"] == "complete" and row.get("ppl") is not None:
+        return f"ppl {row['ppl']:.2f}, {row['metrics'].get('decode_ms', 0):.1f} ms"
+    if row["status"] == "infeasible":
+        worst = max(row["violations"], key=row["violations"].get)
+        return f"over budget ({worst} +{100 * row['violations'][worst]:.0f}%)"
+    return f"{row['status']}: {(row.get('reason') or '')[:60]}"
+
+
+def _table(rows: list[dict[str, Any]], bm: dict[str, float], base_ppl: float, title: str = "") -> Table:
+    table = Table(title=title)
+    for col in ("trial", "policy", "ppl", "decode ms", "speedup", "memory MB", "size MB"):
+        if col == "policy":
+            table.add_column(col, overflow="fold", min_width=24)
+        else:
+            table.add_column(col, justify="right")
+    for r in rows:
+        m = r["metrics"]
+        ppl = f"{r['ppl']:.2f} ({100 * (r['ppl'] / base_ppl - 1):+.0f}%)" if r.get("quality") else "-"
+        table.add_row(
+            str(r["number"]),
+            policy_text(r["steps"]),
+            ppl,
+            f"{m['decode_ms']:.1f}",
+            f"{bm['decode_ms'] / m['decode_ms']:.2f}x",
+            f"{m['memory_mb']:.0f}",
+            f"{m['size_mb']:.0f}",
+        )
+    return table
