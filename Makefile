@@ -7,6 +7,9 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 MODEL   ?= smollm2-135m
+BUDGET  ?= decode_ms<=0.7x
+TRIALS  ?= 12
+OUT     ?= runs/$(MODEL)
 
 .PHONY: setup search test lint data clean
 
@@ -22,10 +25,9 @@ $(STAMP): pyproject.toml Makefile
 	@$(BIN)/python -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if v.startswith('$(subst torch==,,$(TORCH))') else 1)"
 	touch $(STAMP)
 
-# The main job. Until the budgeted search lands this evaluates and profiles the default model.
+# The main job: a budgeted search on the embedded default model. Re-running continues the same study.
 search: $(STAMP)
-	$(BIN)/autoslm eval --model $(MODEL)
-	$(BIN)/autoslm profile --model $(MODEL)
+	$(BIN)/autoslm search --model $(MODEL) --budget "$(BUDGET)" --trials $(TRIALS) --out $(OUT) --resume
 
 test: $(STAMP)
 	$(BIN)/ruff check .

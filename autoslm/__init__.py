@@ -24,9 +24,39 @@ __all__ = [
     "Technique",
     "TechniqueConfig",
     "__version__",
+    "apply_recipe",
     "hookimpl",
+    "load",
     "load_model",
+    "search",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "search":  # the package autoslm.search is callable: autoslm.search(model=..., budget=...)
+        import importlib
+
+        return importlib.import_module("autoslm.search")
+    raise AttributeError(f"module 'autoslm' has no attribute {name!r}")
+
+
+def load(directory: str) -> Any:
+    """Load a compressed checkpoint (or any model directory) in a fresh process: returns (model, tokenizer).
+
+    Checksums are verified first; weights come from safetensors only.
+    """
+    from pathlib import Path
+
+    from autoslm.checkpoint import load_dir
+
+    return load_dir(Path(directory))
+
+
+def apply_recipe(recipe: str, out: str, model: str | None = None, force: bool = False) -> Any:
+    """Rebuild the checkpoint a recipe.yaml describes from its base model (see autoslm.recipe.apply_recipe)."""
+    from autoslm.recipe import apply_recipe as _apply
+
+    return _apply(recipe, out, model=model, force=force)
 
 
 def load_model(spec: str) -> Any:

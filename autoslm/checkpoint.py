@@ -54,6 +54,17 @@ def save_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, 
     return directory
 
 
+def add_file(directory: Path, name: str, text: str) -> Path:
+    """Write a text file into a checkpoint and record its sha256 in the manifest."""
+    directory = Path(directory)
+    (directory / name).write_text(text)
+    path = directory / MANIFEST
+    manifest = json.loads(path.read_text()) if path.is_file() else {"format_version": FORMAT_VERSION, "files": {}}
+    manifest["files"][name] = sha256_file(directory / name)
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return directory / name
+
+
 def _save_weights(model: PreTrainedModel, directory: Path) -> dict[str, Any]:
     from safetensors.torch import save_file
 
@@ -90,7 +101,8 @@ def _save_weights(model: PreTrainedModel, directory: Path) -> dict[str, Any]:
         for key, tensor in enc.items():
             tensors[f"{name}.{key}"] = tensor.detach().contiguous()
         modules[name] = {"codec": codec.name, "meta": meta, "tensors": sorted(enc), "container": codec.container}
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt", "autoslm": "codec"})
+    # one metadata key only: safetensors writes a multi-key metadata map in random order (not byte-stable)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return {"aliases": aliases, "coded": modules}
 
 

@@ -206,6 +206,30 @@ def search(
 
 
 @app.command()
+def apply(
+    recipe: Annotated[str, typer.Argument(help="a recipe.yaml written by `autoslm search`")],
+    out: Annotated[str, typer.Option(help="directory for the rebuilt checkpoint")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="base model spec (default: the one the recipe names)")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="apply even if the base model's fingerprint differs")] = False,
+) -> None:
+    """Rebuild a compressed checkpoint from its base model and a recipe (same seed, same weights).
+
+    Example:  autoslm apply runs/smollm2-135m/recipe.yaml --out ckpt/
+    """
+    _quiet_libraries()
+    from autoslm.checkpoint import sha256_file
+    from autoslm.recipe import apply_recipe
+
+    with console.status(f"applying {recipe}"):
+        directory = apply_recipe(recipe, out, model=model, force=force)
+    console.print(
+        f"checkpoint written to {directory}  ·  model.safetensors sha256 {sha256_file(directory / 'model.safetensors')}"
+    )
+
+
+@app.command()
 def plugins(as_json: JsonOpt = False) -> None:
     """List installed technique plugins (entry point group `autoslm`), their techniques and load status.
 

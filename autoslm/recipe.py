@@ -79,3 +79,46 @@ def environment() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return env
+
+
+def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None, force: bool = False) -> Path:
+    """Rebuild the compressed checkpoint a recipe describes, from its base model, into `out`.
+
+    Refuses (unless `force`) when the base model's fingerprint differs from the recipe's, and names the plugin
+    package to install when a step's technique is missing. Applied twice, the weights file is byte-identical.
+    """
+    from autoslm import checkpoint
+    from autoslm.models import load_model
+    from autoslm.pipeline import Step, apply_steps
+    from autoslm.plugins import get_registry
+    from autoslm.technique import ApplyContext
+
+    recipe = Recipe.read(Path(path))
+    registry = get_registry()
+    for step in recipe.steps:
+        if step.technique not in registry.techniques:
+            raise UserError(
+                f"recipe step '{step.technique}' needs the plugin package '{step.plugin}' (version {step.version}), "
+                f"which is not installed: pip install '{step.plugin}=={step.version}'"
+            )
+    spec = model or recipe.base_model["name"]
+    base = load_model(spec)
+    if base.fingerprint != recipe.base_model["fingerprint"] and not force:
+        raise UserError(
+            f"base model '{spec}' has fingerprint {base.fingerprint[:16]}, the recipe was made from "
+            f"{recipe.base_model['fingerprint'][:16]}: use the same base model, or pass --force to apply anyway"
+        )
+    teacher = {}
+
+    def teacher_factory() -> object:
+        if "model" not in teacher:
+            teacher["model"] = load_model(spec).model
+        return teacher["model"]
+
+    ctx = ApplyContext(tokenizer=base.tokenizer, seed=recipe.seed, teacher_factory=teacher_factory)
+    compressed = apply_steps(base.model, [Step(technique=s.technique, params=s.params) for s in recipe.steps], ctx)
+    out = Path(out)
+    checkpoint.save_dir(compressed, base.tokenizer, out, base_fingerprint=recipe.base_model["fingerprint"])
+    recipe = recipe.model_copy(update={"checkpoint_sha256": checkpoint.sha256_file(out / "model.safetensors")})
+    checkpoint.add_file(out, "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, width=120))
+    return out

@@ -236,7 +236,9 @@ def export_best(
         environment=environment(),
         checkpoint_sha256=checkpoint.sha256_file(dest / "model.safetensors"),
     )
-    return recipe.write(run_dir / "recipe.yaml"), dest
+    path = recipe.write(run_dir / "recipe.yaml")
+    checkpoint.add_file(dest, "recipe.yaml", path.read_text())
+    return path, dest
 
 
 def _target_of(directory: Path) -> dict[str, Any]:
@@ -251,3 +253,13 @@ def _emit(progress: Any, event: str, payload: Any) -> None:
 
 
 __all__ = ["SearchResult", "SearchSettings", "run_search", "search"]
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """Lets `autoslm.search(...)` call the function while `autoslm.search` stays this package."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SearchResult:
+        return search(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule
