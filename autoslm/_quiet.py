@@ -15,6 +15,10 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*TracerWarning.*")
+    warnings.filterwarnings("ignore", module="transformers.integrations.sdpa_attention")
+    warnings.filterwarnings("ignore", module="transformers.masking_utils")
+    warnings.filterwarnings("ignore", module="transformers.cache_utils")
     try:
         import optuna
 
