@@ -235,14 +235,6 @@ def _builtin_gguf(name: str) -> Path:
     return path
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _publish(tmp: Path, final: Path) -> Path:
     """Move a finished conversion into place atomically; another process may have won the race."""
     try:
@@ -254,7 +246,9 @@ def _publish(tmp: Path, final: Path) -> Path:
 
 def _convert_gguf(gguf: Path) -> Path:
     """Dequantize a GGUF file to a float safetensors directory once (cached by the file's sha256)."""
-    digest = _file_sha256(gguf)
+    from autoslm.checkpoint import sha256_file
+
+    digest = sha256_file(gguf)
     label = "gguf"
     final = cache_dir("models") / f"{label}-{digest[:16]}"
     if (final / "config.json").is_file():
