@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 MODEL   ?= smollm2-135m
 BUDGET  ?= decode_ms<=0.7x
-TRIALS  ?= 12
+TRIALS  ?= 8
 OUT     ?= runs/$(MODEL)
 
 .PHONY: setup search test lint data clean
