@@ -212,6 +212,7 @@ def export_best(
     from autoslm.models import parse_spec
     from autoslm.recipe import Recipe, build_steps, environment
     from autoslm.search.objective import _BASE
+    from autoslm.targets import get_target
 
     dest = run_dir / "checkpoint"
     src = Path(best["checkpoint"])
@@ -224,7 +225,7 @@ def export_best(
         steps=build_steps(best["steps"]),
         calibration={"corpus": "calibration", "sha256": data.corpus_sha256("calibration")},
         seed=settings.seed,
-        target=json.loads(json.dumps(_target_of(dest))),
+        target={"kind": "local", "fingerprint": get_target("local").fingerprint()},
         budget=str(budget),
         metrics={
             **best["metrics"],
@@ -239,12 +240,6 @@ def export_best(
     path = recipe.write(run_dir / "recipe.yaml")
     checkpoint.add_file(dest, "recipe.yaml", path.read_text())
     return path, dest
-
-
-def _target_of(directory: Path) -> dict[str, Any]:
-    from autoslm.targets import get_target
-
-    return {"kind": "local", "fingerprint": get_target("local").fingerprint()}
 
 
 def _emit(progress: Any, event: str, payload: Any) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -164,7 +163,6 @@ class Objective:
         except Exception as exc:  # a technique or measurement failure is a failed trial, not a failed search
             out.status = "failed"
             out.reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-            out.seconds["traceback_tail"] = 0.0
             (Path(self.run_dir) / "logs").mkdir(parents=True, exist_ok=True)
             (Path(self.run_dir) / "logs" / f"trial-{trial_number:04d}.txt").write_text(traceback.format_exc())
             return out
@@ -182,7 +180,3 @@ def _fresh_copy(base: Any) -> Any:
         source_dir=base.source_dir,
         _fingerprint=base.fingerprint,
     )
-
-
-def scratch_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="autoslm-"))
