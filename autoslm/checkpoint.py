@@ -65,6 +65,22 @@ def add_file(directory: Path, name: str, text: str) -> Path:
     return directory / name
 
 
+_KNOWN_MODULE_ROOTS = ("torch.", "transformers.")
+
+
+def _refuse_unknown_modules(model: PreTrainedModel, coded: dict[str, Any]) -> None:
+    """A module type from neither torch nor transformers needs a codec, or its weights would not load back."""
+    leaves = tuple(f"{n}." for n, c in coded.items() if not c.container)
+    for name, mod in model.named_modules():
+        if not name or name in coded or name.startswith(leaves):
+            continue
+        if not type(mod).__module__.startswith(_KNOWN_MODULE_ROOTS):
+            raise ValueError(
+                f"cannot save module '{name}': type {type(mod).__module__}.{type(mod).__name__} has no codec; "
+                "the plugin that creates it must register an autoslm.Codec for it (docs/plugins.md, 'Codecs')"
+            )
+
+
 def _save_weights(model: PreTrainedModel, directory: Path) -> dict[str, Any]:
     from safetensors.torch import save_file
 
@@ -76,6 +92,7 @@ def _save_weights(model: PreTrainedModel, directory: Path) -> dict[str, Any]:
         inside_leaf = any(name.startswith(f"{c}.") for c, codec in coded.items() if not codec.container)
         if name and not inside_leaf and (codec := registry.codec_for(mod)):
             coded[name] = codec
+    _refuse_unknown_modules(model, coded)
     if not coded:
         model.save_pretrained(directory, safe_serialization=True)
         return {}

@@ -72,7 +72,9 @@ class Registry:
             return self
         self._loaded = True
         allow = _allowlist()
-        for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        # built-ins first, then third parties by name: a third-party plugin cannot shadow a built-in technique
+        eps = sorted(entry_points(group=GROUP), key=lambda e: (_dist_of(e)[0] != "autoslm", e.name))
+        for ep in eps:
             dist, version = _dist_of(ep)
             info = PluginInfo(name=ep.name, dist=dist, version=version)
             self.plugins[ep.name] = info

@@ -223,7 +223,15 @@ class Cast(Technique):
     def apply(self, model: Any, config: CastConfig, ctx: ApplyContext) -> Any:
         import torch
 
-        return model.to(getattr(torch, config.dtype))
+        # Non-persistent buffers (rotary inv_freq) are not saved; a reloaded model recomputes them in fp32.
+        # Keep them fp32 here too, so the model measured in the search is the model that loads from the checkpoint.
+        saved = set(model.state_dict())
+        keep = {n: b for n, b in model.named_buffers() if n not in saved and b.is_floating_point()}
+        model = model.to(getattr(torch, config.dtype))
+        for name, buf in keep.items():
+            owner, _, attr = name.rpartition(".")
+            model.get_submodule(owner).register_buffer(attr, buf, persistent=False)
+        return model
 
 
 @autoslm.hookimpl

@@ -13,12 +13,23 @@ from autoslm.plugins import Registry
 
 
 def _fake_distribution(site: Path) -> None:
-    """A pip-installed-like distribution with a broken and a working plugin entry point."""
+    """A pip-installed-like distribution: one plugin fails to import, one raises in its hook, one registers a name
+    that is already taken, and one works."""
     info = site / "fakeplug-1.2.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplug\nVersion: 1.2\n")
-    (info / "entry_points.txt").write_text("[autoslm]\nbroken = fakeplug_broken\ngood = fakeplug_good\n")
+    (info / "entry_points.txt").write_text(
+        "[autoslm]\n" + "".join(f"{n} = fakeplug_{n}\n" for n in ("broken", "good", "raising", "dup"))
+    )
     (site / "fakeplug_broken.py").write_text("raise ImportError('this plugin is deliberately broken')\n")
+    (site / "fakeplug_raising.py").write_text(
+        "import autoslm\n\n@autoslm.hookimpl\ndef register_techniques(register):\n"
+        "    raise RuntimeError('hook exploded')\n"
+    )
+    (site / "fakeplug_dup.py").write_text(
+        "import autoslm\n\nclass D(autoslm.Technique):\n    name = 'prune.depth'\n    stage = autoslm.Stage.PRUNE\n\n"
+        "@autoslm.hookimpl\ndef register_techniques(register):\n    register(D)\n"
+    )
     (site / "fakeplug_good.py").write_text(
         textwrap.dedent(
             """
@@ -58,8 +69,16 @@ def test_broken_entry_point_is_reported_and_others_load(tmp_path: Path) -> None:
     assert plugins["broken"]["status"] == "failed"
     assert "deliberately broken" in plugins["broken"]["error"]
     assert plugins["broken"]["dist"] == "fakeplug"
+    assert (
+        plugins["raising"]["status"] == "failed"
+        and "register_techniques raised RuntimeError: hook exploded" in (plugins["raising"]["error"])
+    )
+    assert plugins["dup"]["status"] == "failed" and plugins["dup"]["dist"] == "fakeplug"
+    assert "technique 'prune.depth' is already registered by autoslm" in plugins["dup"]["error"]
     assert plugins["good"]["status"] == "loaded" and plugins["good"]["techniques"] == ["test.noop"]
-    assert plugins["prune_depth"]["status"] == "loaded"
+    assert plugins["prune_depth"]["status"] == "loaded" and plugins["prune_depth"]["techniques"] == ["prune.depth"]
+    table = run_cli("plugins", env={"PYTHONPATH": str(tmp_path), "COLUMNS": "250"})
+    assert "fakeplug" in table.stdout and "failed" in table.stdout and "hook exploded" in table.stdout
 
 
 def test_allowlist_and_strict_mode(tmp_path: Path) -> None:
