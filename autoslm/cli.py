@@ -37,6 +37,17 @@ ModelOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of a table")]
+TargetOpt = Annotated[
+    str, typer.Option(help="where to measure: local (this CPU) or http://HOST:PORT of a running `autoslm agent`")
+]
+TargetTokenOpt = Annotated[
+    str | None, typer.Option(help="the agent's token (or set AUTOSLM_TARGET_TOKEN)", envvar="AUTOSLM_TARGET_TOKEN")
+]
+
+
+def _check_target_spec(target: str) -> None:
+    if target != "local" and not target.startswith(("http://", "https://")):
+        raise UserError(f"--target '{target}' is not understood: use local, or http://HOST:PORT of `autoslm agent`")
 
 
 def _quiet_libraries() -> None:
@@ -99,20 +110,24 @@ def profile(
     prompt_tokens: Annotated[int, typer.Option(help="prompt length for prefill_ms")] = 128,
     decode_tokens: Annotated[int, typer.Option(help="tokens generated per decode run")] = 32,
     repeats: Annotated[int, typer.Option(help="timed runs after one warm-up")] = 3,
+    target: TargetOpt = "local",
+    target_token: TargetTokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Measure latency and memory on this machine's CPU, in a fresh process.
+    """Measure latency and memory on this machine's CPU in a fresh process, or on a device running `autoslm agent`.
 
     decode_ms: median (and p90) ms per generated token, batch 1, greedy, with KV cache.
     prefill_ms: one forward over a PROMPT_TOKENS prompt.  memory_mb: peak resident memory of the model in use.
     size_mb: weight files on disk.
 
-    Example:  autoslm profile --model smollm2-135m --threads 2
+    Examples:  autoslm profile --model smollm2-135m --threads 2
+               autoslm profile --model runs/x/checkpoint --target http://phone.lan:8765 --target-token $TOKEN
     """
     for flag, value in (("--threads", threads), ("--prompt-tokens", prompt_tokens), ("--repeats", repeats)):
         _positive(flag, value)
     if decode_tokens < 2:
         raise UserError(f"--decode-tokens must be at least 2 (got {decode_tokens})")
+    _check_target_spec(target)
     _quiet_libraries()
     from autoslm.models import resolve
     from autoslm.targets import MeasureSettings, get_target
@@ -122,8 +137,15 @@ def profile(
     )
     with console.status(f"preparing {model}"):
         directory = resolve(model)
-    with console.status(f"measuring {model} in a fresh process ({threads} threads)"):
-        m = get_target("local").measure(directory, settings)
+    where = "in a fresh process" if target == "local" else f"on {target}"
+    options = {} if target == "local" else {"token": target_token}
+    from autoslm.targets.local import MeasurementError
+
+    with console.status(f"measuring {model} {where} ({threads} threads)"):
+        try:
+            m = get_target(target, **options).measure(directory, settings)
+        except MeasurementError as exc:
+            raise UserError(f"could not measure {model} on {target}: {exc}") from exc
     if as_json:
         print(json.dumps({"model": model, **m.model_dump()}, indent=2))
         return
@@ -158,6 +180,11 @@ def search(
     study: Annotated[str, typer.Option(help="study name inside the storage")] = "autoslm",
     timeout: Annotated[float | None, typer.Option(help="stop starting new trials after this many seconds")] = None,
     fidelity: Annotated[str, typer.Option(help="quality evaluation of each candidate: full or low")] = "full",
+    warm_start: Annotated[
+        bool, typer.Option(help="first try each technique alone at its defaults (up to a third of the trials)")
+    ] = True,
+    target: TargetOpt = "local",
+    target_token: TargetTokenOpt = None,
 ) -> None:
     """Search compression policies under a latency/memory budget measured on this machine.
 
@@ -175,6 +202,7 @@ def search(
     from autoslm.search.budget import Budget
 
     Budget.parse(budget)  # fail on malformed input before loading anything
+    _check_target_spec(target)
     Fidelity.preset(fidelity)
     _quiet_libraries()
     from autoslm.models import parse_spec
@@ -199,6 +227,9 @@ def search(
         study=study,
         timeout_s=timeout,
         fidelity=fidelity,
+        warm_start=warm_start,
+        target=target,
+        target_token=target_token,
     )
     with SearchView(console, trials) as view:
         result = run_search(settings, resume=resume, progress=view.event)
@@ -250,6 +281,45 @@ def plugins(as_json: JsonOpt = False) -> None:
         )
         table.add_row(p.name, p.dist, p.version, ", ".join(p.techniques) or "-", status)
     console.print(table)
+
+
+@app.command()
+def agent(
+    token: Annotated[
+        str | None,
+        typer.Option(help="shared secret clients must send (or set AUTOSLM_AGENT_TOKEN)", envvar="AUTOSLM_AGENT_TOKEN"),
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8765,
+    max_upload_mb: Annotated[float, typer.Option(help="largest checkpoint upload accepted (else 413)")] = 4096,
+    max_queue: Annotated[int, typer.Option(help="measurements allowed to wait (else 503, the client retries)")] = 4,
+    timeout_s: Annotated[float, typer.Option(help="time limit of one measurement (else 504)")] = 900,
+) -> None:
+    """Serve measurements on this device for a search running elsewhere (`--target http://HOST:PORT`).
+
+    Uploads are checkpoints as tar archives of safetensors + JSON files (pickles are refused), checked against
+    their manifest's sha256 sums, measured one at a time in a fresh process with the same code as the local target.
+    Every request but GET /health needs 'Authorization: Bearer TOKEN'. See docs/agent.md for the security model.
+
+    Example:  AUTOSLM_AGENT_TOKEN=$(openssl rand -hex 16) autoslm agent --host 0.0.0.0 --port 8765
+    """
+    _positive("--port", port)
+    _positive("--max-queue", max_queue)
+    if not token or len(token) < 8:
+        raise UserError("autoslm agent needs --token (or AUTOSLM_AGENT_TOKEN) of at least 8 characters")
+    if max_upload_mb <= 0 or timeout_s <= 0:
+        raise UserError("--max-upload-mb and --timeout-s must be positive")
+    _quiet_libraries()
+    from autoslm.agent import Agent, serve
+
+    service = Agent(token, max_upload_mb=max_upload_mb, max_queue=max_queue, timeout_s=timeout_s)
+    fp = service.target.fingerprint()
+    console.print(
+        f"autoslm agent on http://{host}:{port}  ·  device {fp['id']} ({fp['cpu']}, {fp['threads']} threads)  ·  "
+        f"uploads <= {max_upload_mb:g} MB  ·  Ctrl-C stops",
+        highlight=False,
+    )
+    serve(service, host=host, port=port)
 
 
 def _positive(flag: str, value: int) -> None:

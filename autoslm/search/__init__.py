@@ -37,6 +37,9 @@ class SearchSettings(BaseModel):
     study: str = "autoslm"
     timeout_s: float | None = None
     fidelity: str = "full"
+    warm_start: bool = True
+    target: str = "local"
+    target_token: str | None = Field(None, exclude=True, repr=False)  # never stored in the study
 
 
 @dataclass
@@ -97,7 +100,9 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     stored = study.user_attrs.get("settings")
     if stored and resume:
         previous = SearchSettings.model_validate(stored)
-        settings = previous.model_copy(update={"trials": max(settings.trials, previous.trials)})
+        settings = previous.model_copy(
+            update={"trials": max(settings.trials, previous.trials), "target_token": settings.target_token}
+        )
         budget = Budget.parse(settings.budget)
     elif not stored:
         study.set_user_attr("settings", settings.model_dump())
@@ -111,7 +116,10 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         run_dir=str(run_dir),
         seed=settings.seed,
         fidelity_full=Fidelity.preset(settings.fidelity),
+        target=settings.target,
+        target_options=_target_options(settings),
     )  # type: ignore[arg-type]
+    device = _check_target(settings)
     objective.space = load_space(settings.space, model_info(objective.base().model))
     _emit(progress, "space", objective.space)
 
@@ -122,11 +130,17 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         if out.status != "complete":
             raise RuntimeError(f"the baseline model could not be measured: {out.reason}")
         baseline = {"metrics": out.metrics, "ppl": out.ppl, "low_ppl": out.low_ppl, "quality": out.quality}
+        baseline["device"] = device
         study.set_user_attr("baseline", baseline)
         shutil.rmtree(out.checkpoint or "", ignore_errors=True)
     (run_dir / "baseline.json").write_text(json.dumps(baseline, indent=2))
     _emit(progress, "baseline", {"baseline": baseline, "budget": budget})
 
+    if settings.warm_start and not study.get_trials(deepcopy=False):
+        from autoslm.search.warm_start import warm_start_policies
+
+        for params in warm_start_policies(objective.space, settings.trials):
+            study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
     remaining = settings.trials - finished_count(study)
     if remaining > 0:
         run = make_optuna_objective(objective, study, baseline)
@@ -171,6 +185,7 @@ def _row(t: Any) -> dict[str, Any]:
         "cached_from": attrs.get("cached_from"),
         "seconds": attrs.get("seconds", {}),
         "checkpoint": attrs.get("checkpoint"),
+        "warm_start": bool(attrs.get("warm_start")),
     }
 
 
@@ -225,7 +240,10 @@ def export_best(
         steps=build_steps(best["steps"]),
         calibration={"corpus": "calibration", "sha256": data.corpus_sha256("calibration")},
         seed=settings.seed,
-        target={"kind": "local", "fingerprint": get_target("local").fingerprint()},
+        target={
+            "kind": "local" if settings.target == "local" else "remote",
+            "fingerprint": get_target(settings.target, **_target_options(settings)).fingerprint(),
+        },
         budget=str(budget),
         metrics={
             **best["metrics"],
@@ -240,6 +258,21 @@ def export_best(
     path = recipe.write(run_dir / "recipe.yaml")
     checkpoint.add_file(dest, "recipe.yaml", path.read_text())
     return path, dest
+
+
+def _target_options(settings: SearchSettings) -> dict[str, Any]:
+    return {} if settings.target == "local" else {"token": settings.target_token}
+
+
+def _check_target(settings: SearchSettings) -> dict[str, Any]:
+    """Reach the target before any work: a wrong token or a dead agent is the user's to fix, not 12 failed trials."""
+    from autoslm.targets import get_target
+    from autoslm.targets.local import MeasurementError
+
+    try:
+        return dict(get_target(settings.target, **_target_options(settings)).fingerprint())
+    except MeasurementError as exc:
+        raise UserError(f"target {settings.target} is not reachable ({exc}); start `autoslm agent` there") from exc
 
 
 def _emit(progress: Any, event: str, payload: Any) -> None:

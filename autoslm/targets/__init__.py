@@ -69,4 +69,8 @@ def get_target(spec: str = "local", **options: object) -> Target:
         from autoslm.targets.local import LocalTarget
 
         return LocalTarget(**options)  # type: ignore[arg-type]
-    raise UserError(f"unknown target '{spec}': use local")
+    if spec.startswith(("http://", "https://")):
+        from autoslm.targets.remote import RemoteTarget
+
+        return RemoteTarget(spec, **options)  # type: ignore[arg-type]
+    raise UserError(f"unknown target '{spec}': use local, or http://HOST:PORT of a running `autoslm agent`")

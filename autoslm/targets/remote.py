@@ -1,0 +1,117 @@
+"""A remote device as a target: upload the checkpoint to an `autoslm agent`, get its measurement back.
+
+Transient failures (agent unreachable, restarting, busy: connection errors, 502/503/504) are retried a bounded
+number of times with growing waits, then reported as a failed measurement, so a search never hangs on a dead
+device. A wrong token or a refused upload is not retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from autoslm.errors import UserError
+from autoslm.targets import Measurement, MeasureSettings, Target
+from autoslm.targets.local import MeasurementError
+
+log = logging.getLogger("autoslm.target")
+RETRYABLE = {502, 503, 504}
+
+
+def pack(directory: Path, archive: Path) -> Path:
+    """An uncompressed tar of the checkpoint directory's files (flat; weights are incompressible anyway)."""
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tf:
+        for p in sorted(Path(directory).iterdir()):
+            if p.is_file() and not p.name.startswith("."):
+                tf.add(p, arcname=p.name, recursive=False)
+    return archive
+
+
+class RemoteTarget(Target):
+    kind = "remote"
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        retries: int = 4,
+        backoff_s: float = 1.0,
+        timeout_s: float = 1800.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.token = token or os.environ.get("AUTOSLM_TARGET_TOKEN") or ""
+        if not self.token:
+            raise UserError(f"target {self.url} needs a token: pass --target-token or set AUTOSLM_TARGET_TOKEN")
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        self._fingerprint: dict[str, str | int] | None = None
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One HTTP call with bounded retries on transient failures; raises MeasurementError at the end."""
+        import requests
+
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                wait = self.backoff_s * 2 ** (attempt - 1)
+                log.warning("agent %s: %s; retry %d/%d in %.0fs", self.url, last, attempt, self.retries, wait)
+                time.sleep(wait)
+                if "rewind" in kwargs:
+                    kwargs["rewind"]()
+            send = {k: v for k, v in kwargs.items() if k not in ("rewind", "headers")}
+            headers = {**self._headers(), **(kwargs.get("headers") or {})}
+            try:
+                r = requests.request(method, self.url + path, headers=headers, **send)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                last = f"unreachable ({type(exc).__name__})"
+                continue
+            if r.status_code in RETRYABLE and not (r.status_code == 504 and path == "/measure"):
+                last = f"HTTP {r.status_code} {_message(r)}"
+                continue
+            if r.status_code == 401:
+                raise UserError(f"agent {self.url} refused the token (401): check --target-token")
+            if r.status_code >= 400:
+                raise MeasurementError(f"agent {self.url}: HTTP {r.status_code} {_message(r)}")
+            return r.json()
+        raise MeasurementError(f"agent {self.url}: {last} after {self.retries} retries")
+
+    def fingerprint(self) -> dict[str, str | int]:
+        if self._fingerprint is None:
+            info = self._request("GET", "/info", timeout=30)
+            self._fingerprint = {**info["device"], "agent": self.url}
+        return self._fingerprint
+
+    def measure(self, checkpoint: Path, settings: MeasureSettings | None = None) -> Measurement:
+        settings = settings or MeasureSettings()
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_dir():
+            raise UserError(f"checkpoint '{checkpoint}' is not a directory: give a model or checkpoint directory")
+        with tempfile.TemporaryDirectory(prefix="autoslm-upload-") as tmp:
+            archive = pack(checkpoint, Path(tmp) / "checkpoint.tar")
+            with open(archive, "rb") as body:
+                data = self._request(
+                    "POST",
+                    "/measure",
+                    params={"settings": settings.model_dump_json()},
+                    data=body,
+                    headers={"Content-Type": "application/x-tar"},
+                    timeout=(10, self.timeout_s),
+                    rewind=lambda: body.seek(0),
+                )
+        return Measurement.model_validate(data)
+
+
+def _message(r: Any) -> str:
+    try:
+        return str(r.json().get("error", ""))[:300]
+    except ValueError:
+        return r.text[:300]

@@ -1,0 +1,209 @@
+"""`autoslm agent` on loopback: authentication, upload limits, refusal of pickles and malformed payloads, a search
+measured through the agent, and an agent restarted in the middle of that search."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from conftest import REPO
+
+TOKEN = "test-token-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(port: int, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "autoslm.cli", "agent", "--port", str(port), "--max-upload-mb", "40", *extra]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env={**os.environ, "AUTOSLM_AGENT_TOKEN": TOKEN},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
+                return proc
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"agent did not start: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def agent():
+    port = _free_port()
+    proc = _start(port)
+    yield f"http://127.0.0.1:{port}"
+    _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from autoslm import checkpoint
+    from autoslm.models import load_model
+
+    lm = load_model("tiny-llama")
+    return checkpoint.save_dir(lm.model, lm.tokenizer, tmp_path_factory.mktemp("ck") / "tiny")
+
+
+def _tar(files: dict[str, bytes], kinds: dict[str, bytes] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for name, kind in (kinds or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = "/etc/passwd"
+            tf.addfile(info)
+    return buf.getvalue()
+
+
+def _post(url: str, body: bytes, token: str | None = TOKEN) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.post(f"{url}/measure", data=body, headers=headers, timeout=120)
+
+
+def test_token_is_required(agent: str) -> None:
+    assert requests.get(f"{agent}/health", timeout=5).json()["status"] == "ok"
+    assert requests.get(f"{agent}/info", timeout=5).status_code == 401
+    wrong = requests.get(f"{agent}/info", headers={"Authorization": "Bearer nope-nope-nope"}, timeout=5)
+    assert wrong.status_code == 401 and "token" in wrong.json()["error"]
+    assert _post(agent, b"x", token=None).status_code == 401
+    assert _post(agent, b"x", token="wrong-token-123").status_code == 401
+    ok = requests.get(f"{agent}/info", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert ok.status_code == 200 and ok.json()["device"]["id"]
+
+
+def test_oversized_upload_is_413(agent: str) -> None:
+    r = _post(agent, b"\0" * (41 * 1024 * 1024))
+    assert r.status_code == 413 and "max-upload-mb" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("files", "kinds", "message"),
+    [
+        ({}, None, "not an uncompressed tar"),
+        ({"config.json": b"{}", "pytorch_model.bin": b"weights"}, None, "pickle-based files are refused"),
+        ({"config.json": b"{}", "model.safetensors.json": pickle.dumps({"a": 1})}, None, "is a pickle"),
+        ({"../config.json": b"{}"}, None, "only plain file names"),
+        ({"config.json": b"{}"}, {"model.safetensors": tarfile.SYMTYPE}, "not a regular file"),
+        ({"config.json": b"{}", "run.sh": b"echo"}, None, "file type not accepted"),
+        ({"config.json": b"{}"}, None, "no .safetensors weights"),
+        ({"config.json": b"{not json", "model.safetensors": b"x"}, None, "config.json is not valid JSON"),
+    ],
+)
+def test_bad_payloads_are_400(agent: str, files: dict, kinds: dict | None, message: str) -> None:
+    body = b"this is not a tar archive at all" * 40 if not files else _tar(files, kinds)
+    r = _post(agent, body)
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]
+
+
+def test_tampered_checkpoint_is_400(agent: str, tiny_ckpt: Path) -> None:
+    files = {p.name: p.read_bytes() for p in tiny_ckpt.iterdir()}
+    files["config.json"] = files["config.json"].replace(b'"hidden_act"', b'"hidden_act" ')
+    r = _post(agent, _tar(files))
+    assert r.status_code == 400 and "sha256" in r.json()["error"]
+
+
+def test_bad_settings_are_400(agent: str, tiny_ckpt: Path) -> None:
+    r = requests.post(
+        f"{agent}/measure",
+        params={"settings": json.dumps({"threads": 0})},
+        data=b"x",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    assert r.status_code == 400 and "settings" in r.json()["error"]
+
+
+def test_remote_measurement_matches_local_schema(agent: str, tiny_ckpt: Path) -> None:
+    from autoslm.targets import MeasureSettings, get_target
+
+    settings = MeasureSettings(decode_tokens=8, repeats=1, prompt_tokens=16)
+    remote = get_target(agent, token=TOKEN)
+    m = remote.measure(tiny_ckpt, settings)
+    local = get_target("local").measure(tiny_ckpt, settings)
+    assert m.decode_ms > 0 and m.memory_mb > 0
+    assert m.size_mb == pytest.approx(local.size_mb)  # the same files arrived
+    assert m.target["id"] == local.target["id"]  # same machine here: same device fingerprint
+    assert remote.fingerprint()["agent"] == agent
+
+
+def test_unreachable_agent_fails_fast_and_clearly(tiny_ckpt: Path) -> None:
+    from autoslm.targets.local import MeasurementError
+    from autoslm.targets.remote import RemoteTarget
+
+    target = RemoteTarget(f"http://127.0.0.1:{_free_port()}", token=TOKEN, retries=2, backoff_s=0.1)
+    t0 = time.time()
+    with pytest.raises(MeasurementError, match="unreachable.*after 2 retries"):
+        target.measure(tiny_ckpt)
+    assert time.time() - t0 < 30
+
+
+def test_search_through_agent_survives_a_restart(tmp_path: Path) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _start(port)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "autoslm.cli", "search", "--model", "tiny-llama", "--space", "tiny",
+           "--budget", "memory_mb<=3x", "--trials", "3", "--fidelity", "low", "--out", str(out),
+           "--target", url, "--target-token", TOKEN]  # fmt: skip
+    search = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        measurements = 0  # wait until the agent is busy with the second measurement (the first trial), then kill it
+        deadline = time.time() + 300
+        was_busy = False
+        while time.time() < deadline and search.poll() is None:
+            busy = requests.get(f"{url}/health", timeout=5).json()["busy"]
+            if busy and not was_busy:
+                measurements += 1
+                if measurements == 2:
+                    break
+            was_busy = busy
+            time.sleep(0.05)
+        assert measurements == 2, "the search never reached its first trial's measurement"
+        _stop(proc)
+        time.sleep(1)
+        proc = _start(port)
+        stdout, stderr = search.communicate(timeout=600)
+    finally:
+        if search.poll() is None:
+            search.kill()
+        _stop(proc)
+    assert search.returncode == 0, stderr[-3000:]
+    rows = json.loads((out / "trials.json").read_text())
+    assert len(rows) == 3 and all(r["state"] in ("complete", "pruned") for r in rows), rows
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["target"]["kind"] == "remote" and recipe["target"]["fingerprint"]["agent"] == url
+    assert "retry" in stderr  # the client said it was retrying
