@@ -185,6 +185,12 @@ def search(
     ] = True,
     target: TargetOpt = "local",
     target_token: TargetTokenOpt = None,
+    backend: Annotated[str, typer.Option(help="optuna (this process) or ray (Ray Tune, on a Ray cluster)")] = "optuna",
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (e.g. 10.0.0.5:6379); default: start a local Ray")
+    ] = None,
+    max_concurrent: Annotated[int, typer.Option(help="--backend ray: trials running at once")] = 2,
+    cpus_per_trial: Annotated[float, typer.Option(help="--backend ray: CPUs Ray reserves per trial")] = 1.0,
 ) -> None:
     """Search compression policies under a latency/memory budget measured on this machine.
 
@@ -192,6 +198,10 @@ def search(
     a fresh process, rejects it cheaply when over budget, estimates quality at low fidelity (hopeless ones are
     pruned), then evaluates held-out perplexity. The best feasible policy is exported as OUT/recipe.yaml +
     OUT/checkpoint/. State lives in OUT/study.db: Ctrl-C, then --resume, loses no finished trial.
+
+    Distributed: --backend ray spreads trials over a Ray cluster (--ray-address); or start several
+    `autoslm search --storage URL --study NAME` processes (SQLite, journal:PATH, postgresql://...) that split one
+    study's trials. A remote device measures through `autoslm agent` (--target http://HOST:PORT).
 
     Example:  autoslm search --model smollm2-135m --budget "decode_ms<=0.7x" --trials 12
     """
@@ -203,6 +213,13 @@ def search(
 
     Budget.parse(budget)  # fail on malformed input before loading anything
     _check_target_spec(target)
+    if backend not in ("optuna", "ray"):
+        raise UserError(f"--backend '{backend}' is not known: use optuna or ray")
+    if ray_address and backend != "ray":
+        raise UserError("--ray-address needs --backend ray")
+    _positive("--max-concurrent", max_concurrent)
+    if cpus_per_trial <= 0:
+        raise UserError(f"--cpus-per-trial must be positive (got {cpus_per_trial})")
     Fidelity.preset(fidelity)
     _quiet_libraries()
     from autoslm.models import parse_spec
@@ -230,6 +247,10 @@ def search(
         warm_start=warm_start,
         target=target,
         target_token=target_token,
+        backend=backend,
+        ray_address=ray_address,
+        max_concurrent=max_concurrent,
+        cpus_per_trial=cpus_per_trial,
     )
     with SearchView(console, trials) as view:
         result = run_search(settings, resume=resume, progress=view.event)
@@ -353,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         command = exc.ctx.command_path if exc.ctx else "autoslm"
         _error(f"{exc.format_message()} (see `{command} --help`)")
         return 2
-    except (click_exc.Abort, typer.Abort):
+    except typer.Abort:
         err.print("aborted")
         return 130
     except typer.Exit as exc:

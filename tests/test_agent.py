@@ -166,7 +166,7 @@ def test_unreachable_agent_fails_fast_and_clearly(tiny_ckpt: Path) -> None:
 
     target = RemoteTarget(f"http://127.0.0.1:{_free_port()}", token=TOKEN, retries=2, backoff_s=0.1)
     t0 = time.time()
-    with pytest.raises(MeasurementError, match="unreachable.*after 2 retries"):
+    with pytest.raises(MeasurementError, match=r"unreachable.*after 2 retries"):
         target.measure(tiny_ckpt)
     assert time.time() - t0 < 30
 
@@ -196,7 +196,7 @@ def test_search_through_agent_survives_a_restart(tmp_path: Path) -> None:
         _stop(proc)
         time.sleep(1)
         proc = _start(port)
-        stdout, stderr = search.communicate(timeout=600)
+        _, stderr = search.communicate(timeout=600)
     finally:
         if search.poll() is None:
             search.kill()

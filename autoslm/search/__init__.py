@@ -14,7 +14,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +38,10 @@ class SearchSettings(BaseModel):
     timeout_s: float | None = None
     fidelity: str = "full"
     warm_start: bool = True
+    backend: Literal["optuna", "ray"] = "optuna"
+    ray_address: str | None = None
+    max_concurrent: int = Field(2, ge=1)
+    cpus_per_trial: float = Field(1.0, gt=0)
     target: str = "local"
     target_token: str | None = Field(None, exclude=True, repr=False)  # never stored in the study
 
@@ -141,20 +145,29 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
 
         for params in warm_start_policies(objective.space, settings.trials):
             study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+    if settings.backend == "ray" and resume:
+        from autoslm.search.ray_backend import fail_orphans
+
+        fail_orphans(study)
     remaining = settings.trials - finished_count(study)
-    if remaining > 0:
+
+    def after(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        _keep_best_checkpoint(st, run_dir)
+        _emit(
+            progress,
+            "trial",
+            {"trial": _row(trial), "done": finished_count(st), "total": settings.trials, "best": _best(st)},
+        )
+        if settings.backend == "optuna" and finished_count(st) >= settings.trials:
+            st.stop()
+
+    if remaining > 0 and settings.backend == "ray":
+        from autoslm.search.ray_backend import run_ray
+
+        objective.run_dir = str(run_dir.resolve())  # Ray workers run elsewhere (another cwd, maybe another node)
+        run_ray(objective, study, storage, settings, baseline, remaining, after)
+    elif remaining > 0:
         run = make_optuna_objective(objective, study, baseline)
-
-        def after(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            _keep_best_checkpoint(st, run_dir)
-            _emit(
-                progress,
-                "trial",
-                {"trial": _row(trial), "done": finished_count(st), "total": settings.trials, "best": _best(st)},
-            )
-            if finished_count(st) >= settings.trials:
-                st.stop()
-
         study.optimize(
             run,
             n_trials=remaining + 4,
@@ -186,6 +199,7 @@ def _row(t: Any) -> dict[str, Any]:
         "seconds": attrs.get("seconds", {}),
         "checkpoint": attrs.get("checkpoint"),
         "warm_start": bool(attrs.get("warm_start")),
+        "node": attrs.get("node"),
     }
 
 
@@ -199,8 +213,10 @@ def _keep_best_checkpoint(study: Any, run_dir: Path) -> None:
     """Trial checkpoints are large: keep only the current best's (and none of the others)."""
     best = _best(study)
     keep = Path(best["checkpoint"]).resolve() if best and best.get("checkpoint") else None
+    finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     for d in (run_dir / "trials").glob("*"):
-        if d.resolve() != keep:
+        # only finished trials' folders: other workers (Ray, or processes sharing the study) may be writing theirs
+        if d.name.isdigit() and int(d.name) in finished and d.resolve() != keep:
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -230,8 +246,10 @@ def export_best(
     from autoslm.targets import get_target
 
     dest = run_dir / "checkpoint"
-    src = Path(best["checkpoint"])
-    if src.resolve() != dest.resolve():
+    src = Path(best["checkpoint"] or "")
+    if not (src / "model.safetensors").is_file():
+        _rebuild(best, settings, dest)  # the winner ran on another node: apply its policy here (deterministic)
+    elif src.resolve() != dest.resolve():
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(src, dest)
     base = _BASE[settings.model]
@@ -258,6 +276,17 @@ def export_best(
     path = recipe.write(run_dir / "recipe.yaml")
     checkpoint.add_file(dest, "recipe.yaml", path.read_text())
     return path, dest
+
+
+def _rebuild(best: dict[str, Any], settings: SearchSettings, dest: Path) -> None:
+    from autoslm import checkpoint
+    from autoslm.search.objective import Objective
+
+    objective = Objective(model=settings.model, space=None, budget=None, run_dir=str(dest.parent), seed=settings.seed)  # type: ignore[arg-type]
+    model, lm = objective.apply_policy(best["steps"])
+    shutil.rmtree(dest, ignore_errors=True)
+    fingerprint = objective.base().fingerprint
+    checkpoint.save_dir(model, lm.tokenizer, dest, steps=best["steps"], base_fingerprint=fingerprint)
 
 
 def _target_options(settings: SearchSettings) -> dict[str, Any]:

@@ -102,6 +102,16 @@ class Objective:
     def hash_extra(self) -> dict[str, Any]:
         return {"model": self.base().fingerprint, "seed": self.seed, "fidelity": self.fidelity_full.model_dump()}
 
+    def apply_policy(self, steps: list[dict[str, Any]]) -> tuple[Any, Any]:
+        """A fresh copy of the base model with `steps` applied (deterministic for the seed); (model, loaded)."""
+        from autoslm.pipeline import Step, apply_steps
+        from autoslm.technique import ApplyContext
+
+        base = self.base()
+        lm = _fresh_copy(base)
+        ctx = ApplyContext(tokenizer=lm.tokenizer, seed=self.seed, teacher_factory=lambda: base.model)
+        return apply_steps(lm.model, [Step(**s) for s in steps], ctx), lm
+
     def evaluate_policy(
         self,
         steps: list[dict[str, Any]],
@@ -112,18 +122,14 @@ class Objective:
         """Run one candidate. `baseline` is None for the baseline itself (no budget check, no pruning)."""
         from autoslm import checkpoint
         from autoslm.evaluate import evaluate
-        from autoslm.pipeline import Step, apply_steps
         from autoslm.targets import get_target
-        from autoslm.technique import ApplyContext
 
         out = TrialOutcome(steps=steps, policy_hash=canonical_hash(steps, self.hash_extra()))
         base = self.base()
         work = Path(self.run_dir) / "trials" / f"{trial_number:04d}"
         try:
             t0 = time.perf_counter()
-            lm = _fresh_copy(base)
-            ctx = ApplyContext(tokenizer=lm.tokenizer, seed=self.seed, teacher_factory=lambda: base.model)
-            model = apply_steps(lm.model, [Step(**s) for s in steps], ctx)
+            model, lm = self.apply_policy(steps)
             out.seconds["apply"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             shutil.rmtree(work, ignore_errors=True)

@@ -8,6 +8,9 @@ dead process left RUNNING stop sending heartbeats; when the search resumes Optun
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -100,19 +103,43 @@ def record(trial: optuna.Trial, out: TrialOutcome) -> None:
         trial.set_constraint(metric, v)
 
 
+def _same_policy(
+    study: optuna.Study, trial: optuna.Trial, h: str, wait_s: float = 2.0, max_wait_s: float = 7200.0
+) -> optuna.trial.FrozenTrial | None:
+    """A finished trial with the same policy hash; if another process is evaluating it right now, wait for it."""
+    S = optuna.trial.TrialState
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        same = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.RUNNING))
+            if t.number != trial.number and t.user_attrs.get("policy_hash") == h
+        ]
+        done = [t for t in same if t.state == S.COMPLETE]
+        if done:
+            return done[0]
+        if not same or time.monotonic() > deadline:
+            return None
+        time.sleep(wait_s)  # a RUNNING twin in another process
+        optuna.storages.fail_stale_trials(study)  # ... unless that process died: no heartbeat, failed after grace
+
+
 def make_optuna_objective(objective: Objective, study: optuna.Study, baseline: dict[str, Any]) -> Any:
     def run(trial: optuna.Trial) -> float:
         policy = sample_policy(trial, objective.space)
         steps = policy_steps(objective.space, policy)
         h = canonical_hash(steps, objective.hash_extra())
-        for previous in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            if previous.user_attrs.get("policy_hash") == h:  # identical policy: reuse, never evaluate twice
-                for key, value in previous.user_attrs.items():
+        trial.set_user_attr("node", {"host": socket.gethostname(), "pid": os.getpid()})
+        previous = _same_policy(study, trial, h)
+        if previous is not None:  # identical policy: reuse, never evaluate twice
+            for key, value in previous.user_attrs.items():
+                if key != "node":
                     trial.set_user_attr(key, value)
-                trial.set_user_attr("cached_from", previous.number)
-                for metric, v in (previous.user_attrs.get("violations") or {}).items():
-                    trial.set_constraint(metric, v)
-                return float(previous.value)
+            trial.set_user_attr("cached_from", previous.number)
+            for metric, v in (previous.user_attrs.get("violations") or {}).items():
+                trial.set_constraint(metric, v)
+            return float(previous.value)
+        trial.set_user_attr("policy_hash", h)  # claims the policy: another process sharing the study waits for it
 
         def report_low(value: float) -> bool:
             trial.report(value, 0)
