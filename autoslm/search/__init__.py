@@ -269,7 +269,12 @@ def export_best(
             **{k: v for k, v in (best["quality"] or {}).items() if k.endswith("_acc")},
             "baseline": {**baseline["metrics"], "ppl": baseline["ppl"]},
         },
-        search={"backend": "optuna", "sampler": settings.sampler, "study": settings.study, "trial": best["number"]},
+        search={
+            "backend": settings.backend,
+            "sampler": settings.sampler,
+            "study": settings.study,
+            "trial": best["number"],
+        },
         environment=environment(),
         checkpoint_sha256=checkpoint.sha256_file(dest / "model.safetensors"),
     )
