@@ -305,6 +305,26 @@ def plugins(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def report(
+    run_dir: Annotated[str, typer.Argument(help="the --out directory of `autoslm search` (finished or running)")],
+    storage: Annotated[str | None, typer.Option(help="the search's --storage, when it was not the default")] = None,
+    study: Annotated[str | None, typer.Option(help="study name inside --storage")] = None,
+) -> None:
+    """Write RUN_DIR/report.html (self-contained) and RUN_DIR/pareto.png from the search's study.
+
+    Works while the search is still running: it reads the trials finished so far.
+
+    Example:  autoslm report runs/smollm2-135m && xdg-open runs/smollm2-135m/report.html
+    """
+    from pathlib import Path
+
+    from autoslm import report as _report
+
+    html_path, png = _report.write(Path(run_dir), storage, study)
+    console.print(f"report: {html_path}\npicture: {png}", highlight=False)
+
+
+@app.command()
 def agent(
     token: Annotated[
         str | None,

@@ -82,13 +82,16 @@ class SearchView:
             table = _table(result.closest, bm, base["ppl"])
             self.console.print(table)
             self.console.print(
-                f"everything is saved in {result.run_dir}/ (trials.json, study.db); "
+                f"everything is saved in {result.run_dir}/ (trials.json, study.db, report.html); "
                 "loosen the budget or widen the space and --resume"
             )
             return
         self.console.print(_table([result.best], bm, base["ppl"], title="best feasible policy"))
         self.console.print(_table(result.pareto, bm, base["ppl"], title="Pareto set (ppl, decode ms, memory MB)"))
-        self.console.print(f"recipe: {result.recipe_path}\ncheckpoint: {result.checkpoint_path}")
+        self.console.print(
+            f"recipe: {result.recipe_path}\ncheckpoint: {result.checkpoint_path}\nreport: {result.report_path}",
+            highlight=False,
+        )
 
 
 def _status(row: dict[str, Any]) -> str:

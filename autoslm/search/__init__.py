@@ -6,6 +6,8 @@ run_dir/
   trials.json       every trial: policy, metrics, constraints, status, reason
   recipe.yaml       the best feasible policy, every parameter explicit
   checkpoint/       its compressed checkpoint (safetensors + manifest)
+  report.html       self-contained report (pareto.png embedded); `autoslm report DIR` regenerates it
+  pareto.png        perplexity vs decode ms of every trial, Pareto front, budget, baseline, chosen policy
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class SearchResult:
     closest: list[dict[str, Any]] = field(default_factory=list)
     recipe_path: Path | None = None
     checkpoint_path: Path | None = None
+    report_path: Path | None = None
 
 
 def search(
@@ -227,6 +230,9 @@ def _finish(study: Any, settings: SearchSettings, run_dir: Path, baseline: dict[
     (run_dir / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
     best = _best(study)
     result = SearchResult(run_dir=run_dir, baseline=baseline, trials=rows, best=best, pareto=pareto_front(rows))
+    from autoslm import report
+
+    result.report_path, _ = report.write(run_dir, settings.storage, settings.study)
     if best is None:
         measured = [r for r in rows if r["violations"]]
         result.closest = sorted(measured, key=lambda r: max(r["violations"].values()))[:3]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import run_cli
 
 import autoslm
 from autoslm.search import search
@@ -56,8 +57,11 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     deadline = time.time() + 400
     while time.time() < deadline and len(_complete(out / "study.db")) < 2:
         time.sleep(1)
+    running = run_cli("report", str(out))  # a report of a search that is still running
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert running.returncode == 0, running.stderr
+    assert (out / "pareto.png").stat().st_size > 10_000 and "<img" in (out / "report.html").read_text()
     before = _complete(out / "study.db")
     assert len(before) >= 2, "the search did not complete two trials before the kill"
     time.sleep(GRACE_S + 2)  # the killed trial's heartbeat goes stale
@@ -68,6 +72,9 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     rows = json.loads((out / "trials.json").read_text())
     counted = [r for r in rows if r["state"] in ("complete", "pruned") or (r["state"] == "fail" and r["reason"])]
     assert len(counted) == 5  # the killed trial is retried, not counted twice
+    page = (out / "report.html").read_text()  # the finished search rewrote its report
+    assert page.count("<tr class=") == len(rows) and "data:image/png;base64," in page
+    assert "Techniques in the good policies" in page
     evaluated = [r["policy_hash"] for r in rows if r["state"] == "complete" and r["cached_from"] is None]
     assert len(evaluated) == len(set(evaluated))  # identical policies were never evaluated twice
     assert (out / "recipe.yaml").exists() and (out / "checkpoint" / "model.safetensors").exists()

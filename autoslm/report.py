@@ -1,0 +1,238 @@
+"""A search's report: `pareto.png` and a self-contained `report.html` (the picture is embedded; opens offline).
+
+Read from the run's Optuna study, so it works for a finished search and for one still running (`autoslm report`).
+
+The picture: held-out perplexity vs decode ms/token for every trial with quality (colour = peak memory MB),
+over-budget trials (measured, no quality) on a strip at the top, the Pareto front, the budget line(s), the
+baseline and the chosen policy. The page adds the per-trial table and which techniques the good policies used.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+
+def load_run(run_dir: Path, storage: str | None = None, study_name: str | None = None) -> dict[str, Any]:
+    """Settings, baseline and trial rows of a run directory's study (works while the search runs)."""
+    import optuna
+
+    from autoslm.errors import UserError
+    from autoslm.search import _best, _row
+    from autoslm.search.pareto import pareto_front
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    db = run_dir / "study.db"
+    if storage is None and not db.is_file():
+        raise UserError(f"'{run_dir}' holds no search (no study.db): give the --out directory of `autoslm search`")
+    url = storage or f"sqlite:///{db.resolve()}"
+    names = optuna.get_all_study_names(storage=url)
+    name = study_name or ("autoslm" if "autoslm" in names else (names[0] if names else None))
+    if name is None:
+        raise UserError(f"storage {url} holds no study")
+    study = optuna.load_study(study_name=name, storage=url)
+    rows = [_row(t) for t in study.get_trials(deepcopy=False)]
+    return {
+        "settings": study.user_attrs.get("settings", {}),
+        "baseline": study.user_attrs.get("baseline"),
+        "rows": rows,
+        "best": _best(study),
+        "pareto": pareto_front(rows),
+        "study": name,
+    }
+
+
+def plot(run: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from autoslm.search.budget import Budget
+
+    rows, base, best = run["rows"], run["baseline"], run["best"]
+    scored = [r for r in rows if r["quality"] and r["metrics"]]
+    over = [r for r in rows if r["metrics"] and not r["quality"] and r["status"] == "infeasible"]
+    pruned = [r for r in rows if r["metrics"] and not r["quality"] and r.get("low_ppl") and r["status"] == "pruned"]
+    fig, ax = plt.subplots(figsize=(9, 5.6), dpi=110)
+    mem = [r["metrics"]["memory_mb"] for r in scored + over] + ([base["metrics"]["memory_mb"]] if base else [])
+    vmin, vmax = (min(mem), max(mem)) if mem else (0, 1)
+    sc = None
+    if scored:
+        sc = ax.scatter(
+            [r["metrics"]["decode_ms"] for r in scored],
+            [r["ppl"] for r in scored],
+            c=[r["metrics"]["memory_mb"] for r in scored],
+            cmap="viridis",
+            vmin=vmin,
+            vmax=vmax,
+            s=46,
+            edgecolors="k",
+            linewidths=0.4,
+            label="trials (colour: memory MB)",
+            zorder=3,
+        )
+    if pruned:
+        ax.scatter(
+            [r["metrics"]["decode_ms"] for r in pruned], [r["low_ppl"] for r in pruned], marker="x", s=40,
+            c="tab:gray", label="pruned (low-fidelity perplexity)", zorder=3,
+        )  # fmt: skip
+    ys = [r["ppl"] for r in scored] + [r["low_ppl"] for r in pruned] + ([base["ppl"]] if base else [])
+    top = max(ys) * 1.25 if ys else 1.0
+    if over:
+        ax.scatter(
+            [r["metrics"]["decode_ms"] for r in over],
+            [top] * len(over),
+            c=[r["metrics"]["memory_mb"] for r in over],
+            cmap="viridis",
+            vmin=vmin,
+            vmax=vmax,
+            marker="v",
+            s=40,
+            edgecolors="r",
+            linewidths=0.6,
+            label="over budget (quality not evaluated)",
+            zorder=3,
+        )
+    front = sorted(run["pareto"], key=lambda r: r["metrics"]["decode_ms"])
+    if front:
+        ax.step(
+            [r["metrics"]["decode_ms"] for r in front],
+            [r["ppl"] for r in front],
+            where="post",
+            color="tab:orange",
+            lw=1.5,
+            label="Pareto front (ppl, decode, memory)",
+            zorder=2,
+        )
+    if base:
+        ax.scatter(
+            [base["metrics"]["decode_ms"]], [base["ppl"]], marker="*", s=260, c="gold", edgecolors="k", zorder=4,
+            label=f"baseline ({base['ppl']:.2f} ppl, {base['metrics']['decode_ms']:.1f} ms)",
+        )  # fmt: skip
+        try:
+            budget = Budget.parse(run["settings"].get("budget", ""))
+        except Exception:
+            budget = Budget()
+        for lim in budget.limits:
+            if lim.metric == "decode_ms":
+                x = lim.absolute(base["metrics"])
+                ax.axvline(x, color="tab:red", ls="--", lw=1.2, label=f"budget {lim}")
+    if best:
+        ax.scatter(
+            [best["metrics"]["decode_ms"]], [best["ppl"]], marker="o", s=260, facecolors="none",
+            edgecolors="tab:red", linewidths=2.2, zorder=5, label=f"chosen: trial {best['number']}",
+        )  # fmt: skip
+    ax.set_xlabel("decode ms/token (median, measured on the target)")
+    ax.set_ylabel("held-out perplexity (lower is better)")
+    if ys and max(ys) / max(min(ys), 1e-9) > 20:
+        ax.set_yscale("log")
+    settings = run["settings"]
+    ax.set_title(
+        f"{settings.get('model', '?')} · budget {settings.get('budget', '?')} · {len(rows)} trials", fontsize=11
+    )
+    if sc is not None:
+        fig.colorbar(sc, ax=ax, label="peak memory MB")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def technique_usage(rows: list[dict[str, Any]], top: int = 5) -> list[tuple[str, int, int]]:
+    """(technique, uses among the `top` best feasible policies, uses among all evaluated trials)."""
+    feasible = sorted((r for r in rows if r["feasible"] and r["quality"]), key=lambda r: r["ppl"])[:top]
+    good = Counter(s["technique"] for r in feasible for s in r["steps"])
+    every = Counter(s["technique"] for r in rows if r["metrics"] for s in r["steps"])
+    return sorted(((t, good[t], every[t]) for t in every), key=lambda x: (-x[1], -x[2], x[0]))
+
+
+def write(run_dir: Path, storage: str | None = None, study_name: str | None = None) -> tuple[Path, Path]:
+    """Write run_dir/pareto.png and run_dir/report.html; returns both paths."""
+    from autoslm.search_view import policy_text
+
+    run = load_run(run_dir, storage, study_name)
+    png = plot(run, run_dir / "pareto.png")
+    image = base64.b64encode(png.read_bytes()).decode()
+    base, best, settings = run["baseline"], run["best"], run["settings"]
+    bm = base["metrics"] if base else {}
+
+    def rel(value: float | None, ref: float | None) -> str:
+        if value is None or not ref:
+            return ""
+        return f" ({(value / ref - 1) * 100:+.0f}%)"
+
+    body = []
+    for r in sorted(run["rows"], key=lambda r: r["number"]):
+        m = r["metrics"] or {}
+        ppl = f"{r['ppl']:.2f}{rel(r['ppl'], base and base['ppl'])}" if r["quality"] else "-"
+        cells = [
+            str(r["number"]),
+            html.escape(policy_text(r["steps"]) or "(none)"),
+            ppl,
+            f"{m['decode_ms']:.1f}{rel(m['decode_ms'], bm.get('decode_ms'))}" if m else "-",
+            f"{m['memory_mb']:.0f}" if m else "-",
+            f"{m['size_mb']:.0f}" if m else "-",
+            html.escape(r["status"] + (" (cached)" if r.get("cached_from") is not None else "")),
+            html.escape(r.get("reason") or ""),
+        ]
+        cls = "best" if best and r["number"] == best["number"] else ("ok" if r["feasible"] else "")
+        body.append(f"<tr class='{cls}'>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    usage = "".join(
+        f"<tr><td>{html.escape(t)}</td><td>{g}</td><td>{a}</td></tr>" for t, g, a in technique_usage(run["rows"])
+    )
+    chosen = (
+        f"<p><b>Chosen policy</b> (trial {best['number']}): {html.escape(policy_text(best['steps']))}<br>"
+        f"perplexity {best['ppl']:.2f}{rel(best['ppl'], base['ppl'])}, decode {best['metrics']['decode_ms']:.1f} ms"
+        f"{rel(best['metrics']['decode_ms'], bm.get('decode_ms'))}, memory {best['metrics']['memory_mb']:.0f} MB, "
+        f"size {best['metrics']['size_mb']:.0f} MB</p>"
+        if best
+        else "<p><b>No feasible policy yet.</b></p>"
+    )
+    baseline = (
+        f"<p>Baseline: perplexity {base['ppl']:.2f}, decode {bm['decode_ms']:.1f} ms/token, memory "
+        f"{bm['memory_mb']:.0f} MB, size {bm['size_mb']:.0f} MB.</p>"
+        if base
+        else "<p>Baseline not measured yet.</p>"
+    )
+    esc = {k: html.escape(str(settings.get(k))) for k in ("model", "budget", "space")}
+    dashboard = html.escape(f"optuna-dashboard sqlite:///{(run_dir / 'study.db').resolve()}")
+    meta = html.escape(json.dumps({"settings": settings, "best": best and best["number"]}))
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>autoslm report: {html.escape(str(run_dir))}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border: 1px solid #ccc; padding: 3px 7px; }}
+th {{ background: #f0f0f0; }} tr.best {{ background: #ffe9a8; }} tr.ok {{ background: #eef8ee; }}
+code {{ background: #f4f4f4; padding: 1px 4px; }}
+</style></head><body>
+<h1>autoslm search report</h1>
+<p>Run <code>{html.escape(str(run_dir))}</code> · study <code>{html.escape(run["study"])}</code> · model
+<code>{esc["model"]}</code> · budget <code>{esc["budget"]}</code> · space <code>{esc["space"]}</code> ·
+{len(run["rows"])} trials</p>
+{baseline}
+{chosen}
+<img alt="perplexity vs decode ms" src="data:image/png;base64,{image}">
+<h2>Techniques in the good policies</h2>
+<table><tr><th>technique</th><th>in the 5 best feasible</th><th>in all measured trials</th></tr>{usage}</table>
+<h2>Trials</h2>
+<table><tr><th>#</th><th>policy</th><th>ppl</th><th>decode ms</th><th>memory MB</th><th>size MB</th><th>status</th>
+<th>reason</th></tr>
+{"".join(body)}
+</table>
+<p>Open the study in optuna-dashboard: <code>{dashboard}</code></p>
+<script type="application/json" id="autoslm-run">{meta}</script>
+</body></html>
+"""
+    out = run_dir / "report.html"
+    out.write_text(page)
+    return out, png
+
+
+__all__ = ["load_run", "plot", "technique_usage", "write"]
