@@ -29,12 +29,15 @@ def load_run(run_dir: Path, storage: str | None = None, study_name: str | None =
     db = run_dir / "study.db"
     if storage is None and not db.is_file():
         raise UserError(f"'{run_dir}' holds no search (no study.db): give the --out directory of `autoslm search`")
+    from autoslm.search.optuna_backend import make_storage
+
     url = storage or f"sqlite:///{db.resolve()}"
-    names = optuna.get_all_study_names(storage=url)
+    store = make_storage(url)  # also journal:PATH
+    names = optuna.get_all_study_names(storage=store)
     name = study_name or ("autoslm" if "autoslm" in names else (names[0] if names else None))
     if name is None:
         raise UserError(f"storage {url} holds no study")
-    study = optuna.load_study(study_name=name, storage=url)
+    study = optuna.load_study(study_name=name, storage=store)
     rows = [_row(t) for t in study.get_trials(deepcopy=False)]
     return {
         "settings": study.user_attrs.get("settings", {}),
