@@ -49,6 +49,14 @@ class Measurement(BaseModel):
         }
 
 
+def checkpoint_dir(path: Path | str) -> Path:
+    """The checkpoint directory a target is asked to measure, or a UserError saying what to give instead."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise UserError(f"checkpoint '{directory}' is not a directory: give a model or checkpoint directory")
+    return directory
+
+
 class Target(ABC):
     """A device that can measure a checkpoint directory."""
 

@@ -12,8 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from autoslm.errors import UserError
-from autoslm.targets import Measurement, MeasureSettings, Target
+from autoslm.targets import Measurement, MeasureSettings, Target, checkpoint_dir
 
 
 class MeasurementError(RuntimeError):
@@ -36,9 +35,7 @@ class LocalTarget(Target):
 
     def measure(self, checkpoint: Path, settings: MeasureSettings | None = None) -> Measurement:
         settings = settings or MeasureSettings()
-        checkpoint = Path(checkpoint)
-        if not checkpoint.is_dir():
-            raise UserError(f"checkpoint '{checkpoint}' is not a directory: give a model or checkpoint directory")
+        checkpoint = checkpoint_dir(checkpoint)
         env = {
             **os.environ,
             "OMP_NUM_THREADS": str(settings.threads),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autoslm.errors import UserError
-from autoslm.targets import Measurement, MeasureSettings, Target
+from autoslm.targets import Measurement, MeasureSettings, Target, checkpoint_dir
 from autoslm.targets.local import MeasurementError
 
 log = logging.getLogger("autoslm.target")
@@ -92,9 +92,7 @@ class RemoteTarget(Target):
 
     def measure(self, checkpoint: Path, settings: MeasureSettings | None = None) -> Measurement:
         settings = settings or MeasureSettings()
-        checkpoint = Path(checkpoint)
-        if not checkpoint.is_dir():
-            raise UserError(f"checkpoint '{checkpoint}' is not a directory: give a model or checkpoint directory")
+        checkpoint = checkpoint_dir(checkpoint)
         with tempfile.TemporaryDirectory(prefix="autoslm-upload-") as tmp:
             archive = pack(checkpoint, Path(tmp) / "checkpoint.tar")
             with open(archive, "rb") as body:
