@@ -35,14 +35,22 @@ def make_storage(url: str) -> Any:
 
         return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from sqlalchemy.exc import SQLAlchemyError
 
-    return RDBStorage(
-        url,
-        heartbeat_interval=HEARTBEAT_S,
-        grace_period=GRACE_S,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-    )
+    for attempt in range(5):  # processes joining a fresh database race to create Optuna's schema: retry
+        try:
+            return RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+            )
+        except SQLAlchemyError:
+            if attempt == 4:
+                raise
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -106,16 +114,23 @@ def record(trial: optuna.Trial, out: TrialOutcome) -> None:
 def _same_policy(
     study: optuna.Study, trial: optuna.Trial, h: str, wait_s: float = 2.0, max_wait_s: float = 7200.0
 ) -> optuna.trial.FrozenTrial | None:
-    """A finished trial with the same policy hash; if another process is evaluating it right now, wait for it."""
+    """A complete or pruned trial with the same policy hash; if an earlier trial (another process) is evaluating it,
+    wait for it.
+
+    Both twins have claimed the hash before looking, so exactly one of two simultaneous claimants (the lower trial
+    number) evaluates and the other waits for its result.
+    """
     S = optuna.trial.TrialState
     deadline = time.monotonic() + max_wait_s
     while True:
         same = [
             t
-            for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.RUNNING))
-            if t.number != trial.number and t.user_attrs.get("policy_hash") == h
+            for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING))
+            if t.number != trial.number
+            and t.user_attrs.get("policy_hash") == h
+            and (t.state != S.RUNNING or t.number < trial.number)
         ]
-        done = [t for t in same if t.state == S.COMPLETE]
+        done = [t for t in same if t.state != S.RUNNING]
         if done:
             return done[0]
         if not same or time.monotonic() > deadline:
@@ -130,6 +145,7 @@ def make_optuna_objective(objective: Objective, study: optuna.Study, baseline: d
         steps = policy_steps(objective.space, policy)
         h = canonical_hash(steps, objective.hash_extra())
         trial.set_user_attr("node", {"host": socket.gethostname(), "pid": os.getpid()})
+        trial.set_user_attr("policy_hash", h)  # claim the policy before looking for twins: no check-then-claim race
         previous = _same_policy(study, trial, h)
         if previous is not None:  # identical policy: reuse, never evaluate twice
             for key, value in previous.user_attrs.items():
@@ -138,8 +154,9 @@ def make_optuna_objective(objective: Objective, study: optuna.Study, baseline: d
             trial.set_user_attr("cached_from", previous.number)
             for metric, v in (previous.user_attrs.get("violations") or {}).items():
                 trial.set_constraint(metric, v)
+            if previous.state == optuna.trial.TrialState.PRUNED:  # the same low-fidelity result: pruned again
+                raise optuna.TrialPruned(previous.user_attrs.get("reason"))
             return float(previous.value)
-        trial.set_user_attr("policy_hash", h)  # claims the policy: another process sharing the study waits for it
 
         def report_low(value: float) -> bool:
             trial.report(value, 0)
