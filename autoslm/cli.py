@@ -169,7 +169,9 @@ def search(
         str, typer.Option(help="hard limits, absolute or relative to the baseline: 'decode_ms<=0.7x,memory_mb<=500'")
     ] = "decode_ms<=0.7x",
     trials: Annotated[int, typer.Option(help="candidate policies to evaluate (the baseline is extra)")] = 12,
-    space: Annotated[str, typer.Option(help="search space: a name in search_spaces/ or a YAML file")] = "default",
+    space: Annotated[
+        str, typer.Option(help="search space: a shipped one (default, quant-only, prune-quant, tiny) or a YAML file")
+    ] = "default",
     out: Annotated[str, typer.Option(help="run directory (study.db, recipe.yaml, checkpoint/)")] = "runs/search",
     seed: Annotated[int, typer.Option(help="seed for the sampler and every technique")] = 0,
     sampler: Annotated[str, typer.Option(help="tpe | nsga2 | random")] = "tpe",

@@ -1,4 +1,4 @@
-"""Search-space files (search_spaces/*.yaml): which techniques may appear and how their parameters are searched.
+"""Search-space files (autoslm/search_spaces/*.yaml): which techniques appear and how their parameters are searched.
 
     description: text
     techniques:                       # each listed technique is optional (on/off is searched)
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from autoslm.errors import UserError
 from autoslm.space import Categorical, Float, Int
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"  # package data: ships in the wheel
 Dim = Float | Int | Categorical
 
 
