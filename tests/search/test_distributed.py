@@ -63,6 +63,43 @@ def test_ray_two_nodes_and_a_killed_worker(tmp_path: Path) -> None:
     assert yaml.safe_load((out / "recipe.yaml").read_text())["search"]["backend"] == "ray"
 
 
+def test_ray_driver_killed_then_resumed(tmp_path: Path) -> None:
+    """SIGKILL the Ray driver mid-trial; `--resume` fails the orphaned trial (not counted) and finishes the run."""
+    import optuna
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    out = tmp_path / "run"
+    cmd = [*SEARCH, "--trials", "3", "--out", str(out), "--backend", "ray", "--ray-address", cluster.address,
+           "--max-concurrent", "1", "--sampler", "random", "--no-warm-start"]  # fmt: skip
+    S = optuna.trial.TrialState
+    try:
+        driver = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline, killed = time.time() + 400, False
+        while time.time() < deadline and driver.poll() is None:
+            if (out / "study.db").exists():
+                study = optuna.load_study(study_name="autoslm", storage=f"sqlite:///{out / 'study.db'}")
+                states = [t.state for t in study.get_trials(deepcopy=False)]
+                if S.RUNNING in states and sum(s in (S.COMPLETE, S.PRUNED) for s in states) >= 1:
+                    time.sleep(1)  # mid-trial
+                    driver.kill()
+                    killed = True
+                    break
+            time.sleep(0.5)
+        driver.wait(timeout=60)
+        assert killed, f"the driver finished or stalled before a second trial started: {driver.stderr.read()[-2000:]}"
+        resumed = subprocess.run([*cmd, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    finally:
+        cluster.shutdown()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = _rows(out)
+    finished = [r for r in rows if r["state"] in ("complete", "pruned")]
+    assert len(finished) == 3, rows
+    orphans = [r for r in rows if r["state"] == "fail"]
+    assert orphans and all(r["status"] == "stale" for r in orphans), rows  # the killed trial: failed, not counted
+    assert (out / "recipe.yaml").is_file()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
