@@ -109,9 +109,13 @@ def main() -> None:
     candidates = list(CANDIDATES)
     if args.policy_from:
         rows = json.loads((args.policy_from / "trials.json").read_text())
-        best = min((r for r in rows if r["feasible"] and r["quality"]), key=lambda r: r["ppl"])
-        candidates.append((f"best of {args.policy_from.name}", best["steps"]))
-        print(f"best policy of {args.policy_from}: {policy_text(best['steps'])}", flush=True)
+        feasible = [r for r in rows if r["feasible"] and r["quality"]]
+        if feasible:
+            best = min(feasible, key=lambda r: r["ppl"])
+            candidates.append((f"best of {args.policy_from.name}", best["steps"]))
+            print(f"best policy of {args.policy_from}: {policy_text(best['steps'])}", flush=True)
+        else:
+            print(f"{args.policy_from} has no feasible policy: nothing added", flush=True)
 
     bw = bandwidth_gbs(args.threads, args.gib)
     print(
