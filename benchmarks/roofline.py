@@ -71,18 +71,19 @@ def weight_bytes_per_token(directory: Path) -> tuple[float, dict[str, float]]:
     seen: set[int] = set()
     by_kind: dict[str, float] = {}
 
-    def add(kind: str, t: torch.Tensor | None) -> None:
-        if t is None or not isinstance(t, torch.Tensor) or t.data_ptr() in seen:
+    def add(kind: str, t: torch.Tensor | None, shared: bool = True) -> None:
+        if t is None or not isinstance(t, torch.Tensor) or (shared and t.data_ptr() in seen):
             return
-        seen.add(t.data_ptr())
+        if shared:  # a tied lm_head/embedding is one tensor: count it once
+            seen.add(t.data_ptr())
         by_kind[kind] = by_kind.get(kind, 0.0) + t.numel() * t.element_size()
 
     for module in model.modules():
         if isinstance(module, torch.nn.Embedding):
             continue  # one row per token; a tied lm_head counts the matrix below
         if isinstance(module, DynamicLinear):  # torch dynamic int8 Linear: int8 weight, fp32 bias
-            add("int8 linear", module.weight())
-            add("bias/norm", module.bias())
+            add("int8 linear", module.weight(), shared=False)  # unpacked copies: data_ptr says nothing
+            add("bias/norm", module.bias(), shared=False)
             continue
         if list(module.children()):
             continue
