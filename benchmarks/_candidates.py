@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: build a compressed checkpoint of a model from a list of steps."""
+"""Shared by the benchmarks: build a compressed checkpoint from a list of steps; share one baseline between studies."""
 
 from __future__ import annotations
 
@@ -35,3 +35,14 @@ def build(model: str, steps: list[dict[str, Any]], directory: Path) -> tuple[Pat
 def slug(model: str, name: str) -> str:
     """A folder name for a candidate of a model: 'smollm2-135m_weight-only-int8'."""
     return re.sub(r"[^a-z0-9]+", "-", f"{model} {name}".lower()).strip("-")
+
+
+def share_baseline(storage: str, study: str, baseline: dict[str, Any] | None) -> None:
+    """Give `study` an already measured baseline, so every search of a benchmark budgets against the same ms."""
+    if baseline is None:
+        return
+    import optuna
+
+    s = optuna.create_study(study_name=study, storage=storage, load_if_exists=True)
+    if "baseline" not in s.user_attrs:
+        s.set_user_attr("baseline", baseline)

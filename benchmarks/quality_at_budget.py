@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from _candidates import build, slug  # benchmarks/ is on sys.path when a script in it runs
+from _candidates import build, share_baseline, slug  # benchmarks/ is on sys.path when a script in it runs
 
 from autoslm._quiet import quiet_libraries
 
@@ -50,8 +50,6 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     quiet_libraries()
-    import optuna
-
     import autoslm
     from autoslm import checkpoint
     from autoslm.evaluate import evaluate
@@ -70,10 +68,7 @@ def main() -> None:
     def run_search(fraction: float) -> None:
         nonlocal baseline
         name = f"budget-{fraction:g}x"
-        if baseline is not None:  # one baseline for all: the same ms figure behind every budget
-            study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True)
-            if "baseline" not in study.user_attrs:
-                study.set_user_attr("baseline", baseline)
+        share_baseline(storage, name, baseline)  # one baseline for all: the same ms figure behind every budget
         print(f"--- autoslm search, budget decode_ms<={fraction:g}x, {args.trials} trials", flush=True)
         t0 = time.perf_counter()
         result = autoslm.search(

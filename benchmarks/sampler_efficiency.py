@@ -24,6 +24,8 @@ import json
 import time
 from pathlib import Path
 
+from _candidates import share_baseline  # benchmarks/ is on sys.path when a script in it runs
+
 from autoslm._quiet import quiet_libraries
 
 SAMPLERS = ("tpe", "random")
@@ -54,7 +56,6 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     quiet_libraries()
-    import optuna
     import yaml
 
     import autoslm
@@ -75,16 +76,12 @@ def main() -> None:
     for seed in args.seeds:
         for sampler in SAMPLERS:
             name = f"{sampler}-seed{seed}"
-            if baseline is not None:  # share the first search's baseline: same budget in ms for every search
-                study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True)
-                if "baseline" not in study.user_attrs:
-                    study.set_user_attr("baseline", baseline)
+            share_baseline(storage, name, baseline)  # the first search's: same budget in ms for every search
             print(f"--- {name}: {args.trials} trials, budget {args.budget}", flush=True)
             t0 = time.perf_counter()
             result = autoslm.search(
                 model=args.model, budget=args.budget, space=str(space_file), trials=args.trials, out=args.out / name,
-                resume=True,
-                storage=storage, study=name, sampler=sampler, seed=seed, warm_start=False,
+                resume=True, storage=storage, study=name, sampler=sampler, seed=seed, warm_start=False,
             )  # fmt: skip
             minutes[sampler] += (time.perf_counter() - t0) / 60
             baseline = baseline or result.baseline
