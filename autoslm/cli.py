@@ -193,6 +193,16 @@ def search(
     ] = None,
     max_concurrent: Annotated[int, typer.Option(help="--backend ray: trials running at once")] = 2,
     cpus_per_trial: Annotated[float, typer.Option(help="--backend ray: CPUs Ray reserves per trial")] = 1.0,
+    recheck_rounds: Annotated[
+        int,
+        typer.Option(
+            help="close calls (decode or prefill within --recheck-margin of its limit) are timed again beside the "
+            "baseline, alternating for this many rounds, and judged on the median ratio; 0 trusts one measurement"
+        ),
+    ] = 4,
+    recheck_margin: Annotated[
+        float, typer.Option(help="how near a limit is a close call, as a fraction of it (0.15 = within 15%)")
+    ] = 0.15,
 ) -> None:
     """Search compression policies under a latency/memory budget measured on this machine.
 
@@ -222,6 +232,10 @@ def search(
     _positive("--max-concurrent", max_concurrent)
     if cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial must be positive (got {cpus_per_trial})")
+    if recheck_rounds < 0:
+        raise UserError(f"--recheck-rounds must be 0 or more (got {recheck_rounds})")
+    if not 0 <= recheck_margin < 1:
+        raise UserError(f"--recheck-margin must be a fraction in [0, 1), e.g. 0.15 (got {recheck_margin})")
     Fidelity.preset(fidelity)
     _quiet_libraries()
     from autoslm.models import parse_spec
@@ -253,6 +267,8 @@ def search(
         ray_address=ray_address,
         max_concurrent=max_concurrent,
         cpus_per_trial=cpus_per_trial,
+        recheck_rounds=recheck_rounds,
+        recheck_margin=recheck_margin,
     )
     with SearchView(console, trials) as view:
         result = run_search(settings, resume=resume, progress=view.event)

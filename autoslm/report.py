@@ -158,7 +158,7 @@ def technique_usage(rows: list[dict[str, Any]], top: int = 5) -> list[tuple[str,
 
 def write(run_dir: Path, storage: str | None = None, study_name: str | None = None) -> tuple[Path, Path]:
     """Write run_dir/pareto.png and run_dir/report.html; returns both paths."""
-    from autoslm.search_view import policy_text
+    from autoslm.search_view import policy_text, recheck_text
 
     run = load_run(run_dir, storage, study_name)
     png = plot(run, run_dir / "pareto.png")
@@ -182,7 +182,7 @@ def write(run_dir: Path, storage: str | None = None, study_name: str | None = No
             f"{m['decode_ms']:.1f}{rel(m['decode_ms'], bm.get('decode_ms'))}" if m else "-",
             f"{m['memory_mb']:.0f}" if m else "-",
             f"{m['size_mb']:.0f}" if m else "-",
-            html.escape(r["status"] + (" (cached)" if r.get("cached_from") is not None else "")),
+            html.escape(r["status"] + (" (cached)" if r.get("cached_from") is not None else "") + recheck_text(r)),
             html.escape(r.get("reason") or ""),
         ]
         cls = "best" if best and r["number"] == best["number"] else ("ok" if r["feasible"] else "")

@@ -94,14 +94,25 @@ class SearchView:
         )
 
 
+def recheck_text(row: dict[str, Any]) -> str:
+    """' (close call: re-measured 2x beside the baseline, 0.68x)' for a trial decided on re-measurements."""
+    recheck = row.get("recheck")
+    if not recheck:
+        return ""
+    ratio = recheck.get("ratios", {}).get("decode_ms")
+    return f" (close call: re-measured {recheck['rounds']}x beside the baseline" + (
+        f", decode {ratio:.2f}x)" if ratio else ")"
+    )
+
+
 def _status(row: dict[str, Any]) -> str:
     if row.get("cached_from") is not None:
         return f"cached (= trial {row['cached_from']})"
     if row["status"] == "complete" and row.get("ppl") is not None:
-        return f"ppl {row['ppl']:.2f}, {row['metrics'].get('decode_ms', 0):.1f} ms"
+        return f"ppl {row['ppl']:.2f}, {row['metrics'].get('decode_ms', 0):.1f} ms" + recheck_text(row)
     if row["status"] == "infeasible":
         worst = max(row["violations"], key=row["violations"].get)
-        return f"over budget ({worst} +{100 * row['violations'][worst]:.0f}%)"
+        return f"over budget ({worst} +{100 * row['violations'][worst]:.0f}%)" + recheck_text(row)
     return f"{row['status']}: {(row.get('reason') or '')[:60]}"
 
 

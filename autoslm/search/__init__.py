@@ -3,6 +3,7 @@
 run_dir/
   study.db          the Optuna study (resumable; opens in optuna-dashboard)
   baseline.json     the uncompressed model's measurement and quality
+  baseline/         the uncompressed checkpoint, re-measured beside close calls (see --recheck-rounds)
   trials.json       every trial: policy, metrics, constraints, status, reason
   recipe.yaml       the best feasible policy, every parameter explicit
   checkpoint/       its compressed checkpoint (safetensors + manifest)
@@ -43,6 +44,8 @@ class SearchSettings(BaseModel):
     backend: Literal["optuna", "ray"] = "optuna"
     ray_address: str | None = None
     max_concurrent: int = Field(2, ge=1)
+    recheck_rounds: int = Field(4, ge=0)
+    recheck_margin: float = Field(0.15, ge=0, lt=1)
     cpus_per_trial: float = Field(1.0, gt=0)
     target: str = "local"
     target_token: str | None = Field(None, exclude=True, repr=False)  # never stored in the study
@@ -125,6 +128,8 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         fidelity_full=Fidelity.preset(settings.fidelity),
         target=settings.target,
         target_options=_target_options(settings),
+        recheck_rounds=settings.recheck_rounds,
+        recheck_margin=settings.recheck_margin,
     )  # type: ignore[arg-type]
     device = _check_target(settings)
     objective.space = load_space(settings.space, model_info(objective.base().model))
@@ -139,6 +144,8 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         baseline = {"metrics": out.metrics, "ppl": out.ppl, "low_ppl": out.low_ppl, "quality": out.quality}
         baseline["device"] = device
         study.set_user_attr("baseline", baseline)
+        if objective.recheck_rounds > 0 and not (run_dir / "baseline").exists():
+            Path(out.checkpoint or "").rename(run_dir / "baseline")  # kept: close calls re-measure against it
         shutil.rmtree(out.checkpoint or "", ignore_errors=True)
     (run_dir / "baseline.json").write_text(json.dumps(baseline, indent=2))
     _emit(progress, "baseline", {"baseline": baseline, "budget": budget})
@@ -203,6 +210,7 @@ def _row(t: Any) -> dict[str, Any]:
         "checkpoint": attrs.get("checkpoint"),
         "warm_start": bool(attrs.get("warm_start")),
         "node": attrs.get("node"),
+        "recheck": attrs.get("recheck"),
     }
 
 

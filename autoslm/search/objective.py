@@ -1,4 +1,5 @@
-"""The trial: policy -> steps -> (cache?) -> apply -> checkpoint -> measure on target -> budget -> quality.
+"""The trial: policy -> steps -> (cache?) -> apply -> checkpoint -> measure on target (close call? time it again
+beside the baseline) -> budget -> quality.
 
 Backend-neutral and picklable: an `Objective` holds only plain settings; the base model is loaded once per process
 on first use and copied for each trial. A backend (Optuna here, Ray Tune later) turns its own trial into a
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -44,6 +47,7 @@ class TrialOutcome:
     status: str = "complete"  # complete | infeasible | pruned | failed
     reason: str | None = None
     cached_from: int | None = None
+    recheck: dict[str, Any] | None = None  # a close call timed again beside the baseline (see _recheck)
 
 
 def policy_steps(space: SearchSpace, policy: dict[str, Any]) -> list[dict[str, Any]]:
@@ -90,6 +94,8 @@ class Objective:
     target: str = "local"
     target_options: dict[str, Any] = field(default_factory=dict)
     prune_factor: float = 3.0  # prune when low-fidelity ppl exceeds this x the baseline's
+    recheck_rounds: int = 4  # close calls: rounds of timing the candidate beside the baseline; 0 = never
+    recheck_margin: float = 0.15  # a close call: the worst timing violation within +-15% of its limit
 
     def base(self) -> Any:
         """The base model, loaded once per process (each worker reuses it across trials)."""
@@ -134,12 +140,15 @@ class Objective:
             t0 = time.perf_counter()
             shutil.rmtree(work, ignore_errors=True)
             checkpoint.save_dir(model, lm.tokenizer, work, steps=steps, base_fingerprint=base.fingerprint)
-            measured = get_target(self.target, **self.target_options).measure(work)
-            out.metrics = measured.metrics()
+            target = get_target(self.target, **self.target_options)
+            out.metrics = target.measure(work).metrics()
             out.checkpoint = str(work)
-            out.seconds["measure"] = time.perf_counter() - t0
             if baseline is not None:
                 out.violations = self.budget.violations(out.metrics, baseline["metrics"])
+                if self.is_close_call(out.violations):
+                    self._recheck(out, target, work, baseline)
+            out.seconds["measure"] = time.perf_counter() - t0
+            if baseline is not None:
                 out.feasible = all(v <= 0 for v in out.violations.values())
                 if not out.feasible:
                     out.status = "infeasible"
@@ -172,6 +181,59 @@ class Objective:
             (Path(self.run_dir) / "logs").mkdir(parents=True, exist_ok=True)
             (Path(self.run_dir) / "logs" / f"trial-{trial_number:04d}.txt").write_text(traceback.format_exc())
             return out
+
+    def is_close_call(self, violations: dict[str, float]) -> bool:
+        """The verdict hangs on timing noise: the worst timing violation lies within the margin of its limit, and
+        memory and size (steady to about 1%) do not already break the budget."""
+        from autoslm.targets import TIMING
+
+        timing = [v for m, v in violations.items() if m in TIMING]
+        steady = [v for m, v in violations.items() if m not in TIMING]
+        return (
+            self.recheck_rounds > 0
+            and bool(timing)
+            and abs(max(timing)) <= self.recheck_margin
+            and max(steady, default=-1.0) <= 0
+        )
+
+    def _recheck(self, out: TrialOutcome, target: Any, work: Path, baseline: dict[str, Any]) -> None:
+        """Time the candidate against the baseline, alternating them `recheck_rounds` times, and judge on that.
+
+        One measurement of decode ms varies by 10-16% between processes here (docs/benchmarks.md) and the machine
+        drifts further over a long search, so a verdict within that of the limit is a coin flip. The pair's
+        timing ratios are immune to both; the trial's timing metrics become ratio x the stored baseline's (the
+        frame every other trial and the budget are in), so plot, verdict and constraint agree. Memory and size
+        keep the first measurement (they vary by about 1%). `recheck` keeps the first figures and the pair.
+        """
+        from autoslm.targets import TIMING
+
+        pair = target.measure_pair(work, self.baseline_checkpoint(), self.recheck_rounds)
+        first = dict(out.metrics)
+        out.metrics = {**first, **{m: pair.ratios[m] * baseline["metrics"][m] for m in TIMING}}
+        out.violations = self.budget.violations(out.metrics, baseline["metrics"])
+        out.recheck = {
+            "rounds": self.recheck_rounds,
+            "first": first,
+            "first_violations": self.budget.violations(first, baseline["metrics"]),
+            **pair.model_dump(exclude={"rounds"}),
+        }
+
+    def baseline_checkpoint(self) -> Path:
+        """The unmodified model saved in the run directory (made once; each node of a cluster makes its own)."""
+        from autoslm import checkpoint
+
+        directory = Path(self.run_dir) / "baseline"
+        if (directory / checkpoint.MANIFEST).is_file():
+            return directory
+        tmp = directory.with_name(f".baseline-{socket.gethostname()}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model, lm = self.apply_policy([])
+        checkpoint.save_dir(model, lm.tokenizer, tmp, steps=[], base_fingerprint=self.base().fingerprint)
+        try:
+            tmp.rename(directory)  # atomic: a reader never sees half a checkpoint, so one found is complete
+        except OSError:  # another worker finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return directory
 
 
 def _fresh_copy(base: Any) -> Any:

@@ -49,6 +49,38 @@ class Measurement(BaseModel):
         }
 
 
+TIMING = ("decode_ms", "decode_p90_ms", "prefill_ms")
+
+
+class PairMeasurement(BaseModel):
+    """A candidate and the baseline measured alternately, round by round: their timing ratios.
+
+    Noise that comes and goes (other load, the machine's drift) hits both halves of a round alike and cancels in
+    the ratio, which is what a relative budget (`decode_ms<=0.6x`) asks about.
+    """
+
+    rounds: int
+    how: str = Field(description="'one process' (both loaded side by side) or 'fresh processes' (pairs of measure)")
+    ratios: dict[str, float] = Field(description="per timing metric: median over rounds of candidate / baseline")
+    pair_ratios: dict[str, list[float]]
+    candidate: dict[str, float] = Field(description="per timing metric: the candidate's median over rounds")
+    baseline: dict[str, float]
+
+    @classmethod
+    def from_rounds(cls, baseline: list[dict[str, float]], candidate: list[dict[str, float]], how: str):  # type: ignore[no-untyped-def]
+        import statistics
+
+        pair_ratios = {m: [c[m] / b[m] for b, c in zip(baseline, candidate, strict=True)] for m in TIMING}
+        return cls(
+            rounds=len(baseline),
+            how=how,
+            ratios={m: statistics.median(r) for m, r in pair_ratios.items()},
+            pair_ratios=pair_ratios,
+            candidate={m: statistics.median(c[m] for c in candidate) for m in TIMING},
+            baseline={m: statistics.median(b[m] for b in baseline) for m in TIMING},
+        )
+
+
 def checkpoint_dir(path: Path | str) -> Path:
     """The checkpoint directory a target is asked to measure, or a UserError saying what to give instead."""
     directory = Path(path)
@@ -69,6 +101,20 @@ class Target(ABC):
     @abstractmethod
     def measure(self, checkpoint: Path, settings: MeasureSettings | None = None) -> Measurement:
         """Load `checkpoint` on the device, run it, return latency and memory figures."""
+
+    def measure_pair(
+        self, candidate: Path, baseline: Path, rounds: int, settings: MeasureSettings | None = None
+    ) -> PairMeasurement:
+        """Timing of `candidate` relative to `baseline`, the two measured alternately `rounds` times.
+
+        This default runs ordinary measurements back to back (baseline, candidate); a target that can hold both
+        models at once does better (the local target alternates them inside one process).
+        """
+        base, cand = [], []
+        for _ in range(rounds):
+            base.append(self.measure(baseline, settings).metrics())
+            cand.append(self.measure(candidate, settings).metrics())
+        return PairMeasurement.from_rounds(base, cand, how="fresh processes")
 
 
 def get_target(spec: str = "local", **options: object) -> Target:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from autoslm.targets import Measurement, MeasureSettings, Target, checkpoint_dir
+from autoslm.targets import Measurement, MeasureSettings, PairMeasurement, Target, checkpoint_dir
 
 
 class MeasurementError(RuntimeError):
@@ -35,20 +35,31 @@ class LocalTarget(Target):
 
     def measure(self, checkpoint: Path, settings: MeasureSettings | None = None) -> Measurement:
         settings = settings or MeasureSettings()
-        checkpoint = checkpoint_dir(checkpoint)
+        result = self._run_worker([str(checkpoint_dir(checkpoint)), settings.model_dump_json()], settings)
+        return Measurement.model_validate(result)
+
+    def measure_pair(
+        self, candidate: Path, baseline: Path, rounds: int, settings: MeasureSettings | None = None
+    ) -> PairMeasurement:
+        """Both checkpoints loaded in one fresh process and timed alternately (`measure.measure_pair`)."""
+        settings = settings or MeasureSettings()
+        args = ["--pair", str(checkpoint_dir(candidate)), str(checkpoint_dir(baseline)), str(rounds)]
+        return PairMeasurement.model_validate(self._run_worker([*args, settings.model_dump_json()], settings))
+
+    def _run_worker(self, args: list[str], settings: MeasureSettings) -> dict:
         env = {
             **os.environ,
             "OMP_NUM_THREADS": str(settings.threads),
             "MKL_NUM_THREADS": str(settings.threads),
         }
-        cmd = [sys.executable, "-m", "autoslm.targets.worker", str(checkpoint), settings.model_dump_json()]
+        cmd = [sys.executable, "-m", "autoslm.targets.worker", *args]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s, env=env)
         except subprocess.TimeoutExpired as exc:
             raise MeasurementError(f"measurement timed out after {self.timeout_s:.0f}s") from exc
         for line in proc.stdout.splitlines():
             if line.startswith("AUTOSLM-RESULT "):
-                return Measurement.model_validate(json.loads(line.split(" ", 1)[1]))
+                return json.loads(line.split(" ", 1)[1])
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         reason = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit {proc.returncode}"
         raise MeasurementError(f"measurement process failed ({reason}): {tail[0]}")

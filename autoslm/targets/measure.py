@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autoslm.targets import MeasureSettings
+from autoslm.targets import MeasureSettings, PairMeasurement
 
 
 def machine_fingerprint(threads: int | None = None) -> dict[str, str | int]:
@@ -197,3 +197,45 @@ def measure_checkpoint(directory: Path, settings: MeasureSettings) -> dict[str, 
         "load_s": load_s,
         "target": machine_fingerprint(settings.threads),
     }
+
+
+def measure_pair(candidate: Path, baseline: Path, settings: MeasureSettings, rounds: int) -> dict[str, Any]:
+    """Load both checkpoints in this process and time them alternately, `rounds` rounds; a PairMeasurement dict.
+
+    Each round times each model as `measure_checkpoint` does (`settings.repeats` decode runs and prefills), the
+    order flipping every round. Fresh processes differ from each other by more than the two halves of one round
+    do (docs/benchmarks.md, close-call rechecks), so the ratio is taken here, not between two measurements.
+    Memory is not measured: with both models resident it would mean nothing.
+    """
+    import torch
+
+    from autoslm import checkpoint
+
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    models = {}
+    for name, directory in (("baseline", Path(baseline)), ("candidate", Path(candidate))):
+        checkpoint.verify_dir(directory)
+        models[name] = checkpoint.load_model(directory, verify=False)
+    tokenizer = checkpoint.load_tokenizer(Path(baseline))
+    decode_prompt = _prompt(tokenizer, 16, settings.seed)
+    prefill_prompt = _prompt(tokenizer, settings.prompt_tokens, settings.seed + 1)
+    for model in models.values():
+        for _ in range(settings.warmup):
+            time_decode(model, decode_prompt, settings.decode_tokens)
+            time_prefill(model, prefill_prompt)
+    per_round: dict[str, list[dict[str, float]]] = {"baseline": [], "candidate": []}
+    for r in range(rounds):
+        for name in ("baseline", "candidate") if r % 2 == 0 else ("candidate", "baseline"):
+            decode, prefill = [], []
+            for _ in range(settings.repeats):
+                decode += time_decode(models[name], decode_prompt, settings.decode_tokens)
+                prefill.append(time_prefill(models[name], prefill_prompt))
+            per_round[name].append(
+                {
+                    "decode_ms": statistics.median(decode),
+                    "decode_p90_ms": _percentile(decode, 0.9),
+                    "prefill_ms": statistics.median(prefill),
+                }
+            )
+    return PairMeasurement.from_rounds(per_round["baseline"], per_round["candidate"], how="one process").model_dump()

@@ -69,6 +69,8 @@ def test_malformed_space_files_name_file_and_key(tmp_path: Path, yaml_text: str,
     ("args", "fragment"),
     [
         (["--budget", "decode_ms<0.5"], "budget term 'decode_ms<0.5' is malformed"),
+        (["--recheck-rounds", "-1"], "--recheck-rounds must be 0 or more"),
+        (["--recheck-margin", "1.5"], "--recheck-margin must be a fraction in [0, 1)"),
         (["--space", "nope"], "search space 'nope' not found"),
         (["--trials", "0"], "--trials must be a positive integer"),
         (["--trials", "many"], "Invalid value for '--trials'"),

@@ -146,3 +146,47 @@ def test_existing_run_needs_resume(tmp_path: Path) -> None:
     (tmp_path / "run" / "study.db").write_bytes(b"")
     with pytest.raises(UserError, match="pass --resume"):
         search(model="tiny-llama", space="tiny", trials=1, out=tmp_path / "run")
+
+
+def test_close_calls_are_timed_again_beside_the_baseline(tmp_path: Path) -> None:
+    # pruning 0 blocks keeps the model: about 1.0x of the baseline against a 1.0x limit, within a 50% margin
+    space = tmp_path / "space.yaml"
+    space.write_text("techniques:\n  prune.depth:\n    blocks: 0\n")
+    out = tmp_path / "run"
+    result = search(model="tiny-llama", budget="decode_ms<=1x", space=str(space), trials=2, out=out,
+                    fidelity="low", sampler="random", recheck_rounds=3, recheck_margin=0.5)  # fmt: skip
+    measured = [r for r in result.trials if r["cached_from"] is None and r["metrics"]]
+    assert measured and all(r["recheck"] and r["recheck"]["rounds"] == 3 for r in measured)
+    for r in measured:  # timed in one process with the baseline, alternating: three ratios of the same model
+        assert r["recheck"]["how"] == "one process" and len(r["recheck"]["pair_ratios"]["decode_ms"]) == 3
+        assert 0.5 < r["recheck"]["ratios"]["decode_ms"] < 2.0
+        ms = r["recheck"]["ratios"]["decode_ms"] * result.baseline["metrics"]["decode_ms"]
+        assert r["metrics"]["decode_ms"] == pytest.approx(ms)
+    assert (out / "baseline" / "model.safetensors").is_file()
+    assert "close call: re-measured 3x beside the baseline" in (out / "report.html").read_text()
+
+
+@pytest.mark.real
+def test_real_model_search_rechecks_exports_and_reapplies(tmp_path: Path) -> None:
+    """The main job on SmolLM2-135M itself: baseline, a trial (a close call), recipe, report, rebuild from recipe."""
+    import yaml
+
+    space = tmp_path / "space.yaml"
+    space.write_text("techniques:\n  quant.dynamic_int8:\n    smooth_alpha: 0.5\n    keep_fp32: 0\n")
+    out = tmp_path / "run"
+    # dynamic int8 decodes at about 0.6x the baseline's ms here: 25% under a 0.8x limit, a close call for a 90% margin
+    proc = run_cli("search", "--model", "smollm2-135m", "--space", str(space), "--budget", "decode_ms<=0.8x",
+                   "--trials", "1", "--fidelity", "low", "--recheck-rounds", "2", "--recheck-margin", "0.9",
+                   "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads((out / "trials.json").read_text())
+    assert row["feasible"] and row["recheck"]["rounds"] == 2 and row["recheck"]["how"] == "one process"
+    assert 0.3 < row["recheck"]["ratios"]["decode_ms"] < 0.8  # int8 matmuls decode faster than fp32
+    assert "close call: re-measured 2x beside the baseline" in (out / "report.html").read_text()
+    baseline = json.loads((out / "baseline.json").read_text())
+    assert baseline["ppl"] < row["ppl"] < 2 * baseline["ppl"]  # int8 costs some perplexity, not the model
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["steps"][0]["technique"] == "quant.dynamic_int8"
+    rebuilt = run_cli("apply", str(out / "recipe.yaml"), "--out", str(tmp_path / "rebuilt"))
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert recipe["checkpoint_sha256"] in rebuilt.stdout  # the recipe reproduces the searched checkpoint exactly
