@@ -67,7 +67,9 @@ class PairMeasurement(BaseModel):
     baseline: dict[str, float]
 
     @classmethod
-    def from_rounds(cls, baseline: list[dict[str, float]], candidate: list[dict[str, float]], how: str):  # type: ignore[no-untyped-def]
+    def from_rounds(
+        cls, baseline: list[dict[str, float]], candidate: list[dict[str, float]], how: str
+    ) -> PairMeasurement:
         import statistics
 
         pair_ratios = {m: [c[m] / b[m] for b, c in zip(baseline, candidate, strict=True)] for m in TIMING}
