@@ -32,12 +32,21 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "search":  # the package autoslm.search is callable: autoslm.search(model=..., budget=...)
-        import importlib
+def search(*, resume: bool = False, progress: Any = None, **options: Any) -> Any:
+    """Search compression policies under a measured budget; returns a `SearchResult` and writes RUN/report.html.
 
-        return importlib.import_module("autoslm.search")
-    raise AttributeError(f"module 'autoslm' has no attribute {name!r}")
+    Options are `SearchSettings` fields (model, budget, space, trials, out, seed, sampler, backend, target,
+    runtime, ...), all validated before anything is written. Example:
+
+        autoslm.search(model="smollm2-135m", budget="decode_ms<=0.7x", trials=12, out="runs/x")
+    """
+    from autoslm import report
+    from autoslm.searching import SearchSettings, run_search
+
+    settings = SearchSettings.create(**{k: str(v) if k == "out" else v for k, v in options.items()})
+    result = run_search(settings, resume=resume, progress=progress)
+    result.report_path, _ = report.write(result.run_dir, result.settings.storage, result.settings.study)
+    return result
 
 
 def load(directory: str) -> Any:

@@ -29,9 +29,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def weights_file(directory: Path) -> Path:
+    """The file that holds a checkpoint's weights: model.gguf (llama.cpp runtime) or model.safetensors."""
+    gguf = Path(directory) / "model.gguf"
+    return gguf if gguf.is_file() else Path(directory) / "model.safetensors"
+
+
 def weights_size_mb(directory: Path) -> float:
     """Size on disk of the weight files (what `size_mb` reports)."""
-    return sum(p.stat().st_size for p in Path(directory).glob("*.safetensors")) / 2**20
+    return sum(p.stat().st_size for p in Path(directory).iterdir() if p.suffix in (".safetensors", ".gguf")) / 2**20
 
 
 def save_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, directory: Path, **meta: Any) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -36,6 +37,9 @@ ModelOpt = Annotated[
         help="smollm2-135m | tiny-llama | MODEL_DIR | FILE.gguf | owner/name (hub, needs internet)",
     ),
 ]
+RuntimeOpt = Annotated[
+    str, typer.Option(help="what runs the model: torch (eager PyTorch) or llama.cpp (GGUF); see `autoslm plugins`")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of a table")]
 TargetOpt = Annotated[
     str, typer.Option(help="where to measure: local (this CPU) or http://HOST:PORT of a running `autoslm agent`")
@@ -45,13 +49,44 @@ TargetTokenOpt = Annotated[
 ]
 
 
-def _check_target_spec(target: str) -> None:
-    if target != "local" and not target.startswith(("http://", "https://")):
-        raise UserError(f"--target '{target}' is not understood: use local, or http://HOST:PORT of `autoslm agent`")
+def _with_settings_options(func: Callable[..., None]) -> Callable[..., None]:
+    """Give `func(ctx, resume, **options)` one CLI option per SearchSettings field (its description is the help),
+    so the command line, the API and the stored settings cannot drift apart."""
+    import inspect
+
+    from autoslm.searching.settings import SearchSettings
+
+    flags = {"model": ("--model", "-m"), "timeout_s": ("--timeout",)}
+    envvars = {"target_token": "AUTOSLM_TARGET_TOKEN"}
+    params = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        inspect.Parameter(
+            "resume",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[bool, typer.Option(help="continue the search stored in --out")],
+        ),
+    ]
+    for name, field in SearchSettings.model_fields.items():
+        decls = flags.get(name, () if field.annotation is bool else ("--" + name.replace("_", "-"),))
+        secret = bool(field.exclude)
+        option = typer.Option(*decls, help=field.description, envvar=envvars.get(name), show_default=not secret)
+        annotation = Annotated[field.annotation, option]  # type: ignore[name-defined]
+        params.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=annotation)
+        )
+
+    def command(ctx: typer.Context, resume: bool = False, **options: object) -> None:
+        func(ctx, resume, **options)
+
+    command.__doc__ = func.__doc__
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
 
 
 def _quiet_libraries() -> None:
-    from autoslm._quiet import quiet_libraries
+    from autoslm.quiet import quiet_libraries
 
     quiet_libraries()
 
@@ -62,6 +97,7 @@ def eval_cmd(
     fidelity: Annotated[str, typer.Option(help="full (default figures) or low (a cheap early estimate)")] = "full",
     ppl_tokens: Annotated[int | None, typer.Option(help="held-out tokens for perplexity (overrides fidelity)")] = None,
     items: Annotated[int | None, typer.Option(help="items per zero-shot task (overrides fidelity)")] = None,
+    runtime: RuntimeOpt = "torch",
     as_json: JsonOpt = False,
 ) -> None:
     """Held-out perplexity (Persuasion + Northanger Abbey) and two zero-shot tasks (hyperbaton, last-word cloze).
@@ -79,20 +115,27 @@ def eval_cmd(
     if items is not None:
         _positive("--items", items)
         fid = fid.model_copy(update={"hyperbaton_items": items, "cloze_items": items})
+    from autoslm.runtimes import get_runtime
+
+    rt = get_runtime(runtime)
     _quiet_libraries()
-    from autoslm.evaluate import evaluate
+    from autoslm import checkpoint
     from autoslm.models import load_model
 
     with console.status(f"loading {model}"):
         lm = load_model(model)
+        directory = rt.prepare(model) if runtime != "torch" else None
     with console.status(
-        f"evaluating {model} ({fid.ppl_tokens} tokens, {fid.hyperbaton_items}+{fid.cloze_items} items)"
+        f"evaluating {model} in {runtime} ({fid.ppl_tokens} tokens, {fid.hyperbaton_items}+{fid.cloze_items} items)"
     ):
-        q = evaluate(lm.model, lm.tokenizer, fid)
+        tokenizer = checkpoint.load_tokenizer(directory) if directory else lm.tokenizer
+        q = rt.evaluate(None if directory else lm.model, tokenizer, directory or lm.source_dir, fid)
     if as_json:
-        print(json.dumps({"model": model, "fingerprint": lm.fingerprint, **q.model_dump()}, indent=2))
+        print(
+            json.dumps({"model": model, "runtime": runtime, "fingerprint": lm.fingerprint, **q.model_dump()}, indent=2)
+        )
         return
-    table = Table(title=f"quality of {model}", show_header=True)
+    table = Table(title=f"quality of {model} ({runtime})", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("on", style="dim")
@@ -112,6 +155,7 @@ def profile(
     repeats: Annotated[int, typer.Option(help="timed runs after one warm-up")] = 3,
     target: TargetOpt = "local",
     target_token: TargetTokenOpt = None,
+    runtime: RuntimeOpt = "torch",
     as_json: JsonOpt = False,
 ) -> None:
     """Measure latency and memory on this machine's CPU in a fresh process, or on a device running `autoslm agent`.
@@ -127,23 +171,23 @@ def profile(
         _positive(flag, value)
     if decode_tokens < 2:
         raise UserError(f"--decode-tokens must be at least 2 (got {decode_tokens})")
-    _check_target_spec(target)
-    _quiet_libraries()
-    from autoslm.models import resolve
+    from autoslm.runtimes import get_runtime
     from autoslm.targets import MeasureSettings, get_target
 
+    rt = get_runtime(runtime)
+    measuring = get_target(target, token=target_token)
+    _quiet_libraries()
+
     settings = MeasureSettings(
-        threads=threads, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, repeats=repeats
+        runtime=runtime, threads=threads, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, repeats=repeats
     )
     with console.status(f"preparing {model}"):
-        directory = resolve(model)
-    where = "in a fresh process" if target == "local" else f"on {target}"
-    options = {} if target == "local" else {"token": target_token}
+        directory = rt.prepare(model)
     from autoslm.targets.local import MeasurementError
 
-    with console.status(f"measuring {model} {where} ({threads} threads)"):
+    with console.status(f"measuring {model} on {target} with {runtime} ({threads} threads)"):
         try:
-            m = get_target(target, **options).measure(directory, settings)
+            m = measuring.measure(directory, settings)
         except MeasurementError as exc:
             raise UserError(f"could not measure {model} on {target}: {exc}") from exc
     if as_json:
@@ -162,54 +206,14 @@ def profile(
     console.print(f"[dim]target {m.target['id']}  ·  torch {m.target['torch']}  ·  load {m.load_s:.2f}s[/dim]")
 
 
-@app.command()
-def search(
-    model: ModelOpt = "smollm2-135m",
-    budget: Annotated[
-        str, typer.Option(help="hard limits, absolute or relative to the baseline: 'decode_ms<=0.7x,memory_mb<=500'")
-    ] = "decode_ms<=0.7x",
-    trials: Annotated[int, typer.Option(help="candidate policies to evaluate (the baseline is extra)")] = 12,
-    space: Annotated[
-        str, typer.Option(help="search space: a shipped one (default, quant-only, prune-quant, tiny) or a YAML file")
-    ] = "default",
-    out: Annotated[str, typer.Option(help="run directory (study.db, recipe.yaml, checkpoint/)")] = "runs/search",
-    seed: Annotated[int, typer.Option(help="seed for the sampler and every technique")] = 0,
-    sampler: Annotated[str, typer.Option(help="tpe | nsga2 | random")] = "tpe",
-    resume: Annotated[bool, typer.Option(help="continue the search stored in --out")] = False,
-    storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL (default: sqlite in --out); journal:PATH for a journal file")
-    ] = None,
-    study: Annotated[str, typer.Option(help="study name inside the storage")] = "autoslm",
-    timeout: Annotated[float | None, typer.Option(help="stop starting new trials after this many seconds")] = None,
-    fidelity: Annotated[str, typer.Option(help="quality evaluation of each candidate: full or low")] = "full",
-    warm_start: Annotated[
-        bool, typer.Option(help="first try each technique alone at its defaults (up to a third of the trials)")
-    ] = True,
-    target: TargetOpt = "local",
-    target_token: TargetTokenOpt = None,
-    backend: Annotated[str, typer.Option(help="optuna (this process) or ray (Ray Tune, on a Ray cluster)")] = "optuna",
-    ray_address: Annotated[
-        str | None, typer.Option(help="Ray cluster to join (e.g. 10.0.0.5:6379); default: start a local Ray")
-    ] = None,
-    max_concurrent: Annotated[int, typer.Option(help="--backend ray: trials running at once")] = 2,
-    cpus_per_trial: Annotated[float, typer.Option(help="--backend ray: CPUs Ray reserves per trial")] = 1.0,
-    recheck_rounds: Annotated[
-        int,
-        typer.Option(
-            help="close calls (decode or prefill within --recheck-margin of its limit) are timed again beside the "
-            "baseline, alternating for this many rounds, and judged on the median ratio; 0 trusts one measurement"
-        ),
-    ] = 4,
-    recheck_margin: Annotated[
-        float, typer.Option(help="how near a limit is a close call, as a fraction of it (0.15 = within 15%)")
-    ] = 0.15,
-) -> None:
-    """Search compression policies under a latency/memory budget measured on this machine.
+def _search(ctx: typer.Context, resume: bool, **options: object) -> None:
+    """Search compression policies under a latency/memory budget measured on the target.
 
     Each trial applies a policy (techniques from the space, in stage order), saves the checkpoint, measures it in
     a fresh process, rejects it cheaply when over budget, estimates quality at low fidelity (hopeless ones are
     pruned), then evaluates held-out perplexity. The best feasible policy is exported as OUT/recipe.yaml +
-    OUT/checkpoint/. State lives in OUT/study.db: Ctrl-C, then --resume, loses no finished trial.
+    OUT/checkpoint/. State lives in OUT/study.db: Ctrl-C, then --resume, loses no finished trial; --resume with a
+    different model, budget, space, fidelity, sampler, target or runtime is refused and says which.
 
     Distributed: --backend ray spreads trials over a Ray cluster (--ray-address); or start several
     `autoslm search --storage URL --study NAME` processes (SQLite, journal:PATH, postgresql://...) that split one
@@ -217,62 +221,24 @@ def search(
 
     Example:  autoslm search --model smollm2-135m --budget "decode_ms<=0.7x" --trials 12
     """
-    _positive("--trials", trials)
-    if timeout is not None and timeout <= 0:
-        raise UserError(f"--timeout must be positive (got {timeout})")
-    from autoslm.evaluate import Fidelity
-    from autoslm.search.budget import Budget
+    from typer._click.core import ParameterSource
 
-    Budget.parse(budget)  # fail on malformed input before loading anything
-    _check_target_spec(target)
-    if backend not in ("optuna", "ray"):
-        raise UserError(f"--backend '{backend}' is not known: use optuna or ray")
-    if ray_address and backend != "ray":
-        raise UserError("--ray-address needs --backend ray")
-    _positive("--max-concurrent", max_concurrent)
-    if cpus_per_trial <= 0:
-        raise UserError(f"--cpus-per-trial must be positive (got {cpus_per_trial})")
-    if recheck_rounds < 0:
-        raise UserError(f"--recheck-rounds must be 0 or more (got {recheck_rounds})")
-    if not 0 <= recheck_margin < 1:
-        raise UserError(f"--recheck-margin must be a fraction in [0, 1), e.g. 0.15 (got {recheck_margin})")
-    Fidelity.preset(fidelity)
+    given = {k: v for k, v in options.items() if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
+    from autoslm.searching import SearchSettings
+
+    settings = SearchSettings.create(**given)  # every option checked before anything is loaded or written
     _quiet_libraries()
-    from autoslm.models import parse_spec
-    from autoslm.search.optuna_backend import make_sampler
-    from autoslm.search.space import find_space_file
-
-    parse_spec(model)
-    find_space_file(space)
-    make_sampler(sampler, seed)
-    from autoslm.search import SearchSettings, run_search
+    from autoslm import report
     from autoslm.search_view import SearchView
+    from autoslm.searching import run_search
 
-    settings = SearchSettings(
-        model=model,
-        budget=budget,
-        space=space,
-        trials=trials,
-        out=out,
-        seed=seed,
-        sampler=sampler,
-        storage=storage,
-        study=study,
-        timeout_s=timeout,
-        fidelity=fidelity,
-        warm_start=warm_start,
-        target=target,
-        target_token=target_token,
-        backend=backend,
-        ray_address=ray_address,
-        max_concurrent=max_concurrent,
-        cpus_per_trial=cpus_per_trial,
-        recheck_rounds=recheck_rounds,
-        recheck_margin=recheck_margin,
-    )
-    with SearchView(console, trials) as view:
+    with SearchView(console, settings.trials) as view:
         result = run_search(settings, resume=resume, progress=view.event)
+    result.report_path, _ = report.write(result.run_dir, result.settings.storage, result.settings.study)
     view.summary(result)
+
+
+app.command("search")(_with_settings_options(_search))
 
 
 @app.command()
@@ -301,7 +267,8 @@ def apply(
 
 @app.command()
 def plugins(as_json: JsonOpt = False) -> None:
-    """List installed technique plugins (entry point group `autoslm`), their techniques and load status.
+    """List installed plugins (entry point group `autoslm`): their techniques, targets, runtimes, search backends and
+    samplers, and load status. The first row, autoslm itself, holds the engine's own targets, runtimes and backends.
 
     AUTOSLM_PLUGINS=a,b loads only those plugins; AUTOSLM_PLUGINS_STRICT=1 turns plugin failures into errors.
     """
@@ -312,13 +279,14 @@ def plugins(as_json: JsonOpt = False) -> None:
         print(json.dumps([vars(p) for p in reg.plugins.values()], indent=2))
         return
     table = Table(title="autoslm plugins")
-    for col in ("plugin", "distribution", "version", "techniques", "status"):
+    for col in ("plugin", "distribution", "version", "provides", "status"):
         table.add_column(col)
     for p in reg.plugins.values():
         status = {"loaded": "[green]loaded[/green]", "disabled": "[dim]disabled[/dim]"}.get(
             p.status, f"[red]failed[/red]: {p.error}"
         )
-        table.add_row(p.name, p.dist, p.version, ", ".join(p.techniques) or "-", status)
+        provides = [f"technique {t}" for t in p.techniques] + p.provides
+        table.add_row(p.name, p.dist, p.version, ", ".join(provides) or "-", status)
     console.print(table)
 
 
@@ -369,7 +337,7 @@ def agent(
     if max_upload_mb <= 0 or timeout_s <= 0:
         raise UserError("--max-upload-mb and --timeout-s must be positive")
     _quiet_libraries()
-    from autoslm.agent import Agent, serve
+    from autoslm.targets.agent import Agent, serve
 
     service = Agent(token, max_upload_mb=max_upload_mb, max_queue=max_queue, timeout_s=timeout_s)
     fp = service.target.fingerprint()

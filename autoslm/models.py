@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from autoslm._cache import cache_dir
+from autoslm.cache import cache_dir
 from autoslm.errors import UserError
 
 if TYPE_CHECKING:

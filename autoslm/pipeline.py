@@ -64,7 +64,11 @@ def plan(steps: list[Step]) -> list[PlannedStep]:
 
 def apply_steps(model: Any, steps: list[Step], ctx: ApplyContext) -> Any:
     """Validate, then apply each step in order; returns the compressed model."""
-    planned = plan(steps)
+    return apply_planned(model, plan(steps), ctx)
+
+
+def apply_planned(model: Any, planned: list[PlannedStep], ctx: ApplyContext) -> Any:
+    """Apply steps `plan` already validated, in order; returns the compressed model."""
     for p in planned:
         log.info("applying %s %s", p.name, p.config.model_dump())
         model = p.entry.cls().apply(model, p.config, ctx)

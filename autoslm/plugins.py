@@ -1,7 +1,15 @@
 """The plugin manager: entry points of group `autoslm`, loaded one at a time, failures reported, not fatal.
 
 Built-in techniques (package `autoslm_plugins`, folder plugins/) are declared as entry points in autoslm's own
-pyproject.toml, exactly like a third-party package's, so the engine imports none of them.
+pyproject.toml, exactly like a third-party package's, so the engine imports none of them. The engine's own targets,
+runtimes, search backends and samplers come from `autoslm.builtins`, registered first through the same hooks and
+never disabled by the allowlist (a search cannot run without them).
+
+Tables (each filled by one hook; see `hookspecs.py`):
+  techniques  name -> TechniqueEntry        codecs    name -> CodecEntry
+  targets     scheme -> Entry (Target)      runtimes  name -> Entry (Runtime)
+  backends    name -> Entry (SearchBackend) samplers  name -> Entry (factory(seed) -> Optuna sampler)
+  metrics     autoslm.metrics (one table for every figure)
 
 Environment:
   AUTOSLM_PLUGINS          comma-separated allowlist of entry-point or distribution names (unset: load all)
@@ -35,6 +43,7 @@ class PluginInfo:
     status: str = "loaded"  # loaded | failed | disabled
     error: str | None = None
     techniques: list[str] = field(default_factory=list)
+    provides: list[str] = field(default_factory=list)  # targets, runtimes, backends, samplers it registered
 
 
 @dataclass
@@ -53,6 +62,47 @@ class CodecEntry:
     version: str
 
 
+@dataclass
+class Entry:
+    """A target, runtime, search backend or sampler, and the plugin that registered it."""
+
+    obj: Any
+    plugin: str
+    dist: str
+    version: str
+
+
+def _named(kind: str, base: str, key: str = "name") -> Any:
+    """A check for `register(obj)`: obj must be a subclass of `base` (module:Class) with a non-empty `key`."""
+
+    def check(obj: Any) -> list[str]:
+        import importlib
+
+        module, cls_name = base.split(":")
+        cls = getattr(importlib.import_module(module), cls_name)
+        if not (isinstance(obj, type) and issubclass(obj, cls)):
+            raise ValueError(f"{obj!r} is not a subclass of {module}.{cls_name}")
+        value = getattr(obj, key, None)
+        names = [value] if isinstance(value, str) else list(value or ())
+        if not names or not all(isinstance(n, str) and n.strip() == n and n for n in names):
+            raise ValueError(f"{kind} {obj.__name__} has no valid `{key}`")
+        return names
+
+    return check
+
+
+# hook -> (table attribute, what is registered, check returning the names it is registered under)
+TABLES: dict[str, tuple[str, str, Any]] = {
+    "register_targets": ("targets", "target", _named("target", "autoslm.targets:Target", "schemes")),
+    "register_runtimes": ("runtimes", "runtime", _named("runtime", "autoslm.runtimes:Runtime")),
+    "register_search_backends": (
+        "backends",
+        "search backend",
+        _named("search backend", "autoslm.searching.backends:SearchBackend"),
+    ),
+}
+
+
 class Registry:
     """The loaded plugins and what they registered."""
 
@@ -62,6 +112,10 @@ class Registry:
         self.plugins: dict[str, PluginInfo] = {}
         self.techniques: dict[str, TechniqueEntry] = {}
         self.codecs: dict[str, CodecEntry] = {}
+        self.targets: dict[str, Entry] = {}
+        self.runtimes: dict[str, Entry] = {}
+        self.backends: dict[str, Entry] = {}
+        self.samplers: dict[str, Entry] = {}
         self._loaded = False
 
     # --- loading -------------------------------------------------------------------------------------------
@@ -71,6 +125,10 @@ class Registry:
         if self._loaded:
             return self
         self._loaded = True
+        import autoslm
+        from autoslm import builtins
+
+        self.add(builtins, name="autoslm", dist="autoslm", version=autoslm.__version__)
         allow = _allowlist()
         # built-ins first, then third parties by name: a third-party plugin cannot shadow a built-in technique
         eps = sorted(entry_points(group=GROUP), key=lambda e: (_dist_of(e)[0] != "autoslm", e.name))
@@ -101,13 +159,16 @@ class Registry:
         if self.pm.get_plugin(name) is not None:
             self.pm.unregister(name=name)
         self.plugins.pop(name, None)
-        self.techniques = {k: v for k, v in self.techniques.items() if v.plugin != name}
-        self.codecs = {k: v for k, v in self.codecs.items() if v.plugin != name}
+        for table in ("techniques", "codecs", "targets", "runtimes", "backends", "samplers"):
+            setattr(self, table, {k: v for k, v in getattr(self, table).items() if v.plugin != name})
 
     def _collect(self, info: PluginInfo) -> None:
         """Call this plugin's hook implementations alone, so its failures are attributed to it."""
+        from autoslm import metrics
+
         found: list[type[Technique]] = []
         codecs: list[Codec] = []
+        others: list[tuple[str, str, str, Any]] = []  # (table, kind, name, object)
 
         def register(cls: Any) -> None:
             check_technique_class(cls)
@@ -118,7 +179,25 @@ class Registry:
                 raise ValueError(f"{codec!r} is not an autoslm.Codec instance with a name")
             codecs.append(codec)
 
-        for hook, callback in (("register_techniques", register), ("register_codecs", register_codec)):
+        def register_sampler(name: Any, factory: Any = None) -> None:
+            if not isinstance(name, str) or not name.isidentifier() or not callable(factory):
+                raise ValueError(f"register_samplers: give register(name, factory) (got {name!r}, {factory!r})")
+            others.append(("samplers", "sampler", name, factory))
+
+        def table_callback(table: str, kind: str, check: Any) -> Any:
+            def callback(obj: Any) -> None:
+                others.extend((table, kind, n, obj) for n in check(obj))
+
+            return callback
+
+        callbacks: list[tuple[str, Any]] = [
+            ("register_techniques", register),
+            ("register_codecs", register_codec),
+            ("register_samplers", register_sampler),
+            ("register_metrics", metrics.register),
+            *((hook, table_callback(*spec)) for hook, spec in TABLES.items()),
+        ]
+        for hook, callback in callbacks:
             for impl in getattr(self.pm.hook, hook).get_hookimpls():
                 if impl.plugin_name != info.name:
                     continue
@@ -139,6 +218,13 @@ class Registry:
                 continue
             self.techniques[cls.name] = TechniqueEntry(cls, info.name, info.dist, info.version)
             info.techniques.append(cls.name)
+        for table, kind, name, obj in others:
+            entries: dict[str, Entry] = getattr(self, table)
+            if name in entries:
+                self._fail(info, f"{kind} '{name}' is already registered by {entries[name].dist}")
+                continue
+            entries[name] = Entry(obj, info.name, info.dist, info.version)
+            info.provides.append(f"{kind} {name}")
 
     def _fail(self, info: PluginInfo, message: str) -> None:
         info.status, info.error = "failed", message
@@ -156,6 +242,18 @@ class Registry:
                 "(a third-party technique needs its plugin package installed; see `autoslm plugins`)"
             )
         return self.techniques[name]
+
+    def lookup(self, table: str, name: str, flag: str) -> Any:
+        """The object registered under `name` in a table (targets, runtimes, backends, samplers), or a UserError
+        for `flag` that lists what is installed."""
+        self.load()
+        entries: dict[str, Entry] = getattr(self, table)
+        if name not in entries:
+            known = ", ".join(sorted(entries)) or "none"
+            raise UserError(
+                f"{flag} '{name}' is not known: use one of {known} (plugins add more; see `autoslm plugins`)"
+            )
+        return entries[name].obj
 
     def codec(self, name: str) -> Codec:
         self.load()

@@ -24,7 +24,8 @@ class RecipeStep(BaseModel):
 
     technique: str
     plugin: str
-    version: str
+    version: str = Field(description="version of the plugin distribution")
+    config_version: int = Field(1, description="the technique's Config.version when the recipe was written")
     params: dict[str, Any]
 
 
@@ -51,6 +52,12 @@ class Recipe(BaseModel):
     def read(cls, path: Path) -> Recipe:
         try:
             doc = yaml.safe_load(Path(path).read_text())
+            version = doc.get("schema_version") if isinstance(doc, dict) else None
+            if version != SCHEMA_VERSION:
+                raise UserError(
+                    f"recipe '{path}' has schema_version {version!r}; this autoslm reads version {SCHEMA_VERSION}: "
+                    "rebuild it with the autoslm that wrote it, or re-export it from its search"
+                )
             return cls.model_validate(doc)
         except FileNotFoundError as exc:
             raise UserError(f"recipe '{path}' does not exist: check the path") from exc
@@ -65,7 +72,11 @@ def build_steps(steps: list[dict[str, Any]]) -> list[RecipeStep]:
 
     return [
         RecipeStep(
-            technique=p.name, plugin=p.entry.dist, version=p.entry.version, params=p.config.model_dump(mode="json")
+            technique=p.name,
+            plugin=p.entry.dist,
+            version=p.entry.version,
+            config_version=p.entry.cls.Config.version,
+            params=p.config.model_dump(mode="json"),
         )
         for p in plan([Step(**s) for s in steps])
     ]
@@ -89,8 +100,9 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
     """
     from autoslm import checkpoint
     from autoslm.models import load_model
-    from autoslm.pipeline import Step, apply_steps
+    from autoslm.pipeline import Step, apply_planned, plan
     from autoslm.plugins import get_registry
+    from autoslm.runtimes import check_policy, get_runtime
     from autoslm.technique import ApplyContext
 
     recipe = Recipe.read(Path(path))
@@ -100,6 +112,14 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
             raise UserError(
                 f"recipe step '{step.technique}' needs the plugin package '{step.plugin}' (version {step.version}), "
                 f"which is not installed: pip install '{step.plugin}=={step.version}'"
+            )
+        installed = registry.techniques[step.technique].cls.Config.version
+        if installed != step.config_version:
+            entry = registry.techniques[step.technique]
+            raise UserError(
+                f"recipe step '{step.technique}' was written for its config version {step.config_version}; the "
+                f"installed {entry.dist} {entry.version} has config version {installed}: install "
+                f"'{step.plugin}=={step.version}' to replay it"
             )
     spec = model or recipe.base_model["name"]
     base = load_model(spec)
@@ -116,9 +136,14 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
         return teacher["model"]
 
     ctx = ApplyContext(tokenizer=base.tokenizer, seed=recipe.seed, teacher_factory=teacher_factory)
-    compressed = apply_steps(base.model, [Step(technique=s.technique, params=s.params) for s in recipe.steps], ctx)
+    planned = plan([Step(technique=s.technique, params=s.params) for s in recipe.steps])
+    runtime = recipe.target.get("runtime", "torch")
+    check_policy(runtime, planned)
+    compressed = apply_planned(base.model, planned, ctx)
     out = Path(out)
-    checkpoint.save_dir(compressed, base.tokenizer, out, base_fingerprint=recipe.base_model["fingerprint"])
-    recipe = recipe.model_copy(update={"checkpoint_sha256": checkpoint.sha256_file(out / "model.safetensors")})
+    fingerprint = recipe.base_model["fingerprint"]
+    get_runtime(runtime).save(compressed, base.tokenizer, out, planned, base_fingerprint=fingerprint)
+    made = checkpoint.sha256_file(checkpoint.weights_file(out))
+    recipe = recipe.model_copy(update={"checkpoint_sha256": made})
     checkpoint.add_file(out, "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, width=120))
     return out

@@ -14,7 +14,10 @@ import html
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autoslm.searching.trials import TrialRecord
 
 
 def load_run(run_dir: Path, storage: str | None = None, study_name: str | None = None) -> dict[str, Any]:
@@ -22,14 +25,14 @@ def load_run(run_dir: Path, storage: str | None = None, study_name: str | None =
     import optuna
 
     from autoslm.errors import UserError
-    from autoslm.search import _best, _row
-    from autoslm.search.pareto import pareto_front
+    from autoslm.searching.pareto import pareto_front
+    from autoslm.searching.trials import best, records
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     db = run_dir / "study.db"
     if storage is None and not db.is_file():
         raise UserError(f"'{run_dir}' holds no search (no study.db): give the --out directory of `autoslm search`")
-    from autoslm.search.optuna_backend import make_storage
+    from autoslm.searching.storage import make_storage
 
     url = storage or f"sqlite:///{db.resolve()}"
     store = make_storage(url)  # also journal:PATH
@@ -38,15 +41,28 @@ def load_run(run_dir: Path, storage: str | None = None, study_name: str | None =
     if name is None:
         raise UserError(f"storage {url} holds no study")
     study = optuna.load_study(study_name=name, storage=store)
-    rows = [_row(t) for t in study.get_trials(deepcopy=False)]
+    rows = records(study)
     return {
         "settings": study.user_attrs.get("settings", {}),
+        "budget": _budget(study.user_attrs.get("settings", {})),
         "baseline": study.user_attrs.get("baseline"),
         "rows": rows,
-        "best": _best(study),
+        "best": best(rows),
         "pareto": pareto_front(rows),
         "study": name,
     }
+
+
+def _budget(stored: dict[str, Any]) -> Any:
+    """The stored search's budget; none when the settings cannot be read (the report still shows the trials)."""
+    from autoslm.errors import UserError
+    from autoslm.searching.budget import Budget
+    from autoslm.searching.settings import SearchSettings
+
+    try:
+        return SearchSettings.model_validate(stored).limits
+    except (ValueError, UserError):
+        return Budget()
 
 
 def plot(run: dict[str, Any], path: Path) -> Path:
@@ -55,21 +71,19 @@ def plot(run: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from autoslm.search.budget import Budget
-
     rows, base, best = run["rows"], run["baseline"], run["best"]
-    scored = [r for r in rows if r["quality"] and r["metrics"]]
-    over = [r for r in rows if r["metrics"] and not r["quality"] and r["status"] == "infeasible"]
-    pruned = [r for r in rows if r["metrics"] and not r["quality"] and r.get("low_ppl") and r["status"] == "pruned"]
+    scored = [r for r in rows if r.quality and r.metrics]
+    over = [r for r in rows if r.metrics and not r.quality and r.status == "infeasible"]
+    pruned = [r for r in rows if r.metrics and not r.quality and r.low_ppl and r.status == "pruned"]
     fig, ax = plt.subplots(figsize=(9, 5.6), dpi=110)
-    mem = [r["metrics"]["memory_mb"] for r in scored + over] + ([base["metrics"]["memory_mb"]] if base else [])
+    mem = [r.metrics["memory_mb"] for r in scored + over] + ([base["metrics"]["memory_mb"]] if base else [])
     vmin, vmax = (min(mem), max(mem)) if mem else (0, 1)
     sc = None
     if scored:
         sc = ax.scatter(
-            [r["metrics"]["decode_ms"] for r in scored],
-            [r["ppl"] for r in scored],
-            c=[r["metrics"]["memory_mb"] for r in scored],
+            [r.metrics["decode_ms"] for r in scored],
+            [r.ppl for r in scored],
+            c=[r.metrics["memory_mb"] for r in scored],
             cmap="viridis",
             vmin=vmin,
             vmax=vmax,
@@ -81,16 +95,16 @@ def plot(run: dict[str, Any], path: Path) -> Path:
         )
     if pruned:
         ax.scatter(
-            [r["metrics"]["decode_ms"] for r in pruned], [r["low_ppl"] for r in pruned], marker="x", s=40,
+            [r.metrics["decode_ms"] for r in pruned], [r.low_ppl for r in pruned], marker="x", s=40,
             c="tab:gray", label="pruned (low-fidelity perplexity)", zorder=3,
         )  # fmt: skip
-    ys = [r["ppl"] for r in scored] + [r["low_ppl"] for r in pruned] + ([base["ppl"]] if base else [])
+    ys = [r.ppl for r in scored] + [r.low_ppl for r in pruned] + ([base["ppl"]] if base else [])
     top = max(ys) * 1.25 if ys else 1.0
     if over:
         ax.scatter(
-            [r["metrics"]["decode_ms"] for r in over],
+            [r.metrics["decode_ms"] for r in over],
             [top] * len(over),
-            c=[r["metrics"]["memory_mb"] for r in over],
+            c=[r.metrics["memory_mb"] for r in over],
             cmap="viridis",
             vmin=vmin,
             vmax=vmax,
@@ -101,11 +115,11 @@ def plot(run: dict[str, Any], path: Path) -> Path:
             label="over budget (quality not evaluated)",
             zorder=3,
         )
-    front = sorted(run["pareto"], key=lambda r: r["metrics"]["decode_ms"])
+    front = sorted(run["pareto"], key=lambda r: r.metrics["decode_ms"])
     if front:
         ax.step(
-            [r["metrics"]["decode_ms"] for r in front],
-            [r["ppl"] for r in front],
+            [r.metrics["decode_ms"] for r in front],
+            [r.ppl for r in front],
             where="post",
             color="tab:orange",
             lw=1.5,
@@ -117,18 +131,14 @@ def plot(run: dict[str, Any], path: Path) -> Path:
             [base["metrics"]["decode_ms"]], [base["ppl"]], marker="*", s=260, c="gold", edgecolors="k", zorder=4,
             label=f"baseline ({base['ppl']:.2f} ppl, {base['metrics']['decode_ms']:.1f} ms)",
         )  # fmt: skip
-        try:
-            budget = Budget.parse(run["settings"].get("budget", ""))
-        except Exception:
-            budget = Budget()
-        for lim in budget.limits:
+        for lim in run["budget"].limits:
             if lim.metric == "decode_ms":
                 x = lim.absolute(base["metrics"])
                 ax.axvline(x, color="tab:red", ls="--", lw=1.2, label=f"budget {lim}")
     if best:
         ax.scatter(
-            [best["metrics"]["decode_ms"]], [best["ppl"]], marker="o", s=260, facecolors="none",
-            edgecolors="tab:red", linewidths=2.2, zorder=5, label=f"chosen: trial {best['number']}",
+            [best.metrics["decode_ms"]], [best.ppl], marker="o", s=260, facecolors="none",
+            edgecolors="tab:red", linewidths=2.2, zorder=5, label=f"chosen: trial {best.number}",
         )  # fmt: skip
     ax.set_xlabel("decode ms/token (median, measured on the target)")
     ax.set_ylabel("held-out perplexity (lower is better)")
@@ -148,11 +158,11 @@ def plot(run: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def technique_usage(rows: list[dict[str, Any]], top: int = 5) -> list[tuple[str, int, int]]:
+def technique_usage(rows: list[TrialRecord], top: int = 5) -> list[tuple[str, int, int]]:
     """(technique, uses among the `top` best feasible policies, uses among all evaluated trials)."""
-    feasible = sorted((r for r in rows if r["feasible"] and r["quality"]), key=lambda r: r["ppl"])[:top]
-    good = Counter(s["technique"] for r in feasible for s in r["steps"])
-    every = Counter(s["technique"] for r in rows if r["metrics"] for s in r["steps"])
+    feasible = sorted((r for r in rows if r.feasible and r.quality), key=lambda r: r.ppl)[:top]
+    good = Counter(s["technique"] for r in feasible for s in r.steps)
+    every = Counter(s["technique"] for r in rows if r.metrics for s in r.steps)
     return sorted(((t, good[t], every[t]) for t in every), key=lambda x: (-x[1], -x[2], x[0]))
 
 
@@ -172,29 +182,29 @@ def write(run_dir: Path, storage: str | None = None, study_name: str | None = No
         return f" ({(value / ref - 1) * 100:+.0f}%)"
 
     body = []
-    for r in sorted(run["rows"], key=lambda r: r["number"]):
-        m = r["metrics"] or {}
-        ppl = f"{r['ppl']:.2f}{rel(r['ppl'], base and base['ppl'])}" if r["quality"] else "-"
+    for r in sorted(run["rows"], key=lambda r: r.number):
+        m = r.metrics or {}
+        ppl = f"{r.ppl:.2f}{rel(r.ppl, base and base['ppl'])}" if r.quality else "-"
         cells = [
-            str(r["number"]),
-            html.escape(policy_text(r["steps"]) or "(none)"),
+            str(r.number),
+            html.escape(policy_text(r.steps) or "(none)"),
             ppl,
             f"{m['decode_ms']:.1f}{rel(m['decode_ms'], bm.get('decode_ms'))}" if m else "-",
             f"{m['memory_mb']:.0f}" if m else "-",
             f"{m['size_mb']:.0f}" if m else "-",
-            html.escape(r["status"] + (" (cached)" if r.get("cached_from") is not None else "") + recheck_text(r)),
-            html.escape(r.get("reason") or ""),
+            html.escape(r.status + (" (cached)" if r.cached_from is not None else "") + recheck_text(r)),
+            html.escape(r.reason or ""),
         ]
-        cls = "best" if best and r["number"] == best["number"] else ("ok" if r["feasible"] else "")
+        cls = "best" if best and r.number == best.number else ("ok" if r.feasible else "")
         body.append(f"<tr class='{cls}'>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     usage = "".join(
         f"<tr><td>{html.escape(t)}</td><td>{g}</td><td>{a}</td></tr>" for t, g, a in technique_usage(run["rows"])
     )
     chosen = (
-        f"<p><b>Chosen policy</b> (trial {best['number']}): {html.escape(policy_text(best['steps']))}<br>"
-        f"perplexity {best['ppl']:.2f}{rel(best['ppl'], base['ppl'])}, decode {best['metrics']['decode_ms']:.1f} ms"
-        f"{rel(best['metrics']['decode_ms'], bm.get('decode_ms'))}, memory {best['metrics']['memory_mb']:.0f} MB, "
-        f"size {best['metrics']['size_mb']:.0f} MB</p>"
+        f"<p><b>Chosen policy</b> (trial {best.number}): {html.escape(policy_text(best.steps))}<br>"
+        f"perplexity {best.ppl:.2f}{rel(best.ppl, base['ppl'])}, decode {best.metrics['decode_ms']:.1f} ms"
+        f"{rel(best.metrics['decode_ms'], bm.get('decode_ms'))}, memory {best.metrics['memory_mb']:.0f} MB, "
+        f"size {best.metrics['size_mb']:.0f} MB</p>"
         if best
         else "<p><b>No feasible policy yet.</b></p>"
     )
@@ -206,7 +216,7 @@ def write(run_dir: Path, storage: str | None = None, study_name: str | None = No
     )
     esc = {k: html.escape(str(settings.get(k))) for k in ("model", "budget", "space")}
     dashboard = html.escape(f"optuna-dashboard sqlite:///{(run_dir / 'study.db').resolve()}")
-    meta = html.escape(json.dumps({"settings": settings, "best": best and best["number"]}))
+    meta = html.escape(json.dumps({"settings": settings, "best": best.number if best else None}))
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>autoslm report: {html.escape(str(run_dir))}</title>
 <style>

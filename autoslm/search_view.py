@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from autoslm.searching.trials import TrialRecord
 
 
 def policy_text(steps: list[dict[str, Any]]) -> str:
@@ -55,6 +58,8 @@ class SearchView:
             for row in payload.describe():
                 table.add_row(*row)
             self.progress.console.print(table)
+        elif kind == "resumed":
+            self.progress.console.print(f"resuming the stored search with: {'; '.join(payload)}", highlight=False)
         elif kind == "baseline_start":
             self.progress.update(self.task, description="measuring the baseline")
         elif kind == "baseline":
@@ -70,9 +75,9 @@ class SearchView:
             self.progress.update(
                 self.task,
                 completed=min(payload["done"], self.trials),
-                best=f"best ppl {best['ppl']:.2f} (trial {best['number']})" if best else "no feasible yet",
+                best=f"best ppl {best.ppl:.2f} (trial {best.number})" if best else "no feasible yet",
             )
-            self.progress.console.print(f"  trial {row['number']:>3} {_status(row):<32} {policy_text(row['steps'])}")
+            self.progress.console.print(f"  trial {row.number:>3} {_status(row):<32} {policy_text(row.steps)}")
 
     def summary(self, result: Any) -> None:
         base = result.baseline
@@ -81,9 +86,16 @@ class SearchView:
             self.console.print("[bold red]no feasible policy[/bold red] met the budget; closest candidates:")
             table = _table(result.closest, bm, base["ppl"])
             self.console.print(table)
+            failed = [r for r in result.trials if r.counted and r.status == "failed"]
+            counted = [r for r in result.trials if r.counted]
+            hint = (
+                f"{len(failed)} of {len(counted)} trials failed: see {result.run_dir}/logs/"
+                if counted and len(failed) == len(counted)
+                else "loosen the budget or widen the space and --resume"
+            )
             self.console.print(
-                f"everything is saved in {result.run_dir}/ (trials.json, study.db, report.html); "
-                "loosen the budget or widen the space and --resume"
+                f"everything is saved in {result.run_dir}/ (trials.json, study.db, report.html); {hint}",
+                highlight=False,
             )
             return
         self.console.print(_table([result.best], bm, base["ppl"], title="best feasible policy"))
@@ -94,9 +106,9 @@ class SearchView:
         )
 
 
-def recheck_text(row: dict[str, Any]) -> str:
+def recheck_text(row: TrialRecord) -> str:
     """' (close call: re-measured 2x beside the baseline, 0.68x)' for a trial decided on re-measurements."""
-    recheck = row.get("recheck")
+    recheck = row.recheck
     if not recheck:
         return ""
     ratio = recheck.get("ratios", {}).get("decode_ms")
@@ -105,18 +117,18 @@ def recheck_text(row: dict[str, Any]) -> str:
     )
 
 
-def _status(row: dict[str, Any]) -> str:
-    if row.get("cached_from") is not None:
-        return f"cached (= trial {row['cached_from']})"
-    if row["status"] == "complete" and row.get("ppl") is not None:
-        return f"ppl {row['ppl']:.2f}, {row['metrics'].get('decode_ms', 0):.1f} ms" + recheck_text(row)
-    if row["status"] == "infeasible":
-        worst = max(row["violations"], key=row["violations"].get)
-        return f"over budget ({worst} +{100 * row['violations'][worst]:.0f}%)" + recheck_text(row)
-    return f"{row['status']}: {(row.get('reason') or '')[:60]}"
+def _status(row: TrialRecord) -> str:
+    if row.cached_from is not None:
+        return f"cached (= trial {row.cached_from})"
+    if row.status == "complete" and row.ppl is not None:
+        return f"ppl {row.ppl:.2f}, {row.metrics.get('decode_ms', 0):.1f} ms" + recheck_text(row)
+    if row.status == "infeasible":
+        worst = max(row.violations, key=row.violations.get)
+        return f"over budget ({worst} +{100 * row.violations[worst]:.0f}%)" + recheck_text(row)
+    return f"{row.status}: {(row.reason or '')[:60]}"
 
 
-def _table(rows: list[dict[str, Any]], bm: dict[str, float], base_ppl: float, title: str = "") -> Table:
+def _table(rows: list[TrialRecord], bm: dict[str, float], base_ppl: float, title: str = "") -> Table:
     table = Table(title=title)
     for col in ("trial", "policy", "ppl", "decode ms", "speedup", "memory MB", "size MB"):
         if col == "policy":
@@ -124,11 +136,11 @@ def _table(rows: list[dict[str, Any]], bm: dict[str, float], base_ppl: float, ti
         else:
             table.add_column(col, justify="right")
     for r in rows:
-        m = r["metrics"]
-        ppl = f"{r['ppl']:.2f} ({100 * (r['ppl'] / base_ppl - 1):+.0f}%)" if r.get("quality") else "-"
+        m = r.metrics
+        ppl = f"{r.ppl:.2f} ({100 * (r.ppl / base_ppl - 1):+.0f}%)" if r.quality else "-"
         table.add_row(
-            str(r["number"]),
-            policy_text(r["steps"]),
+            str(r.number),
+            policy_text(r.steps),
             ppl,
             f"{m['decode_ms']:.1f}",
             f"{bm['decode_ms'] / m['decode_ms']:.2f}x",

@@ -6,6 +6,7 @@ A technique is a small class with:
   stage                 where it runs in a pipeline (prune < lowrank < distill < quantize < cast)
   requires_calibration  whether apply() reads ctx.calibration()
   incompatible_with     names of techniques it cannot be combined with
+  runtime               None (a torch-side step, any runtime that accepts it) or the runtime that applies it
   space(info, target)   its default search space: {parameter: Dimension}
   apply(model, config, ctx) -> model   deterministic for a given ctx.seed
 """
@@ -35,6 +36,7 @@ class Stage(IntEnum):
     DISTILL = 30
     QUANTIZE = 40
     CAST = 50
+    EXPORT = 60  # applied by a runtime when it writes what it loads (e.g. llama.cpp's own quantization)
 
 
 class TechniqueConfig(BaseModel):
@@ -85,6 +87,7 @@ class Technique:
     description: ClassVar[str] = ""
     requires_calibration: ClassVar[bool] = False
     incompatible_with: ClassVar[tuple[str, ...]] = ()
+    runtime: ClassVar[str | None] = None  # set: the runtime applies it at save time; `apply` leaves the model as is
     Config: ClassVar[type[TechniqueConfig]] = TechniqueConfig
 
     @classmethod

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from autoslm._quiet import quiet_libraries
+from autoslm.quiet import quiet_libraries
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _candidates import build, share_baseline, slug  # benchmarks/ is on sys.path when a script in it runs
 
-from autoslm._quiet import quiet_libraries
+from autoslm.quiet import quiet_libraries
 
 GRID: list[tuple[str, str, list[dict]]] = [
     (technique, label, [{"technique": name, "params": params}])
@@ -78,15 +78,15 @@ def main() -> None:
         baseline = baseline or result.baseline
         best = result.best
         searches[fraction] = {
-            "best_ppl": best["ppl"] if best else None,
-            "best_policy": best["steps"] if best else None,
-            "best_decode_ratio": best["metrics"]["decode_ms"] / baseline["metrics"]["decode_ms"] if best else None,
-            "feasible": sum(1 for r in result.trials if r["feasible"] and r["quality"]),
+            "best_ppl": best.ppl if best else None,
+            "best_policy": best.steps if best else None,
+            "best_decode_ratio": best.metrics["decode_ms"] / baseline["metrics"]["decode_ms"] if best else None,
+            "feasible": sum(1 for r in result.trials if r.feasible and r.quality),
             "minutes": (time.perf_counter() - t0) / 60,
         }
         s = searches[fraction]
         text = f"{s['best_ppl']:.2f} at {s['best_decode_ratio']:.2f}x" if best else "nothing feasible"
-        print(f"    best {text}: {policy_text(best['steps']) if best else '-'} ({s['minutes']:.1f} min)", flush=True)
+        print(f"    best {text}: {policy_text(best.steps) if best else '-'} ({s['minutes']:.1f} min)", flush=True)
 
     run_search(args.budgets[0])
     assert baseline is not None

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from autoslm._quiet import quiet_libraries
+from autoslm.quiet import quiet_libraries
 
 
 def one(model: str, trials: int, concurrent: int, root: Path) -> tuple[float, int]:

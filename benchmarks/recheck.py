@@ -29,7 +29,7 @@ from pathlib import Path
 
 from _candidates import build, slug  # benchmarks/ is on sys.path when a script in it runs
 
-from autoslm._quiet import quiet_libraries
+from autoslm.quiet import quiet_libraries
 
 CANDIDATE = ("dynamic int8", [{"technique": "quant.dynamic_int8", "params": {"smooth_alpha": 0.5}}])
 OFFSETS = (-0.10, -0.05, 0.05, 0.10)
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     quiet_libraries()
-    from autoslm.search.objective import Objective
+    from autoslm.searching.objective import Objective
     from autoslm.targets import PairMeasurement, get_target
 
     name, steps = CANDIDATE

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from _candidates import build, slug  # benchmarks/ is on sys.path when a script in it runs
 
-from autoslm._quiet import quiet_libraries
+from autoslm.quiet import quiet_libraries
 
 CANDIDATES: list[tuple[str, list[dict]]] = [
     ("fp32 baseline", []),

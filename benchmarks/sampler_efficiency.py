@@ -26,19 +26,20 @@ from pathlib import Path
 
 from _candidates import share_baseline  # benchmarks/ is on sys.path when a script in it runs
 
-from autoslm._quiet import quiet_libraries
+from autoslm.quiet import quiet_libraries
+from autoslm.searching import TrialRecord
 
 SAMPLERS = ("tpe", "random")
 
 
-def best_so_far(rows: list[dict], trials: int) -> list[float | None]:
+def best_so_far(rows: list[TrialRecord], trials: int) -> list[float | None]:
     """Best feasible perplexity after trial 1, 2, ..., `trials` (None until one is feasible)."""
-    ordered = sorted(rows, key=lambda r: r["number"])[:trials]
+    ordered = sorted(rows, key=lambda r: r.number)[:trials]
     curve: list[float | None] = []
     best: float | None = None
     for r in ordered:
-        if r["feasible"] and r["quality"] and (best is None or r["ppl"] < best):
-            best = r["ppl"]
+        if r.feasible and r.quality and r.ppl is not None and (best is None or r.ppl < best):
+            best = r.ppl
         curve.append(best)
     return curve + [best] * (trials - len(curve))
 
@@ -59,7 +60,7 @@ def main() -> None:
     import yaml
 
     import autoslm
-    from autoslm.search.space import find_space_file
+    from autoslm.searching.space import find_space_file
 
     args.out.mkdir(parents=True, exist_ok=True)
     space = yaml.safe_load(find_space_file("default").read_text())
@@ -87,8 +88,8 @@ def main() -> None:
             baseline = baseline or result.baseline
             curve = best_so_far(result.trials, args.trials)
             curves[sampler][seed] = curve
-            hashes[sampler][seed] = [r["policy_hash"] for r in sorted(result.trials, key=lambda r: r["number"])]
-            feasible[sampler][seed] = sum(1 for r in result.trials if r["feasible"] and r["quality"])
+            hashes[sampler][seed] = [r.policy_hash for r in sorted(result.trials, key=lambda r: r.number)]
+            feasible[sampler][seed] = sum(1 for r in result.trials if r.feasible and r.quality)
             print("    best feasible ppl after each trial: " + " ".join(_f(v) for v in curve), flush=True)
 
     base = baseline["metrics"]["decode_ms"] if baseline else float("nan")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from autoslm._quiet import quiet_libraries
+from autoslm.quiet import quiet_libraries
 
 SINGLES = ["prune.depth", "prune.width", "quant.dynamic_int8", "quant.weight_only", "cast.dtype"]
 
@@ -42,10 +42,10 @@ def summarise(name: str, result, seconds: float) -> dict:
     return {
         "search": name,
         "trials": len(rows),
-        "feasible": sum(1 for r in rows if r["feasible"] and r["quality"]),
-        "best_ppl": best["ppl"] if best else None,
-        "best_policy": best["steps"] if best else None,
-        "best_decode_ratio": best["metrics"]["decode_ms"] / base["metrics"]["decode_ms"] if best else None,
+        "feasible": sum(1 for r in rows if r.feasible and r.quality),
+        "best_ppl": best.ppl if best else None,
+        "best_policy": best.steps if best else None,
+        "best_decode_ratio": best.metrics["decode_ms"] / base["metrics"]["decode_ms"] if best else None,
         "baseline_ppl": base["ppl"],
         "baseline_decode_ms": base["metrics"]["decode_ms"],
         "minutes": seconds / 60,
@@ -74,7 +74,7 @@ def main() -> None:
     args = ap.parse_args()
     quiet_libraries()
     import autoslm
-    from autoslm.search.space import find_space_file
+    from autoslm.searching.space import find_space_file
 
     args.out.mkdir(parents=True, exist_ok=True)
     default = yaml.safe_load(find_space_file("default").read_text())

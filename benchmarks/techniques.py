@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from autoslm._quiet import quiet_libraries
+from autoslm.quiet import quiet_libraries
 
 SETTINGS: list[tuple[str, list[dict]]] = [
     ("prune.depth 3 blocks", [{"technique": "prune.depth", "params": {"blocks": 3}}]),

@@ -28,10 +28,10 @@ def main() -> None:
     )
     print(f"baseline: ppl {result.baseline['ppl']:.1f}, decode {result.baseline['metrics']['decode_ms']:.1f} ms")
     for row in result.trials:
-        print(f"trial {row['number']}: {row['status']:<10} {row['steps']}")
+        print(f"trial {row.number}: {row.status:<10} {row.steps}")
     if result.best:
-        print(f"best: trial {result.best['number']}, ppl {result.best['ppl']:.1f} -> {result.recipe_path}")
-    print(f"Pareto set: {[r['number'] for r in result.pareto]}")
+        print(f"best: trial {result.best.number}, ppl {result.best.ppl:.1f} -> {result.recipe_path}")
+    print(f"Pareto set: {[r.number for r in result.pareto]}")
 
 
 if __name__ == "__main__":

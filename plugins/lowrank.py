@@ -16,6 +16,7 @@ from pydantic import Field
 
 import autoslm
 from autoslm import ApplyContext, Categorical, Codec, Float, Stage, Technique, TechniqueConfig
+from autoslm.calibration import capture_inputs, run_windows
 
 Proj = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -90,26 +91,15 @@ class LowRank(Technique):
 
     def _activation_scales(self, model: Any, names: list[str], config: LowRankConfig, ctx: ApplyContext) -> dict:
         sums: dict[str, Any] = {}
-        count = [0]
 
-        def hook(name: str) -> Any:
-            def fn(_m: Any, args: tuple[Any, ...]) -> None:
-                x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).double().sum(0)
-                sums[name] = sums[name] + x if name in sums else x
+        def record(name: str, x: Any) -> None:
+            s = x.abs().double().sum(0)
+            sums[name] = sums[name] + s if name in sums else s
 
-            return fn
-
-        handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
         windows = ctx.calibration(config.calibration_samples, config.calibration_seq_len)
-        try:
-            with torch.inference_mode():
-                for batch in windows.split(2):
-                    model(input_ids=batch, use_cache=False)
-                    count[0] += batch.numel()
-        finally:
-            for h in handles:
-                h.remove()
-        return {n: (v / count[0]).float() for n, v in sums.items()}
+        with capture_inputs({n: model.get_submodule(n) for n in names}, record):
+            count = run_windows(model, windows)
+        return {n: (v / count).float() for n, v in sums.items()}
 
 
 class LowRankCodec(Codec):

@@ -26,6 +26,7 @@ from pydantic import Field
 
 import autoslm
 from autoslm import ApplyContext, Categorical, Float, Stage, Technique, TechniqueConfig
+from autoslm.calibration import capture_inputs, run_windows
 
 
 class WidthConfig(TechniqueConfig):
@@ -113,33 +114,21 @@ class WidthPrune(Technique):
             return mlp, heads
         sq_mlp = [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for layer in layers]
         sq_attn = [torch.zeros(layer.self_attn.o_proj.in_features, dtype=torch.float64) for layer in layers]
-        count = [0]
+        stores = {f"mlp.{i}": s for i, s in enumerate(sq_mlp)} | {f"attn.{i}": s for i, s in enumerate(sq_attn)}
 
-        def hook(store: Any) -> Any:
-            def fn(_module: Any, args: tuple[Any, ...]) -> None:
-                x = args[0].detach().double().reshape(-1, args[0].shape[-1])
-                store.add_(x.pow(2).sum(0))
+        def record(key: str, x: Any) -> None:
+            stores[key].add_(x.double().pow(2).sum(0))
 
-            return fn
-
-        handles = []
-        for i, layer in enumerate(layers):
-            handles.append(layer.mlp.down_proj.register_forward_pre_hook(hook(sq_mlp[i])))
-            handles.append(layer.self_attn.o_proj.register_forward_pre_hook(hook(sq_attn[i])))
+        watched = {f"mlp.{i}": layer.mlp.down_proj for i, layer in enumerate(layers)}
+        watched |= {f"attn.{i}": layer.self_attn.o_proj for i, layer in enumerate(layers)}
         windows = ctx.calibration(config.calibration_samples, config.calibration_seq_len)
-        try:
-            with torch.inference_mode():
-                for batch in windows.split(2):
-                    model(input_ids=batch, use_cache=False)
-                    count[0] += batch.numel()
-        finally:
-            for h in handles:
-                h.remove()
+        with capture_inputs(watched, record):
+            count = run_windows(model, windows)
         mlp, heads = [], []
         for i, layer in enumerate(layers):
-            rms_mlp = (sq_mlp[i] / count[0]).sqrt().float()
+            rms_mlp = (sq_mlp[i] / count).sqrt().float()
             mlp.append(rms_mlp * layer.mlp.down_proj.weight.detach().float().norm(dim=0))
-            rms_attn = (sq_attn[i] / count[0]).sqrt().float()
+            rms_attn = (sq_attn[i] / count).sqrt().float()
             per_dim = rms_attn * layer.self_attn.o_proj.weight.detach().float().norm(dim=0)
             heads.append(per_dim.view(-1, head_dim).sum(-1))
         return mlp, heads

@@ -21,6 +21,8 @@ from pydantic import Field
 
 import autoslm
 from autoslm import ApplyContext, Categorical, Codec, Float, Int, Stage, Technique, TechniqueConfig
+from autoslm.calibration import capture_inputs, run_windows
+from autoslm.modeling import untie_lm_head
 
 
 class DynamicInt8Config(TechniqueConfig):
@@ -57,9 +59,8 @@ class DynamicInt8(Technique):
         windows = ctx.calibration(config.calibration_samples, config.calibration_seq_len)
         if config.smooth_alpha > 0:
             smooth(model, windows, config.smooth_alpha)
-        if config.include_lm_head and getattr(model.config, "tie_word_embeddings", False):
-            model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
-            model.config.tie_word_embeddings = False
+        if config.include_lm_head:
+            untie_lm_head(model)
         names = [
             n
             for n, m in model.named_modules()
@@ -81,25 +82,16 @@ def smooth(model: Any, windows: Any, alpha: float) -> None:
     layers = model.model.layers
     act_max: dict[str, Any] = {}
 
-    def hook(key: str) -> Any:
-        def fn(_m: Any, args: tuple[Any, ...]) -> None:
-            x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
-            act_max[key] = torch.maximum(act_max[key], x) if key in act_max else x
+    def record(key: str, x: Any) -> None:
+        m = x.abs().amax(0).float()
+        act_max[key] = torch.maximum(act_max[key], m) if key in act_max else m
 
-        return fn
-
-    handles = []
+    watched = {}
     for i, layer in enumerate(layers):
-        handles.append(layer.self_attn.q_proj.register_forward_pre_hook(hook(f"{i}.attn")))
-        handles.append(layer.mlp.gate_proj.register_forward_pre_hook(hook(f"{i}.mlp")))
-        handles.append(layer.mlp.down_proj.register_forward_pre_hook(hook(f"{i}.down")))
-    try:
-        with torch.inference_mode():
-            for batch in windows.split(2):
-                model(input_ids=batch, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+        watched |= {f"{i}.attn": layer.self_attn.q_proj, f"{i}.mlp": layer.mlp.gate_proj}
+        watched[f"{i}.down"] = layer.mlp.down_proj
+    with capture_inputs(watched, record):
+        run_windows(model, windows)
     plain = torch.nn.Linear
     with torch.no_grad():
         for i, layer in enumerate(layers):
@@ -138,20 +130,11 @@ def output_errors(model: Any, names: list[str], windows: Any, scheme: str) -> di
 
     inputs: dict[str, Any] = {}
 
-    def hook(name: str) -> Any:
-        def fn(_m: Any, args: tuple[Any, ...]) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1])
-            inputs[name] = x[:: max(1, x.shape[0] // 256)].clone()
+    def record(name: str, x: Any) -> None:
+        inputs[name] = x[:: max(1, x.shape[0] // 256)].clone()
 
-        return fn
-
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    try:
-        with torch.inference_mode():
-            model(input_ids=windows, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    with capture_inputs({n: model.get_submodule(n) for n in names}, record):
+        run_windows(model, windows, batch=len(windows))
     qconfig = per_channel_dynamic_qconfig if scheme == "per_channel" else default_dynamic_qconfig
     errors = {}
     with torch.inference_mode():
@@ -205,39 +188,9 @@ class DynamicLinearCodec(Codec):
         return module
 
 
-class CastConfig(TechniqueConfig):
-    dtype: Literal["bfloat16", "float16"] = "bfloat16"
-
-
-class Cast(Technique):
-    name = "cast.dtype"
-    stage = Stage.CAST
-    description = "cast all weights and activations to bf16/fp16 (fast prefill on CPUs with bf16 units)"
-    incompatible_with = ("quant.dynamic_int8", "quant.weight_only")
-    Config = CastConfig
-
-    @classmethod
-    def space(cls, info: dict[str, int], target: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {"dtype": Categorical(choices=("bfloat16",))}
-
-    def apply(self, model: Any, config: CastConfig, ctx: ApplyContext) -> Any:
-        import torch
-
-        # Non-persistent buffers (rotary inv_freq) are not saved; a reloaded model recomputes them in fp32.
-        # Keep them fp32 here too, so the model measured in the search is the model that loads from the checkpoint.
-        saved = set(model.state_dict())
-        keep = {n: b for n, b in model.named_buffers() if n not in saved and b.is_floating_point()}
-        model = model.to(getattr(torch, config.dtype))
-        for name, buf in keep.items():
-            owner, _, attr = name.rpartition(".")
-            model.get_submodule(owner).register_buffer(attr, buf, persistent=False)
-        return model
-
-
 @autoslm.hookimpl
 def register_techniques(register: Any) -> None:
     register(DynamicInt8)
-    register(Cast)
 
 
 @autoslm.hookimpl

@@ -21,6 +21,7 @@ from pydantic import Field
 
 import autoslm
 from autoslm import ApplyContext, Categorical, Codec, Stage, Technique, TechniqueConfig
+from autoslm.modeling import untie_lm_head
 
 
 class WeightOnlyConfig(TechniqueConfig):
@@ -74,9 +75,8 @@ class WeightOnly(Technique):
             "use_sym": config.sym,
             "quant_lm_head": config.include_lm_head,
         }
-        if config.include_lm_head and getattr(model.config, "tie_word_embeddings", False):
-            model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
-            model.config.tie_word_embeddings = False
+        if config.include_lm_head:
+            untie_lm_head(model)
         torch.manual_seed(ctx.seed)
         windows = ctx.calibration(config.calibration_samples, config.calibration_seq_len)
         with _scratch_cwd():

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session", autouse=True)
 def _quiet() -> None:
-    from autoslm._quiet import quiet_libraries
+    from autoslm.quiet import quiet_libraries
 
     quiet_libraries()
 

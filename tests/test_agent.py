@@ -118,7 +118,7 @@ def test_oversized_upload_is_413(agent: str) -> None:
         ({"../config.json": b"{}"}, None, "only plain file names"),
         ({"config.json": b"{}"}, {"model.safetensors": tarfile.SYMTYPE}, "not a regular file"),
         ({"config.json": b"{}", "run.sh": b"echo"}, None, "file type not accepted"),
-        ({"config.json": b"{}"}, None, "no .safetensors weights"),
+        ({"config.json": b"{}"}, None, "upload has no weights"),
         ({"config.json": b"{not json", "model.safetensors": b"x"}, None, "config.json is not valid JSON"),
     ],
 )

@@ -31,9 +31,9 @@ def test_wheel_contents(tmp_path: Path) -> None:
     )
     (wheel,) = tmp_path.glob("autoslm-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    sources = {str(p.relative_to(ROOT)) for p in (ROOT / "autoslm").rglob("*.py")}
+    sources = {str(p.relative_to(ROOT)) for p in (ROOT / "autoslm").rglob("*.py") if ".venv" not in p.parts}
     assert sources <= names, f"missing from the wheel: {sorted(sources - names)}"
-    spaces = {f"autoslm/search_spaces/{p.name}" for p in (ROOT / "autoslm" / "search_spaces").glob("*.yaml")}
+    spaces = {f"autoslm/search_spaces/{p.name}" for p in (ROOT / "search_spaces").glob("*.yaml")}
     assert "autoslm/search_spaces/default.yaml" in spaces and spaces <= names
     assert any(n.startswith("autoslm/data/files/") and n.endswith(".jsonl.gz") for n in names)
     assert {"autoslm_plugins/prune_depth.py", "autoslm_plugins/quant_weight_only.py"} <= names

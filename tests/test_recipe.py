@@ -91,3 +91,19 @@ def test_cli_apply_errors(tmp_path: Path) -> None:
     bad.write_text("schema_version: 1\nsteps: nope\n")
     proc = run_cli("apply", str(bad), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "is invalid" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_recipe_records_config_versions_and_refuses_other_schemas(tiny, tmp_path: Path) -> None:
+    import yaml
+
+    path = _recipe(tiny, tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    assert [s["config_version"] for s in doc["steps"]] == [1, 1]
+    path.write_text(yaml.safe_dump({**doc, "schema_version": 2}))
+    with pytest.raises(UserError, match="has schema_version 2; this autoslm reads version 1"):
+        Recipe.read(path)
+    doc["steps"][0]["config_version"] = 3
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match=r"'prune\.depth' was written for its config version 3; the installed"):
+        apply_recipe(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -1,13 +1,19 @@
 """Where candidates are measured. A Target takes a checkpoint directory and returns a Measurement.
 
 Measuring a saved checkpoint (not an object in this process) is what makes local and remote targets the same:
-the local target loads it in a fresh process, a remote agent receives it over HTTP; both run `measure.py`.
+the local target loads it in a fresh process, a remote agent (`agent.py`, the server beside its client
+`remote.py`) receives it over HTTP; both hand it to the runtime `MeasureSettings.runtime` names
+(`autoslm/runtimes/`).
+
+Targets form a table keyed by the scheme of a `--target` spec (`local`, `http`, `https`), filled through the
+`register_targets` hook: a new kind of device is one module with a `Target` subclass plus one registration.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,7 +25,8 @@ class MeasureSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    threads: int = Field(2, ge=1, description="torch threads, pinned for every measurement")
+    runtime: str = Field("torch", description="what executes the checkpoint (autoslm/runtimes/)")
+    threads: int = Field(2, ge=1, description="threads, pinned for every measurement")
     prompt_tokens: int = Field(128, ge=1, description="prompt length for prefill_ms")
     decode_tokens: int = Field(32, ge=2, description="greedy tokens generated per decode run")
     repeats: int = Field(3, ge=1, description="timed runs after warm-up (median and p90 over all of them)")
@@ -40,16 +47,11 @@ class Measurement(BaseModel):
     target: dict[str, str | int] = Field(description="fingerprint of the device that measured")
 
     def metrics(self) -> dict[str, float]:
-        return {
-            "decode_ms": self.decode_ms,
-            "decode_p90_ms": self.decode_p90_ms,
-            "prefill_ms": self.prefill_ms,
-            "memory_mb": self.memory_mb,
-            "size_mb": self.size_mb,
-        }
+        """The figures budgets judge: every field named in the metrics table."""
+        from autoslm.metrics import all_metrics
 
-
-TIMING = ("decode_ms", "decode_p90_ms", "prefill_ms")
+        values = self.model_dump()
+        return {name: float(values[name]) for name in all_metrics() if isinstance(values.get(name), int | float)}
 
 
 class PairMeasurement(BaseModel):
@@ -72,14 +74,17 @@ class PairMeasurement(BaseModel):
     ) -> PairMeasurement:
         import statistics
 
-        pair_ratios = {m: [c[m] / b[m] for b, c in zip(baseline, candidate, strict=True)] for m in TIMING}
+        from autoslm.metrics import timing_metrics
+
+        timing = [m for m in timing_metrics() if m in baseline[0]]
+        pair_ratios = {m: [c[m] / b[m] for b, c in zip(baseline, candidate, strict=True)] for m in timing}
         return cls(
             rounds=len(baseline),
             how=how,
             ratios={m: statistics.median(r) for m, r in pair_ratios.items()},
             pair_ratios=pair_ratios,
-            candidate={m: statistics.median(c[m] for c in candidate) for m in TIMING},
-            baseline={m: statistics.median(b[m] for b in baseline) for m in TIMING},
+            candidate={m: statistics.median(c[m] for c in candidate) for m in timing},
+            baseline={m: statistics.median(b[m] for b in baseline) for m in timing},
         )
 
 
@@ -92,9 +97,20 @@ def checkpoint_dir(path: Path | str) -> Path:
 
 
 class Target(ABC):
-    """A device that can measure a checkpoint directory."""
+    """A device that can measure a checkpoint directory.
 
-    kind: str
+    `schemes`: the `--target` specs it serves (`local`, or the part before `://`); `kind`: what a recipe records.
+    """
+
+    schemes: ClassVar[tuple[str, ...]]
+    kind: ClassVar[str]
+    help: ClassVar[str] = ""
+
+    @classmethod
+    def from_spec(cls, spec: str, token: str | None = None) -> Target:
+        """Build the target a `--target` spec names (no network call yet); UserError when the spec is unusable.
+        The default suits a target without options."""
+        return cls()
 
     @abstractmethod
     def fingerprint(self) -> dict[str, str | int]:
@@ -119,14 +135,17 @@ class Target(ABC):
         return PairMeasurement.from_rounds(base, cand, how="fresh processes")
 
 
-def get_target(spec: str = "local", **options: object) -> Target:
-    """`local` (this machine, a fresh process per measurement) or `http(s)://host:port` (a remote agent)."""
-    if spec == "local":
-        from autoslm.targets.local import LocalTarget
+def scheme_of(spec: str) -> str:
+    return spec.split("://", 1)[0].lower() if "://" in spec else spec
 
-        return LocalTarget(**options)  # type: ignore[arg-type]
-    if spec.startswith(("http://", "https://")):
-        from autoslm.targets.remote import RemoteTarget
 
-        return RemoteTarget(spec, **options)  # type: ignore[arg-type]
-    raise UserError(f"unknown target '{spec}': use local, or http://HOST:PORT of a running `autoslm agent`")
+def get_target(spec: str = "local", token: str | None = None) -> Target:
+    """The target a spec names, from the targets table: `local` (this machine, a fresh process per measurement),
+    `http(s)://host:port` (a remote agent), or whatever a plugin registered."""
+    from autoslm.plugins import get_registry
+
+    registry = get_registry()
+    if scheme_of(spec) not in registry.targets:
+        known = "; ".join(f"{s} ({e.obj.help})" if e.obj.help else s for s, e in sorted(registry.targets.items()))
+        raise UserError(f"--target '{spec}' is not understood: use one of {known}")
+    return registry.targets[scheme_of(spec)].obj.from_spec(spec, token=token)

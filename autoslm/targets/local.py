@@ -20,7 +20,9 @@ class MeasurementError(RuntimeError):
 
 
 class LocalTarget(Target):
+    schemes = ("local",)
     kind = "local"
+    help = "this machine's CPU, a fresh process per measurement"
 
     def __init__(self, timeout_s: float = 600.0) -> None:
         self.timeout_s = timeout_s

@@ -33,7 +33,13 @@ def pack(directory: Path, archive: Path) -> Path:
 
 
 class RemoteTarget(Target):
+    schemes = ("http", "https")
     kind = "remote"
+    help = "http://HOST:PORT of a running `autoslm agent`"
+
+    @classmethod
+    def from_spec(cls, spec: str, token: str | None = None) -> RemoteTarget:
+        return cls(spec, token=token)
 
     def __init__(
         self,

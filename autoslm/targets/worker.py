@@ -1,6 +1,6 @@
-"""Measure in a fresh process, print JSON after `AUTOSLM-RESULT `.
+"""Measure in a fresh process with the runtime the settings name; print JSON after `AUTOSLM-RESULT `.
 
-python -m autoslm.targets.worker DIR SETTINGS_JSON                 one checkpoint (measure_checkpoint)
+python -m autoslm.targets.worker DIR SETTINGS_JSON                       one checkpoint
 python -m autoslm.targets.worker --pair CAND BASE ROUNDS SETTINGS_JSON   a candidate beside the baseline
 """
 
@@ -12,16 +12,17 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    from autoslm._quiet import quiet_libraries
+    from autoslm.quiet import quiet_libraries
+    from autoslm.runtimes import get_runtime
     from autoslm.targets import MeasureSettings
-    from autoslm.targets.measure import measure_checkpoint, measure_pair
 
     quiet_libraries()
+    settings = MeasureSettings.model_validate_json(argv[-1])
+    runtime = get_runtime(settings.runtime)
     if argv[0] == "--pair":
-        candidate, baseline, rounds = Path(argv[1]), Path(argv[2]), int(argv[3])
-        result = measure_pair(candidate, baseline, MeasureSettings.model_validate_json(argv[4]), rounds)
+        result = runtime.measure_pair(Path(argv[1]), Path(argv[2]), settings, int(argv[3]))
     else:
-        result = measure_checkpoint(Path(argv[0]), MeasureSettings.model_validate_json(argv[1]))
+        result = runtime.measure(Path(argv[0]), settings)
     sys.stdout.write("AUTOSLM-RESULT " + json.dumps(result) + "\n")
     return 0
 

@@ -6,8 +6,8 @@ import pytest
 from conftest import run_cli
 
 from autoslm.errors import UserError
-from autoslm.search.budget import Budget
-from autoslm.search.space import load_space
+from autoslm.searching.budget import Budget
+from autoslm.searching.space import load_space
 
 INFO = {"num_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64}
 
@@ -69,12 +69,12 @@ def test_malformed_space_files_name_file_and_key(tmp_path: Path, yaml_text: str,
     ("args", "fragment"),
     [
         (["--budget", "decode_ms<0.5"], "budget term 'decode_ms<0.5' is malformed"),
-        (["--recheck-rounds", "-1"], "--recheck-rounds must be 0 or more"),
-        (["--recheck-margin", "1.5"], "--recheck-margin must be a fraction in [0, 1)"),
+        (["--recheck-rounds", "-1"], "--recheck-rounds must be at least 0"),
+        (["--recheck-margin", "1.5"], "--recheck-margin must be less than 1"),
         (["--space", "nope"], "search space 'nope' not found"),
         (["--trials", "0"], "--trials must be a positive integer"),
         (["--trials", "many"], "Invalid value for '--trials'"),
-        (["--sampler", "grid"], "unknown sampler 'grid'"),
+        (["--sampler", "grid"], "--sampler 'grid' is not known: use one of nsga2, random, tpe"),
         (["--timeout", "-5"], "--timeout must be positive"),
         (["--model", "nope"], "unknown model 'nope'"),
     ],

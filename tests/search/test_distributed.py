@@ -67,6 +67,7 @@ def test_ray_driver_killed_then_resumed(tmp_path: Path) -> None:
     """SIGKILL the Ray driver mid-trial; `--resume` fails the orphaned trial (not counted) and finishes the run."""
     import optuna
     from ray.cluster_utils import Cluster
+    from sqlalchemy.exc import SQLAlchemyError
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     out = tmp_path / "run"
@@ -78,7 +79,11 @@ def test_ray_driver_killed_then_resumed(tmp_path: Path) -> None:
         deadline, killed = time.time() + 400, False
         while time.time() < deadline and driver.poll() is None:
             if (out / "study.db").exists():
-                study = optuna.load_study(study_name="autoslm", storage=f"sqlite:///{out / 'study.db'}")
+                try:  # the driver may still be creating the schema or the study
+                    study = optuna.load_study(study_name="autoslm", storage=f"sqlite:///{out / 'study.db'}")
+                except (KeyError, SQLAlchemyError):
+                    time.sleep(0.5)
+                    continue
                 states = [t.state for t in study.get_trials(deepcopy=False)]
                 if S.RUNNING in states and sum(s in (S.COMPLETE, S.PRUNED) for s in states) >= 1:
                     time.sleep(1)  # mid-trial
@@ -186,7 +191,7 @@ def _shared_search(tmp_path: Path, storage: str) -> None:
 
 
 def _storage(url: str):
-    from autoslm.search.optuna_backend import make_storage
+    from autoslm.searching.storage import make_storage
 
     return make_storage(url)
 

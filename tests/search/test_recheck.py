@@ -9,8 +9,8 @@ import pytest
 
 import autoslm.targets
 from autoslm.evaluate import Fidelity
-from autoslm.search.budget import Budget
-from autoslm.search.objective import Objective
+from autoslm.searching.budget import Budget
+from autoslm.searching.objective import Objective
 from autoslm.targets import Measurement, PairMeasurement, Target
 
 BASE_METRICS = {"decode_ms": 10.0, "decode_p90_ms": 11.0, "prefill_ms": 50.0, "memory_mb": 100.0, "size_mb": 40.0}

@@ -15,8 +15,8 @@ import pytest
 from conftest import run_cli
 
 import autoslm
-from autoslm.search import search
-from autoslm.search.optuna_backend import GRACE_S
+from autoslm import search
+from autoslm.searching.storage import GRACE_S
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -114,13 +114,13 @@ def test_failing_technique_becomes_failed_trial_and_search_finishes(tmp_path: Pa
         )
     finally:
         registry.remove("exploding")
-    failed = [r for r in result.trials if r["state"] == "fail"]
-    assert failed and all("this technique always fails" in r["reason"] for r in failed)
+    failed = [r for r in result.trials if r.state == "fail"]
+    assert failed and all("this technique always fails" in r.reason for r in failed)
     assert (tmp_path / "run" / "logs").is_dir()
-    assert len([r for r in result.trials if r["state"] in ("complete", "fail", "pruned")]) == 4
+    assert len([r for r in result.trials if r.state in ("complete", "fail", "pruned")]) == 4
     # a policy without the failing technique wins and is exported
     if result.best is not None:
-        assert all(s["technique"] != "test.explodes" for s in result.best["steps"])
+        assert all(s["technique"] != "test.explodes" for s in result.best.steps)
         assert result.recipe_path and result.recipe_path.exists()
 
 
@@ -155,13 +155,13 @@ def test_close_calls_are_timed_again_beside_the_baseline(tmp_path: Path) -> None
     out = tmp_path / "run"
     result = search(model="tiny-llama", budget="decode_ms<=1x", space=str(space), trials=2, out=out,
                     fidelity="low", sampler="random", recheck_rounds=3, recheck_margin=0.5)  # fmt: skip
-    measured = [r for r in result.trials if r["cached_from"] is None and r["metrics"]]
-    assert measured and all(r["recheck"] and r["recheck"]["rounds"] == 3 for r in measured)
+    measured = [r for r in result.trials if r.cached_from is None and r.metrics]
+    assert measured and all(r.recheck and r.recheck["rounds"] == 3 for r in measured)
     for r in measured:  # timed in one process with the baseline, alternating: three ratios of the same model
-        assert r["recheck"]["how"] == "one process" and len(r["recheck"]["pair_ratios"]["decode_ms"]) == 3
-        assert 0.5 < r["recheck"]["ratios"]["decode_ms"] < 2.0
-        ms = r["recheck"]["ratios"]["decode_ms"] * result.baseline["metrics"]["decode_ms"]
-        assert r["metrics"]["decode_ms"] == pytest.approx(ms)
+        assert r.recheck["how"] == "one process" and len(r.recheck["pair_ratios"]["decode_ms"]) == 3
+        assert 0.5 < r.recheck["ratios"]["decode_ms"] < 2.0
+        ms = r.recheck["ratios"]["decode_ms"] * result.baseline["metrics"]["decode_ms"]
+        assert r.metrics["decode_ms"] == pytest.approx(ms)
     assert (out / "baseline" / "model.safetensors").is_file()
     assert "close call: re-measured 3x beside the baseline" in (out / "report.html").read_text()
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from autoslm.models import model_info
-from autoslm.search.objective import policy_steps
-from autoslm.search.space import load_space
-from autoslm.search.warm_start import warm_start_policies
+from autoslm.searching.policy import steps as policy_steps
+from autoslm.searching.space import load_space
+from autoslm.searching.warm_start import warm_start_policies
 
 
 def test_default_space_starts_with_each_technique_alone(tiny) -> None:

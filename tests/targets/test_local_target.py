@@ -54,7 +54,7 @@ def test_broken_checkpoint_fails_with_reason(tiny, tmp_path: Path) -> None:
 
 
 def test_unknown_target_and_missing_dir() -> None:
-    with pytest.raises(UserError, match="unknown target"):
+    with pytest.raises(UserError, match=r"--target 'ftp://x' is not understood: use one of http .*local"):
         get_target("ftp://x")
     with pytest.raises(UserError, match="not a directory"):
         get_target("local").measure(Path("/no/such/ckpt"), FAST)

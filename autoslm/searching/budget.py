@@ -8,7 +8,6 @@ from pydantic import BaseModel, ConfigDict
 
 from autoslm.errors import UserError
 
-METRICS = ("decode_ms", "decode_p90_ms", "prefill_ms", "memory_mb", "size_mb")
 _TERM = re.compile(r"^\s*(?P<metric>[a-z0-9_]+)\s*<=\s*(?P<value>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(?P<x>x?)\s*$")
 
 
@@ -35,6 +34,9 @@ class Budget(BaseModel):
 
     @classmethod
     def parse(cls, text: str) -> Budget:
+        from autoslm.metrics import budget_metrics
+
+        METRICS = budget_metrics()
         limits = []
         for raw in filter(None, (t.strip() for t in text.split(","))):
             m = _TERM.match(raw)

@@ -8,8 +8,6 @@ on first use and copied for each trial. A backend (Optuna here, Ray Tune later) 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import socket
@@ -20,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from autoslm.evaluate import Fidelity
-from autoslm.search.budget import Budget
-from autoslm.search.space import SearchSpace
+from autoslm.searching.budget import Budget
+from autoslm.searching.space import SearchSpace
 
 INFEASIBLE_PPL = 1e6  # objective value for candidates rejected on budget before quality was evaluated
 
@@ -47,37 +45,11 @@ class TrialOutcome:
     status: str = "complete"  # complete | infeasible | pruned | failed
     reason: str | None = None
     cached_from: int | None = None
+    seed: int | None = None  # the seed the policy was applied with (a recipe replays it)
     recheck: dict[str, Any] | None = None  # a close call timed again beside the baseline (see _recheck)
 
 
-def policy_steps(space: SearchSpace, policy: dict[str, Any]) -> list[dict[str, Any]]:
-    """Ordered steps from a flat policy {"use:<group>": name|None, "<technique>.<param>": value}."""
-    from autoslm.search.space import decode_choice
-
-    steps = []
-    chosen = {policy.get(f"use:{'|'.join(g)}") for g in space.groups}
-    for t in space.techniques:
-        if t.name not in chosen and t.name not in space.required:
-            continue
-        params = dict(t.fixed)
-        for p in t.dims:
-            key = f"{t.name}.{p}"
-            if key in policy:
-                params[p] = decode_choice(policy[key])
-        steps.append({"technique": t.name, "params": params})
-    return steps
-
-
-def canonical_hash(steps: list[dict[str, Any]], extra: dict[str, Any]) -> str:
-    """Identity of a policy: validated configs (defaults made explicit) + what else determines the result."""
-    from autoslm.pipeline import Step, plan
-
-    planned = plan([Step(**s) for s in steps])
-    body = {"steps": [[p.name, p.config.model_dump(mode="json")] for p in planned], **extra}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
-
-
-_BASE: dict[str, Any] = {}
+BASE_MODELS: dict[str, Any] = {}  # model spec -> LoadedModel, loaded once per process
 
 
 @dataclass
@@ -92,31 +64,61 @@ class Objective:
     fidelity_full: Fidelity = field(default_factory=Fidelity)
     fidelity_low: Fidelity = field(default_factory=lambda: Fidelity.preset("low"))
     target: str = "local"
-    target_options: dict[str, Any] = field(default_factory=dict)
+    target_token: str | None = None
+    runtime: str = "torch"
     prune_factor: float = 3.0  # prune when low-fidelity ppl exceeds this x the baseline's
     recheck_rounds: int = 4  # close calls: rounds of timing the candidate beside the baseline; 0 = never
     recheck_margin: float = 0.15  # a close call: the worst timing violation within +-15% of its limit
 
+    def get_target(self) -> Any:
+        from autoslm.targets import get_target
+
+        return get_target(self.target, token=self.target_token)
+
+    def measure_settings(self) -> Any:
+        from autoslm.targets import MeasureSettings
+
+        return MeasureSettings(runtime=self.runtime)
+
     def base(self) -> Any:
         """The base model, loaded once per process (each worker reuses it across trials)."""
-        if self.model not in _BASE:
+        if self.model not in BASE_MODELS:
             from autoslm.models import load_model
 
-            _BASE[self.model] = load_model(self.model)
-        return _BASE[self.model]
+            BASE_MODELS[self.model] = load_model(self.model)
+        return BASE_MODELS[self.model]
 
     def hash_extra(self) -> dict[str, Any]:
-        return {"model": self.base().fingerprint, "seed": self.seed, "fidelity": self.fidelity_full.model_dump()}
+        extra = {"model": self.base().fingerprint, "seed": self.seed, "fidelity": self.fidelity_full.model_dump()}
+        return extra if self.runtime == "torch" else {**extra, "runtime": self.runtime}
 
-    def apply_policy(self, steps: list[dict[str, Any]]) -> tuple[Any, Any]:
+    def identify(self, steps: list[dict[str, Any]]) -> tuple[list[Any], str]:
+        """Validate a policy's steps once (for the runtime too): (planned steps, canonical hash: the cache's key)."""
+        from autoslm.pipeline import Step, plan
+        from autoslm.runtimes import check_policy
+        from autoslm.searching.policy import canonical_hash
+
+        planned = plan([Step(**s) for s in steps])
+        check_policy(self.runtime, planned)
+        return planned, canonical_hash(planned, self.hash_extra())
+
+    def save(self, model: Any, tokenizer: Any, directory: Path, steps: list[dict[str, Any]], planned: list[Any]) -> Any:
+        """Write the candidate as the runtime loads it (safetensors for torch, a GGUF for llama.cpp)."""
+        from autoslm.runtimes import get_runtime
+
+        runtime = get_runtime(self.runtime)
+        runtime.save(model, tokenizer, directory, planned, steps=steps, base_fingerprint=self.base().fingerprint)
+        return runtime
+
+    def apply_policy(self, steps: list[dict[str, Any]], planned: list[Any] | None = None) -> tuple[Any, Any]:
         """A fresh copy of the base model with `steps` applied (deterministic for the seed); (model, loaded)."""
-        from autoslm.pipeline import Step, apply_steps
+        from autoslm.pipeline import Step, apply_planned, plan
         from autoslm.technique import ApplyContext
 
         base = self.base()
         lm = _fresh_copy(base)
         ctx = ApplyContext(tokenizer=lm.tokenizer, seed=self.seed, teacher_factory=lambda: base.model)
-        return apply_steps(lm.model, [Step(**s) for s in steps], ctx), lm
+        return apply_planned(lm.model, planned or plan([Step(**s) for s in steps]), ctx), lm
 
     def evaluate_policy(
         self,
@@ -124,24 +126,22 @@ class Objective:
         baseline: dict[str, Any] | None,
         report_low: Any = None,
         trial_number: int = 0,
+        identity: tuple[list[Any], str] | None = None,
     ) -> TrialOutcome:
-        """Run one candidate. `baseline` is None for the baseline itself (no budget check, no pruning)."""
-        from autoslm import checkpoint
-        from autoslm.evaluate import evaluate
-        from autoslm.targets import get_target
-
-        out = TrialOutcome(steps=steps, policy_hash=canonical_hash(steps, self.hash_extra()))
-        base = self.base()
+        """Run one candidate. `baseline` is None for the baseline itself (no budget check, no pruning).
+        `identity`: what `identify(steps)` returned, when the caller already validated the policy."""
+        planned, policy_hash = identity or self.identify(steps)
+        out = TrialOutcome(steps=steps, policy_hash=policy_hash, seed=self.seed)
         work = Path(self.run_dir) / "trials" / f"{trial_number:04d}"
         try:
             t0 = time.perf_counter()
-            model, lm = self.apply_policy(steps)
+            model, lm = self.apply_policy(steps, planned)
             out.seconds["apply"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             shutil.rmtree(work, ignore_errors=True)
-            checkpoint.save_dir(model, lm.tokenizer, work, steps=steps, base_fingerprint=base.fingerprint)
-            target = get_target(self.target, **self.target_options)
-            out.metrics = target.measure(work).metrics()
+            runtime = self.save(model, lm.tokenizer, work, steps, planned)
+            target = self.get_target()
+            out.metrics = target.measure(work, self.measure_settings()).metrics()
             out.checkpoint = str(work)
             if baseline is not None:
                 out.violations = self.budget.violations(out.metrics, baseline["metrics"])
@@ -156,7 +156,7 @@ class Objective:
             else:
                 out.feasible = True
             t0 = time.perf_counter()
-            low = evaluate(model, lm.tokenizer, self.fidelity_low)
+            low = runtime.evaluate(model, lm.tokenizer, work, self.fidelity_low)
             out.low_ppl = low.ppl
             out.seconds["quality_low"] = time.perf_counter() - t0
             if baseline is not None:
@@ -168,7 +168,7 @@ class Objective:
                         f"{baseline['low_ppl']:.1f}"
                     )
             t0 = time.perf_counter()
-            q = evaluate(model, lm.tokenizer, self.fidelity_full)
+            q = runtime.evaluate(model, lm.tokenizer, work, self.fidelity_full)
             out.seconds["quality"] = time.perf_counter() - t0
             out.ppl, out.quality = q.ppl, q.model_dump()
             return out
@@ -185,10 +185,10 @@ class Objective:
     def is_close_call(self, violations: dict[str, float]) -> bool:
         """The verdict hangs on timing noise: the worst timing violation lies within the margin of its limit, and
         memory and size (steady to about 1%) do not already break the budget."""
-        from autoslm.targets import TIMING
+        from autoslm.metrics import timing_metrics
 
-        timing = [v for m, v in violations.items() if m in TIMING]
-        steady = [v for m, v in violations.items() if m not in TIMING]
+        timing = [v for m, v in violations.items() if m in timing_metrics()]
+        steady = [v for m, v in violations.items() if m not in timing_metrics()]
         return (
             self.recheck_rounds > 0
             and bool(timing)
@@ -205,11 +205,9 @@ class Objective:
         frame every other trial and the budget are in), so plot, verdict and constraint agree. Memory and size
         keep the first measurement (they vary by about 1%). `recheck` keeps the first figures and the pair.
         """
-        from autoslm.targets import TIMING
-
-        pair = target.measure_pair(work, self.baseline_checkpoint(), self.recheck_rounds)
+        pair = target.measure_pair(work, self.baseline_checkpoint(), self.recheck_rounds, self.measure_settings())
         first = dict(out.metrics)
-        out.metrics = {**first, **{m: pair.ratios[m] * baseline["metrics"][m] for m in TIMING}}
+        out.metrics = {**first, **{m: r * baseline["metrics"][m] for m, r in pair.ratios.items()}}
         out.violations = self.budget.violations(out.metrics, baseline["metrics"])
         out.recheck = {
             "rounds": self.recheck_rounds,
@@ -228,7 +226,7 @@ class Objective:
         tmp = directory.with_name(f".baseline-{socket.gethostname()}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         model, lm = self.apply_policy([])
-        checkpoint.save_dir(model, lm.tokenizer, tmp, steps=[], base_fingerprint=self.base().fingerprint)
+        self.save(model, lm.tokenizer, tmp, [], [])
         try:
             tmp.rename(directory)  # atomic: a reader never sees half a checkpoint, so one found is complete
         except OSError:  # another worker finished first

@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-ALLOWED_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".yaml", ".yml")
+ALLOWED_SUFFIXES = (".safetensors", ".gguf", ".json", ".jinja", ".txt", ".yaml", ".yml")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 MAX_FILES = 64
 
@@ -68,16 +68,18 @@ def safe_extract(archive: Path, dest: Path) -> list[str]:
                 raise BadUpload(f"'{name}': file type not accepted (allowed: {', '.join(ALLOWED_SUFFIXES)})")
             src = tf.extractfile(m)
             assert src is not None
-            head = src.read(2)
+            head = src.read(4)
             if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
                 raise BadUpload(f"'{name}' is a pickle; pickles are never loaded")
+            if name.lower().endswith(".gguf") and head != b"GGUF":
+                raise BadUpload(f"'{name}' is not a GGUF file (it does not start with the GGUF magic)")
             with open(dest / name, "wb") as out:
                 out.write(head)
                 while chunk := src.read(1 << 20):
                     out.write(chunk)
             names.append(name)
-    if "model.safetensors" not in names and not any(n.endswith(".safetensors") for n in names):
-        raise BadUpload("upload has no .safetensors weights")
+    if not any(n.endswith((".safetensors", ".gguf")) for n in names):
+        raise BadUpload("upload has no weights (.safetensors, or a .gguf for the llama.cpp runtime)")
     if "config.json" not in names:
         raise BadUpload("upload has no config.json")
     return names
@@ -177,6 +179,11 @@ class Agent:
             settings = MeasureSettings.model_validate_json(request.query_params.get("settings") or "{}")
         except ValueError as exc:
             return _error(400, f"bad 'settings' query parameter: {str(exc).splitlines()[0]}")
+        from autoslm.plugins import get_registry
+
+        if settings.runtime not in get_registry().runtimes:
+            known = ", ".join(sorted(get_registry().runtimes))
+            return _error(400, f"runtime '{settings.runtime}' is not installed on this device (installed: {known})")
         if self.waiting >= self.max_queue:
             return _error(503, f"agent busy: {self.waiting} measurements waiting; retry later")
         self.waiting += 1

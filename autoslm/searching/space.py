@@ -1,4 +1,5 @@
-"""Search-space files (autoslm/search_spaces/*.yaml): which techniques appear and how their parameters are searched.
+"""Search-space files (search_spaces/*.yaml, or the user's own YAML): which techniques appear and how their
+parameters are searched.
 
     description: text
     techniques:                       # each listed technique is optional (on/off is searched)
@@ -25,7 +26,17 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from autoslm.errors import UserError
 from autoslm.space import Categorical, Float, Int
 
-SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"  # package data: ships in the wheel
+
+def spaces_dir() -> Path:
+    """The shipped spaces: the top-level search_spaces/ folder, installed as the package autoslm.search_spaces."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("autoslm.search_spaces")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parents[2] / "search_spaces"  # a source checkout that is not installed
+
+
 Dim = Float | Int | Categorical
 
 
@@ -66,11 +77,22 @@ def find_space_file(spec: str) -> Path:
     path = Path(spec)
     if path.is_file():
         return path
-    named = SPACES_DIR / f"{spec}.yaml"
+    named = spaces_dir() / f"{spec}.yaml"
     if named.is_file():
         return named
-    known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+    known = ", ".join(sorted(p.stem for p in spaces_dir().glob("*.yaml")))
     raise UserError(f"search space '{spec}' not found: give a YAML file or one of {known}")
+
+
+def space_techniques(path: Path) -> list[str]:
+    """The technique names a space file lists (a cheap check before anything is loaded); [] if unreadable (the full
+    load reports why)."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return []
+    techniques = doc.get("techniques") if isinstance(doc, dict) else None
+    return [str(n) for n in techniques] if isinstance(techniques, dict) else []
 
 
 def load_space(spec: str, info: dict[str, int], target: dict[str, Any] | None = None) -> SearchSpace:

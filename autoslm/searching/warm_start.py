@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoslm.search.space import SearchSpace, encode_choice
+from autoslm.searching.policy import choice_key, param_key
+from autoslm.searching.space import SearchSpace, encode_choice
 from autoslm.space import Categorical, Float, Int
 
 
@@ -38,7 +39,7 @@ def _defaults(space: SearchSpace, technique: str) -> dict[str, Any]:
     cls = get_registry().technique(technique).cls
     t = next(t for t in space.techniques if t.name == technique)
     fields = cls.Config.model_fields
-    return {f"{technique}.{p}": _project(dim, fields[p].default) for p, dim in t.dims.items() if p in fields}
+    return {param_key(technique, p): _project(dim, fields[p].default) for p, dim in t.dims.items() if p in fields}
 
 
 def warm_start_policies(space: SearchSpace, trials: int) -> list[dict[str, Any]]:
@@ -60,7 +61,7 @@ def warm_start_policies(space: SearchSpace, trials: int) -> list[dict[str, Any]]
         for group in space.groups:
             if any(t in space.required for t in group):
                 continue  # a required choice is not sampled
-            params[f"use:{'|'.join(group)}"] = name if name in group else None
+            params[choice_key(group)] = name if name in group else None
         if name is not None:
             params |= _defaults(space, name)
         policies.append(params)

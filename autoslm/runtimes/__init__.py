@@ -1,0 +1,89 @@
+"""Runtimes: what executes a checkpoint on a target. A target is a device plus the runtime that runs the model there.
+
+A `Runtime` measures a checkpoint directory inside the measuring process (the local target's fresh process, or the
+agent's on a remote device): decode and prefill timings, memory in use, size. Runtimes form a table keyed by name
+(`--runtime NAME`, `MeasureSettings.runtime`), filled through the `register_runtimes` hook; the engine's own is
+`torch` (`torch.py`). A new runtime is one module with a `Runtime` subclass plus one registration:
+
+    class MyRuntime(Runtime):
+        name = "my-runtime"
+        def save(self, model, tokenizer, directory, planned, **meta): ...    # what the runtime loads
+        def evaluate(self, model, tokenizer, directory, fidelity): ...      # -> autoslm.evaluate.Quality
+        def measure(self, directory, settings): ...            # -> Measurement fields
+        def measure_pair(self, candidate, baseline, settings, rounds): ...   # -> PairMeasurement fields
+
+    @autoslm.hookimpl
+    def register_runtimes(register):
+        register(MyRuntime)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from autoslm.targets import MeasureSettings
+
+
+class Runtime(ABC):
+    """Executes and times a checkpoint in the current process."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    default_space: ClassVar[str] = "default"  # the search space a search uses when --space is not given
+
+    def version(self) -> dict[str, str]:
+        """What a recipe records about this runtime (library versions, build)."""
+        return {}
+
+    def refuses(self, technique: type) -> str | None:
+        """Why a technique cannot be part of a policy for this runtime (None: it can). By default a technique that
+        belongs to another runtime (`Technique.runtime`) is refused."""
+        other = getattr(technique, "runtime", None)
+        return None if other in (None, self.name) else f"it belongs to the {other} runtime"
+
+    @abstractmethod
+    def save(self, model: Any, tokenizer: Any, directory: Path, planned: list[Any], **meta: Any) -> Path:
+        """Write what this runtime loads for the compressed `model` into `directory` (with a manifest). `planned`:
+        the policy's validated steps (runtime-side steps, e.g. quant.gguf, act here)."""
+
+    @abstractmethod
+    def evaluate(self, model: Any, tokenizer: Any, directory: Path, fidelity: Any) -> Any:
+        """Quality (`autoslm.evaluate.Quality`) of the checkpoint `save` wrote, as this runtime computes it."""
+
+    def prepare(self, spec: str) -> Path:
+        """A directory this runtime can measure and evaluate for a `--model` spec (`profile`, `eval`)."""
+        from autoslm.models import resolve
+
+        return resolve(spec)
+
+    @abstractmethod
+    def measure(self, directory: Path, settings: MeasureSettings) -> dict[str, Any]:
+        """Load the checkpoint, run it as it will be used, return the fields of `autoslm.targets.Measurement`."""
+
+    @abstractmethod
+    def measure_pair(self, candidate: Path, baseline: Path, settings: MeasureSettings, rounds: int) -> dict[str, Any]:
+        """Time the two checkpoints alternately for `rounds` rounds; the fields of `PairMeasurement`."""
+
+
+def check_policy(runtime: str, planned: list[Any]) -> None:
+    """Refuse (UserError) a policy with a step the runtime cannot run, naming the step and why."""
+    from autoslm.errors import UserError
+
+    rt = get_runtime(runtime)
+    for p in planned:
+        reason = rt.refuses(p.entry.cls)
+        if reason:
+            raise UserError(f"technique '{p.name}' cannot run in the {runtime} runtime: {reason}")
+
+
+def get_runtime(name: str) -> Runtime:
+    """An instance of the runtime registered under `name`, or a UserError listing the installed ones."""
+    from autoslm.plugins import get_registry
+
+    return get_registry().lookup("runtimes", name, "--runtime")()
+
+
+__all__ = ["Runtime", "check_policy", "get_runtime"]

@@ -1,0 +1,316 @@
+"""The `llama.cpp` runtime: candidates exported to GGUF, quantized by llama.cpp, and run by llama.cpp
+(llama-cpp-python) -- what people who run small models on a CPU, laptop or phone deploy with.
+
+A candidate's torch-side steps (pruning, depth, distillation) run in torch; `save` then writes the result as an F32
+GGUF (`autoslm/gguf_export.py`) and, when the policy has a `quant.gguf` step, quantizes it with
+`llama_model_quantize` (whole-model type, output / token-embedding types, per-tensor overrides). The checkpoint
+directory holds `model.gguf`, the tokenizer files (so evaluation tokenizes exactly as the torch runtime does) and
+the manifest. `measure` times decode and prefill in llama.cpp; `evaluate` scores perplexity and the two tasks on
+llama.cpp's logits over the same held-out windows as the torch runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from autoslm.errors import UserError
+from autoslm.runtimes import Runtime
+from autoslm.targets import MeasureSettings, PairMeasurement
+from autoslm.targets.measure import machine_fingerprint, peak_rss_mb, percentile, prompt_ids, reset_peak_rss, rss_mb
+
+GGUF = "model.gguf"
+# llama.cpp's whole-model types (llama_ftype) and tensor types (ggml_type) by their usual names
+FTYPES = {
+    "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q5_0": 8, "Q3_K_M": 12, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16,
+    "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25, "BF16": 32,
+}  # fmt: skip
+TENSOR_TYPES = {
+    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q3_K": 11, "Q4_K": 12,
+    "Q5_K": 13, "Q6_K": 14, "IQ4_NL": 20, "BF16": 30,
+}  # fmt: skip
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+class LlamaCppRuntime(Runtime):
+    name = "llama.cpp"
+    default_space = "llamacpp"
+    description = "GGUF run by llama.cpp (llama-cpp-python); quantized by llama.cpp (technique quant.gguf)"
+
+    def version(self) -> dict[str, str]:
+        import llama_cpp
+
+        return {"llama-cpp-python": llama_cpp.__version__}
+
+    def refuses(self, technique: type) -> str | None:
+        from autoslm.technique import Stage
+
+        if getattr(technique, "runtime", None) == self.name:
+            return None
+        if getattr(technique, "runtime", None) is not None:
+            return f"it belongs to the {technique.runtime} runtime"
+        if technique.stage not in (Stage.PRUNE, Stage.DISTILL):
+            return "it makes layers or number formats only torch runs; llama.cpp quantizes on its own (quant.gguf)"
+        return None
+
+    def save(self, model: Any, tokenizer: Any, directory: Path, planned: list[Any], **meta: Any) -> Path:
+        """The torch model as an F32 GGUF, then quantized as the policy's quant.gguf step says (if any)."""
+        from autoslm import checkpoint
+        from autoslm.gguf_export import export_gguf
+
+        directory = Path(directory)
+        scratch = directory.with_name(f".{directory.name}.torch")
+        shutil.rmtree(scratch, ignore_errors=True)
+        checkpoint.save_dir(model, tokenizer, scratch)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            steps = [p for p in planned if getattr(p.entry.cls, "runtime", None) == self.name]
+            if steps:
+                f32 = export_gguf(scratch, scratch / "f32.gguf")
+                quantize(f32, directory / GGUF, steps[-1].config.model_dump())
+            else:
+                export_gguf(scratch, directory / GGUF)
+            for name in TOKENIZER_FILES:
+                if (scratch / name).is_file():
+                    shutil.copy2(scratch / name, directory / name)
+            shutil.copy2(scratch / "config.json", directory / "config.json")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        names = [GGUF, "config.json", *(n for n in TOKENIZER_FILES if (directory / n).is_file())]
+        files = {n: checkpoint.sha256_file(directory / n) for n in sorted(names)}
+        manifest = {"format_version": checkpoint.FORMAT_VERSION, "files": files, "runtime": self.name, **meta}
+        (directory / checkpoint.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        return directory
+
+    def prepare(self, spec: str) -> Path:
+        """A checkpoint with model.gguf as it is; a .gguf file as it is (beside the tokenizer of its cached
+        conversion); any other model exported once to an F32 GGUF (cached by fingerprint)."""
+        from autoslm.cache import cache_dir
+        from autoslm.models import load_model, parse_spec, resolve
+
+        ms = parse_spec(spec)
+        if ms.kind == "dir" and (Path(spec) / GGUF).is_file():
+            return Path(spec)
+        torch_dir = resolve(ms)
+        if ms.kind == "gguf":
+            out = cache_dir("gguf") / f"file-{_digest(str(ms.path))}"
+            out.mkdir(parents=True, exist_ok=True)
+            for name in (*TOKENIZER_FILES, "config.json"):
+                if (torch_dir / name).is_file():
+                    shutil.copy2(torch_dir / name, out / name)
+            if not (out / GGUF).exists():
+                (out / GGUF).symlink_to(Path(ms.path).resolve())
+            return out
+        lm = load_model(spec)
+        out = cache_dir("gguf") / f"f32-{lm.fingerprint[:16]}"
+        if not (out / GGUF).is_file():
+            self.save(lm.model, lm.tokenizer, out, [], base_fingerprint=lm.fingerprint)
+        return out
+
+    def evaluate(self, model: Any, tokenizer: Any, directory: Path, fidelity: Any) -> Any:
+        from autoslm.evaluate import evaluate
+
+        with open_gguf(Path(directory) / GGUF, n_ctx=max(fidelity.seq_len, 256), logits_all=True) as llm:
+            return evaluate(LlamaCppLM(llm), tokenizer, fidelity)
+
+    def measure(self, directory: Path, settings: MeasureSettings) -> dict[str, Any]:
+        from autoslm import checkpoint
+
+        directory = Path(directory)
+        checkpoint.verify_dir(directory)
+        decode_prompt, prefill_prompt = _prompts(directory, settings)
+        _warm()
+        base = rss_mb()
+        t0 = time.perf_counter()
+        with open_gguf(directory / GGUF, n_ctx=_n_ctx(settings), threads=settings.threads) as llm:
+            load_s = time.perf_counter() - t0
+            reset_ok = reset_peak_rss()
+            decode, prefill = [], []
+            for i in range(settings.warmup + settings.repeats):
+                d = time_decode(llm, decode_prompt, settings.decode_tokens)
+                p = time_prefill(llm, prefill_prompt)
+                if i >= settings.warmup:
+                    decode += d
+                    prefill.append(p)
+            peak = peak_rss_mb() if reset_ok else max(rss_mb(), peak_rss_mb())
+        return {
+            "decode_ms": statistics.median(decode),
+            "decode_p90_ms": percentile(decode, 0.9),
+            "prefill_ms": statistics.median(prefill),
+            "prompt_tokens": settings.prompt_tokens,
+            "memory_mb": max(0.0, peak - base),
+            "size_mb": checkpoint.weights_size_mb(directory),
+            "load_s": load_s,
+            "target": {**machine_fingerprint(settings.threads), "runtime": self.name},
+        }
+
+    def measure_pair(self, candidate: Path, baseline: Path, settings: MeasureSettings, rounds: int) -> dict[str, Any]:
+        """Both GGUFs loaded in this process, timed alternately (order flipping each round)."""
+        from autoslm import checkpoint
+
+        paths = {"baseline": Path(baseline), "candidate": Path(candidate)}
+        for directory in paths.values():
+            checkpoint.verify_dir(directory)
+        decode_prompt, prefill_prompt = _prompts(paths["baseline"], settings)
+        with contextlib.ExitStack() as stack:
+            llms = {
+                name: stack.enter_context(open_gguf(d / GGUF, n_ctx=_n_ctx(settings), threads=settings.threads))
+                for name, d in paths.items()
+            }
+            for llm in llms.values():
+                for _ in range(settings.warmup):
+                    time_decode(llm, decode_prompt, settings.decode_tokens)
+                    time_prefill(llm, prefill_prompt)
+            per_round: dict[str, list[dict[str, float]]] = {"baseline": [], "candidate": []}
+            for r in range(rounds):
+                for name in ("baseline", "candidate") if r % 2 == 0 else ("candidate", "baseline"):
+                    decode, prefill = [], []
+                    for _ in range(settings.repeats):
+                        decode += time_decode(llms[name], decode_prompt, settings.decode_tokens)
+                        prefill.append(time_prefill(llms[name], prefill_prompt))
+                    per_round[name].append({
+                        "decode_ms": statistics.median(decode),
+                        "decode_p90_ms": percentile(decode, 0.9),
+                        "prefill_ms": statistics.median(prefill),
+                    })  # fmt: skip
+        pair = PairMeasurement.from_rounds(per_round["baseline"], per_round["candidate"], how="one process")
+        return pair.model_dump()
+
+
+@contextlib.contextmanager
+def open_gguf(path: Path, n_ctx: int, threads: int = 2, logits_all: bool = False) -> Iterator[Any]:
+    """A llama.cpp model + context (quiet), closed on exit."""
+    from llama_cpp import Llama
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"'{path.parent}' holds no {GGUF}: give a checkpoint made with --runtime llama.cpp")
+    llm = Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
+        n_ubatch=n_ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
+        logits_all=logits_all,
+        seed=0,
+        verbose=False,
+    )
+    try:
+        yield llm
+    finally:
+        llm.close()
+
+
+def _n_ctx(settings: MeasureSettings) -> int:
+    return max(settings.prompt_tokens, 16 + settings.decode_tokens) + 8
+
+
+def _prompts(directory: Path, settings: MeasureSettings) -> tuple[list[int], list[int]]:
+    from autoslm import checkpoint
+
+    tokenizer = checkpoint.load_tokenizer(directory)
+    return prompt_ids(tokenizer, 16, settings.seed), prompt_ids(tokenizer, settings.prompt_tokens, settings.seed + 1)
+
+
+def _warm() -> None:
+    """Load llama.cpp's library and backends before the baseline of resident memory is taken."""
+    import llama_cpp
+
+    llama_cpp.llama_backend_init()
+
+
+def _last_logits(llm: Any) -> Any:
+    import numpy as np
+
+    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+
+
+def time_decode(llm: Any, prompt: list[int], new_tokens: int) -> list[float]:
+    """Greedy generation with llama.cpp's KV cache; ms for each generated token after the first (prefill)."""
+    llm.reset()
+    llm.eval(prompt)
+    nxt = int(_last_logits(llm).argmax())
+    times = []
+    for _ in range(new_tokens - 1):
+        t0 = time.perf_counter()
+        llm.eval([nxt])
+        nxt = int(_last_logits(llm).argmax())
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def time_prefill(llm: Any, prompt: list[int]) -> float:
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(prompt)
+    return (time.perf_counter() - t0) * 1000
+
+
+class LlamaCppLM:
+    """Just enough of a transformers causal LM for `autoslm.evaluate`: `model(input_ids=...).logits`, each row
+    evaluated by llama.cpp from an empty cache (left padding, marked by `attention_mask`, is skipped)."""
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+
+    def __call__(self, input_ids: Any, attention_mask: Any = None, logits_to_keep: int = 0, **_: Any) -> Any:
+        import numpy as np
+        import torch
+
+        rows = []
+        width = input_ids.shape[1]
+        for i, ids in enumerate(input_ids.tolist()):
+            start = int((attention_mask[i] == 0).sum()) if attention_mask is not None else 0
+            tokens = ids[start:]
+            self.llm.reset()
+            self.llm.eval(tokens)
+            logits = np.zeros((width, self.llm.n_vocab()), dtype=np.float32)
+            logits[start:] = self.llm.scores[: len(tokens)]
+            rows.append(logits[-logits_to_keep:] if logits_to_keep else logits)
+        return SimpleNamespace(logits=torch.from_numpy(np.stack(rows)))
+
+
+def quantize(src: Path, dst: Path, config: dict[str, Any]) -> Path:
+    """`llama_model_quantize` from an F32 GGUF: the whole-model type, then the output / token-embedding types and
+    per-tensor overrides (`{"attn_v": "Q8_0"}` matches `blk.N.attn_v.weight`)."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[config["type"]]
+    params.nthread = 2
+    if config.get("output_type"):
+        params.output_tensor_type = TENSOR_TYPES[config["output_type"]]
+    if config.get("token_embd_type"):
+        params.token_embedding_type = TENSOR_TYPES[config["token_embd_type"]]
+    overrides = sorted((config.get("overrides") or {}).items())
+    keep: list[Any] = []  # the pattern strings must outlive the call
+    if overrides:
+        array = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+        for i, (tensor, kind) in enumerate(overrides):
+            pattern = f"\\.{tensor}\\.weight$".encode()
+            keep.append(pattern)
+            array[i].pattern, array[i].type = pattern, TENSOR_TYPES[kind]
+        array[len(overrides)].pattern = None
+        params.tt_overrides = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        keep.append(array)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize to {config['type']} failed (code {rc})")
+    return dst
+
+
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,197 @@
+"""The `torch` runtime: eager PyTorch (transformers), the model a checkpoint directory holds, loaded as saved.
+
+Runs inside the measuring process (`python -m autoslm.targets.worker`, locally or on an agent's device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from autoslm.runtimes import Runtime
+from autoslm.targets import MeasureSettings, PairMeasurement
+from autoslm.targets.measure import machine_fingerprint, peak_rss_mb, percentile, prompt_ids, reset_peak_rss, rss_mb
+
+
+class TorchRuntime(Runtime):
+    name = "torch"
+    description = "eager PyTorch (transformers), weights as the checkpoint stores them"
+
+    def version(self) -> dict[str, str]:
+        import torch
+
+        return {"torch": torch.__version__.split("+")[0]}
+
+    def save(self, model: Any, tokenizer: Any, directory: Path, planned: list[Any], **meta: Any) -> Path:
+        from autoslm import checkpoint
+
+        return checkpoint.save_dir(model, tokenizer, directory, **meta)
+
+    def evaluate(self, model: Any, tokenizer: Any, directory: Path, fidelity: Any) -> Any:
+        """The model in memory is the one saved (the save/load round trip is exact); None: load it."""
+        from autoslm import checkpoint
+        from autoslm.evaluate import evaluate
+
+        if model is None:
+            model = checkpoint.load_model(Path(directory))
+        return evaluate(model, tokenizer, fidelity)
+
+    def measure(self, directory: Path, settings: MeasureSettings) -> dict[str, Any]:
+        return measure_checkpoint(directory, settings)
+
+    def measure_pair(self, candidate: Path, baseline: Path, settings: MeasureSettings, rounds: int) -> dict[str, Any]:
+        return measure_pair(candidate, baseline, settings, rounds)
+
+
+def time_decode(model: Any, prompt: Any, new_tokens: int) -> list[float]:
+    """Greedy generation with a KV cache; returns ms for each generated token after the first (prefill)."""
+    import torch
+
+    times = []
+    with torch.inference_mode():
+        out = model(input_ids=prompt, use_cache=True)
+        cache = out.past_key_values
+        nxt = out.logits[:, -1:].argmax(-1)
+        for _ in range(new_tokens - 1):
+            t0 = time.perf_counter()
+            out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            nxt = out.logits[:, -1:].argmax(-1)
+            times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def time_prefill(model: Any, prompt: Any) -> float:
+    import torch
+
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model(input_ids=prompt, use_cache=True)
+        return (time.perf_counter() - t0) * 1000
+
+
+def _release_heap() -> None:
+    """Give freed heap back to the OS (glibc), so a later allocation shows up as resident memory again."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _warm_runtime(directory: Path, decode_prompt: Any, prefill_prompt: Any) -> None:
+    """Run a one-layer random model of the same architecture once, then free it.
+
+    The first forward pages in torch's kernels and imports lazy modules (hundreds of MB of shared-library code);
+    doing it before the baseline keeps that runtime cost out of the model's memory_mb.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(directory)
+    if hasattr(config, "num_hidden_layers"):
+        config.num_hidden_layers = 1
+    for attr in ("quantization_config", "autoslm"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    scratch = AutoModelForCausalLM.from_config(config).eval()
+    time_decode(scratch, decode_prompt, 3)
+    time_prefill(scratch, prefill_prompt)
+    del scratch
+    _release_heap()
+
+
+def measure_checkpoint(directory: Path, settings: MeasureSettings) -> dict[str, Any]:
+    """Load a checkpoint in this process and measure it. Call in a fresh process for a true memory figure.
+
+    memory_mb = peak resident memory during use (warm-up, decode, prefill) minus the resident memory of the
+    process just before the model was loaded (runtime already warm): weights, KV cache, activations and any cache
+    a layer builds on its first forward. Transient peaks while loading are not counted.
+    """
+    import torch
+
+    from autoslm import checkpoint
+
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    directory = Path(directory)
+    checkpoint.verify_dir(directory)
+    tokenizer = checkpoint.load_tokenizer(directory)
+    decode_prompt = _prompt(tokenizer, 16, settings.seed)
+    prefill_prompt = _prompt(tokenizer, settings.prompt_tokens, settings.seed + 1)
+    _warm_runtime(directory, decode_prompt, prefill_prompt)
+
+    base = rss_mb()
+    t0 = time.perf_counter()
+    model = checkpoint.load_model(directory, verify=False)
+    load_s = time.perf_counter() - t0
+    reset_ok = reset_peak_rss()
+    decode, prefill = [], []
+    for i in range(settings.warmup + settings.repeats):
+        d = time_decode(model, decode_prompt, settings.decode_tokens)
+        p = time_prefill(model, prefill_prompt)
+        if i >= settings.warmup:
+            decode += d
+            prefill.append(p)
+    peak = peak_rss_mb() if reset_ok else max(rss_mb(), peak_rss_mb())
+    return {
+        "decode_ms": statistics.median(decode),
+        "decode_p90_ms": percentile(decode, 0.9),
+        "prefill_ms": statistics.median(prefill),
+        "prompt_tokens": settings.prompt_tokens,
+        "memory_mb": max(0.0, peak - base),
+        "size_mb": checkpoint.weights_size_mb(Path(directory)),
+        "load_s": load_s,
+        "target": machine_fingerprint(settings.threads),
+    }
+
+
+def measure_pair(candidate: Path, baseline: Path, settings: MeasureSettings, rounds: int) -> dict[str, Any]:
+    """Load both checkpoints in this process and time them alternately, `rounds` rounds; a PairMeasurement dict.
+
+    Each round times each model as `measure_checkpoint` does (`settings.repeats` decode runs and prefills), the
+    order flipping every round. Fresh processes differ from each other by more than the two halves of one round
+    do (docs/benchmarks.md, close-call rechecks), so the ratio is taken here, not between two measurements.
+    Memory is not measured: with both models resident it would mean nothing.
+    """
+    import torch
+
+    from autoslm import checkpoint
+
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    models = {}
+    for name, directory in (("baseline", Path(baseline)), ("candidate", Path(candidate))):
+        checkpoint.verify_dir(directory)
+        models[name] = checkpoint.load_model(directory, verify=False)
+    tokenizer = checkpoint.load_tokenizer(Path(baseline))
+    decode_prompt = _prompt(tokenizer, 16, settings.seed)
+    prefill_prompt = _prompt(tokenizer, settings.prompt_tokens, settings.seed + 1)
+    for model in models.values():
+        for _ in range(settings.warmup):
+            time_decode(model, decode_prompt, settings.decode_tokens)
+            time_prefill(model, prefill_prompt)
+    per_round: dict[str, list[dict[str, float]]] = {"baseline": [], "candidate": []}
+    for r in range(rounds):
+        for name in ("baseline", "candidate") if r % 2 == 0 else ("candidate", "baseline"):
+            decode, prefill = [], []
+            for _ in range(settings.repeats):
+                decode += time_decode(models[name], decode_prompt, settings.decode_tokens)
+                prefill.append(time_prefill(models[name], prefill_prompt))
+            per_round[name].append(
+                {
+                    "decode_ms": statistics.median(decode),
+                    "decode_p90_ms": percentile(decode, 0.9),
+                    "prefill_ms": statistics.median(prefill),
+                }
+            )
+    return PairMeasurement.from_rounds(per_round["baseline"], per_round["candidate"], how="one process").model_dump()
+
+
+def _prompt(tokenizer: Any, n: int, seed: int) -> Any:
+    import torch
+
+    return torch.tensor([prompt_ids(tokenizer, n, seed)], dtype=torch.long)

@@ -1,0 +1,194 @@
+"""The search runner: validated settings -> study -> baseline -> warm start -> backend -> result.
+
+run_dir/
+  study.db          the Optuna study (resumable; opens in optuna-dashboard)
+  baseline.json     the uncompressed model's measurement and quality
+  baseline/         the uncompressed checkpoint, re-measured beside close calls (see --recheck-rounds)
+  trials.json       every trial's TrialRecord: policy, metrics, constraints, status, reason
+  recipe.yaml       the best feasible policy, every parameter explicit       (export.py)
+  checkpoint/       its compressed checkpoint (safetensors + manifest)      (export.py)
+  report.html       written by the caller (CLI, `autoslm.search`) from the study: `autoslm report DIR` regenerates it
+  pareto.png
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoslm.errors import UserError
+from autoslm.searching.settings import SearchSettings
+from autoslm.searching.trials import TrialRecord
+
+
+@dataclass
+class SearchResult:
+    """Outcome of a search: the best feasible policy (if any), the Pareto set, every trial, and paths."""
+
+    run_dir: Path
+    settings: SearchSettings
+    baseline: dict[str, Any]
+    trials: list[TrialRecord]
+    best: TrialRecord | None
+    pareto: list[TrialRecord]
+    closest: list[TrialRecord] = field(default_factory=list)
+    recipe_path: Path | None = None
+    checkpoint_path: Path | None = None
+    report_path: Path | None = None
+
+
+def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any = None) -> SearchResult:
+    """Run (or continue, with `resume`) the search `settings` describe. Nothing is written before the settings
+    are known to be valid and the run directory is known to be free (or resumable with these settings)."""
+    import optuna
+
+    from autoslm.models import model_info
+    from autoslm.searching.backends import BackendJob, get_backend
+    from autoslm.searching.objective import Objective
+    from autoslm.searching.samplers import make_sampler
+    from autoslm.searching.space import load_space
+    from autoslm.searching.storage import make_storage
+    from autoslm.searching.trials import finished_count
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_dir = settings.run_dir
+    db = run_dir / "study.db"
+    if not settings.storage and db.exists() and not resume:
+        raise UserError(f"run directory '{run_dir}' already holds a search: pass --resume, or choose another --out")
+    device = _check_target(settings)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    storage = make_storage(settings.storage or f"sqlite:///{db.resolve()}")
+    study = optuna.create_study(
+        study_name=settings.study,
+        storage=storage,
+        sampler=make_sampler(settings.sampler, settings.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+        direction="minimize",
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get("settings")
+    if stored:
+        if not resume and settings.storage is None:
+            raise UserError(f"run directory '{run_dir}' already holds a search: pass --resume, or choose another --out")
+        settings, changed = settings.resumed_from(stored)
+        if changed:
+            _emit(progress, "resumed", changed)
+    else:
+        study.set_user_attr("settings", settings.model_dump())
+    backend = get_backend(settings.backend)
+
+    objective = Objective(
+        model=settings.model,
+        space=None,  # type: ignore[arg-type]  (set below, once the base model is known)
+        budget=settings.limits,
+        run_dir=str(run_dir),
+        seed=settings.seed,
+        fidelity_full=_fidelity(settings.fidelity),
+        target=settings.target,
+        target_token=settings.target_token,
+        runtime=settings.runtime,
+        recheck_rounds=settings.recheck_rounds,
+        recheck_margin=settings.recheck_margin,
+    )
+    objective.space = load_space(settings.space_name, model_info(objective.base().model))
+    _emit(progress, "space", objective.space)
+    baseline = _baseline(objective, study, run_dir, device, progress)
+    _emit(progress, "baseline", {"baseline": baseline, "budget": settings.limits})
+
+    if settings.warm_start and not study.get_trials(deepcopy=False):
+        from autoslm.searching.warm_start import warm_start_policies
+
+        for params in warm_start_policies(objective.space, settings.trials):
+            study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+    backend.prepare(study, resume)
+    remaining = settings.trials - finished_count(study)
+
+    def after(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        from autoslm.searching.trials import best, records
+
+        rows = records(st)
+        _keep_best_checkpoint(rows, run_dir)
+        payload = {"trial": TrialRecord.from_trial(trial), "done": finished_count(st), "total": settings.trials}
+        _emit(progress, "trial", {**payload, "best": best(rows)})
+
+    if remaining > 0:
+        backend.run(BackendJob(objective, study, storage, settings, baseline, remaining, after))
+    return _finish(study, settings, run_dir, baseline)
+
+
+def _fidelity(name: str) -> Any:
+    from autoslm.evaluate import Fidelity
+
+    return Fidelity.preset(name)
+
+
+def _baseline(objective: Any, study: Any, run_dir: Path, device: dict[str, Any], progress: Any) -> dict[str, Any]:
+    """The uncompressed model's measurement and quality: measured once per study, stored in it."""
+    baseline = study.user_attrs.get("baseline")
+    if baseline is None:
+        _emit(progress, "baseline_start", None)
+        out = objective.evaluate_policy([], None, trial_number=9999)
+        if out.status != "complete":
+            raise RuntimeError(f"the baseline model could not be measured: {out.reason}")
+        baseline = {"metrics": out.metrics, "ppl": out.ppl, "low_ppl": out.low_ppl, "quality": out.quality}
+        baseline["device"] = device
+        study.set_user_attr("baseline", baseline)
+        if objective.recheck_rounds > 0 and not (run_dir / "baseline").exists():
+            Path(out.checkpoint or "").rename(run_dir / "baseline")  # kept: close calls re-measure against it
+        shutil.rmtree(out.checkpoint or "", ignore_errors=True)
+    (run_dir / "baseline.json").write_text(json.dumps(baseline, indent=2))
+    return baseline
+
+
+def _keep_best_checkpoint(rows: list[TrialRecord], run_dir: Path) -> None:
+    """Trial checkpoints are large: keep only the current best's (and none of the others)."""
+    from autoslm.searching.trials import best
+
+    winner = best(rows)
+    keep = Path(winner.checkpoint).resolve() if winner and winner.checkpoint else None
+    finished = {r.number for r in rows if r.state not in ("running", "waiting")}
+    for d in (run_dir / "trials").glob("*"):
+        # only finished trials' folders: other workers (Ray, or processes sharing the study) may be writing theirs
+        if d.name.isdigit() and int(d.name) in finished and d.resolve() != keep:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _finish(study: Any, settings: SearchSettings, run_dir: Path, baseline: dict[str, Any]) -> SearchResult:
+    from autoslm.searching.export import export_best
+    from autoslm.searching.pareto import pareto_front
+    from autoslm.searching.trials import best, records
+
+    rows = records(study)
+    (run_dir / "trials.json").write_text(json.dumps([r.model_dump() for r in rows], indent=2, default=str))
+    winner = best(rows)
+    result = SearchResult(
+        run_dir=run_dir, settings=settings, baseline=baseline, trials=rows, best=winner, pareto=pareto_front(rows)
+    )
+    if winner is None:
+        measured = [r for r in rows if r.violations]
+        result.closest = sorted(measured, key=lambda r: max(r.violations.values()))[:3]
+        return result
+    result.recipe_path, result.checkpoint_path = export_best(winner, settings, run_dir, baseline)
+    return result
+
+
+def _check_target(settings: SearchSettings) -> dict[str, Any]:
+    """Reach the target before any work: a wrong token or a dead agent is the user's to fix, not 12 failed trials."""
+    from autoslm.targets import get_target
+    from autoslm.targets.local import MeasurementError
+
+    try:
+        return dict(get_target(settings.target, token=settings.target_token).fingerprint())
+    except MeasurementError as exc:
+        raise UserError(f"target {settings.target} is not reachable ({exc}); start `autoslm agent` there") from exc
+
+
+def _emit(progress: Any, event: str, payload: Any) -> None:
+    if progress is not None:
+        progress(event, payload)
+
+
+__all__ = ["SearchResult", "run_search"]

@@ -1,0 +1,59 @@
+"""quant.gguf: llama.cpp's own quantization of the exported GGUF (`llama_model_quantize`), applied by the llama.cpp
+runtime when it writes a candidate. Every torch-side step (pruning, depth, distillation) runs first.
+
+  type              the whole-model type: Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_K_S, Q4_0, IQ4_NL, Q3_K_M (or F16/BF16)
+  output_type       the output projection's type (llama.cpp picks one per `type` when unset)
+  token_embd_type   the token embedding's type (with a tied embedding it also serves as the output)
+  overrides         per-tensor-class types, e.g. {"attn_v": "Q8_0", "ffn_down": "Q6_K"} (`tt_overrides`)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+import autoslm
+from autoslm import ApplyContext, Categorical, Stage, Technique, TechniqueConfig
+
+ModelType = Literal["Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "IQ4_NL", "Q3_K_M", "F16", "BF16"]
+TensorType = Literal["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "Q4_0", "IQ4_NL", "Q3_K"]
+TENSOR_CLASSES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+class GgufQuantConfig(TechniqueConfig):
+    type: ModelType = "Q8_0"
+    output_type: TensorType | None = Field(None, description="output.weight (None: llama.cpp's choice for `type`)")
+    token_embd_type: TensorType | None = Field(None, description="token_embd.weight (None: llama.cpp's choice)")
+    overrides: dict[str, TensorType] = Field(default_factory=dict, description="tensor class -> type")
+
+    @field_validator("overrides")
+    @classmethod
+    def _known_classes(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(TENSOR_CLASSES))
+        if unknown:
+            raise ValueError(f"unknown tensor class(es) {unknown}: use {', '.join(TENSOR_CLASSES)}")
+        return dict(sorted(value.items()))
+
+
+class GgufQuant(Technique):
+    name = "quant.gguf"
+    stage = Stage.EXPORT
+    runtime = "llama.cpp"
+    description = "llama.cpp quantization of the exported GGUF: whole-model type + output/embedding/per-tensor types"
+    Config = GgufQuantConfig
+
+    @classmethod
+    def space(cls, info: dict[str, int], target: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "type": Categorical(choices=("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_NL", "Q3_K_M")),
+            "token_embd_type": Categorical(choices=(None, "Q8_0", "Q6_K", "Q4_K")),
+        }
+
+    def apply(self, model: Any, config: GgufQuantConfig, ctx: ApplyContext) -> Any:
+        return model  # the llama.cpp runtime quantizes the GGUF it writes (LlamaCppRuntime.save)
+
+
+@autoslm.hookimpl
+def register_techniques(register: Any) -> None:
+    register(GgufQuant)

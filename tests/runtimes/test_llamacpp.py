@@ -1,0 +1,141 @@
+"""The llama.cpp runtime: GGUF export checked against torch's logits, llama.cpp quantization, measurement, quality,
+byte-identical replay from a recipe, and a search on tiny-llama measured in llama.cpp."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import autoslm
+from autoslm import checkpoint
+from autoslm.errors import UserError
+from autoslm.evaluate import Fidelity
+from autoslm.pipeline import Step, apply_steps, plan
+from autoslm.runtimes import check_policy, get_runtime
+from autoslm.runtimes.llamacpp import GGUF, open_gguf
+from autoslm.targets import MeasureSettings, get_target
+from autoslm.technique import ApplyContext
+
+pytest.importorskip("llama_cpp")
+IDS = [1, 504, 3458, 282, 260, 1345, 2565, 30, 378, 314, 253, 1767, 4183, 28, 1000, 19, 7, 42]
+
+
+def _llama_logits(directory: Path, ids: list[int]) -> np.ndarray:
+    with open_gguf(directory / GGUF, n_ctx=64, logits_all=True) as llm:
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)])
+
+
+def _torch_logits(model, ids: list[int]) -> np.ndarray:
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+
+
+def _save(lm, steps: list[dict], directory: Path) -> tuple[object, Path]:
+    planned = plan([Step(**s) for s in steps])
+    check_policy("llama.cpp", planned)
+    ctx = ApplyContext(tokenizer=lm.tokenizer, seed=0, teacher_factory=lambda: lm.model)
+    model = apply_steps(lm.model, [Step(**s) for s in steps], ctx)
+    get_runtime("llama.cpp").save(model, lm.tokenizer, directory, planned)
+    return model, directory
+
+
+def test_f32_export_matches_torch_logits(fresh_tiny, tmp_path: Path) -> None:
+    model, directory = _save(fresh_tiny, [], tmp_path / "c")
+    ours, theirs = _llama_logits(directory, IDS), _torch_logits(model, IDS)
+    assert ours.shape == theirs.shape
+    assert np.abs(ours - theirs).max() < 1e-3 * max(1.0, np.abs(theirs).max())
+    manifest = json.loads((directory / checkpoint.MANIFEST).read_text())
+    assert manifest["runtime"] == "llama.cpp" and GGUF in manifest["files"]
+    assert not list(directory.glob("*.safetensors"))  # what llama.cpp loads, nothing else
+
+
+def test_tokenizer_in_the_gguf_tokenizes_like_the_model(fresh_tiny, tmp_path: Path) -> None:
+    _, directory = _save(fresh_tiny, [], tmp_path / "c")
+    text = "It is a truth universally acknowledged, that 1234 single men in possession of a good fortune..."
+    with open_gguf(directory / GGUF, n_ctx=64) as llm:
+        assert (
+            llm.tokenize(text.encode(), add_bos=False)
+            == fresh_tiny.tokenizer(text, add_special_tokens=False)["input_ids"]
+        )
+
+
+def test_pruned_model_exports_and_runs(fresh_tiny, tmp_path: Path) -> None:
+    steps = [
+        {"technique": "prune.depth", "params": {"blocks": 1}},
+        {"technique": "prune.width", "params": {"mlp_ratio": 0.25}},
+    ]
+    blocks, width = fresh_tiny.model.config.num_hidden_layers, fresh_tiny.model.config.intermediate_size
+    model, directory = _save(fresh_tiny, steps, tmp_path / "c")
+    config = json.loads((directory / "config.json").read_text())
+    assert config["num_hidden_layers"] == blocks - 1 and config["intermediate_size"] < width
+    ours, theirs = _llama_logits(directory, IDS), _torch_logits(model, IDS)
+    assert np.abs(ours - theirs).max() < 1e-3 * max(1.0, np.abs(theirs).max())
+
+
+def test_llamacpp_quantization_shrinks_the_file_and_keeps_the_model(fresh_tiny, tmp_path: Path) -> None:
+    _, f32 = _save(fresh_tiny, [], tmp_path / "f32")
+    model, q8 = _save(fresh_tiny, [{"technique": "quant.gguf", "params": {"type": "Q8_0"}}], tmp_path / "q8")
+    assert (q8 / GGUF).stat().st_size < 0.5 * (f32 / GGUF).stat().st_size
+    ours, theirs = _llama_logits(q8, IDS), _torch_logits(model, IDS)
+    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.99  # 8-bit: close to fp32, not equal
+    _, mixed = _save(
+        fresh_tiny,
+        [
+            {
+                "technique": "quant.gguf",
+                "params": {"type": "Q4_0", "overrides": {"attn_v": "Q8_0"}, "token_embd_type": "Q8_0"},
+            }
+        ],
+        tmp_path / "mixed",
+    )
+    from gguf import GGUFReader
+
+    types = {t.name: t.tensor_type.name for t in GGUFReader(mixed / GGUF).tensors}
+    assert types["blk.0.attn_v.weight"] == "Q8_0" and types["blk.0.attn_q.weight"] == "Q4_0"
+    assert types["token_embd.weight"] == "Q8_0"
+
+
+def test_torch_only_techniques_are_refused_with_the_reason() -> None:
+    with pytest.raises(UserError, match=r"'quant\.dynamic_int8' cannot run in the llama\.cpp runtime: it makes layers"):
+        check_policy("llama.cpp", plan([Step(technique="quant.dynamic_int8")]))
+    with pytest.raises(UserError, match=r"'quant\.gguf' cannot run in the torch runtime: it belongs to the llama\.cpp"):
+        check_policy("torch", plan([Step(technique="quant.gguf")]))
+    with pytest.raises(UserError, match=r"technique 'quant\.dynamic_int8' cannot run in the llama\.cpp runtime"):
+        autoslm.search(model="tiny-llama", runtime="llama.cpp", space="tiny", out="/nonexistent/never-made")
+    with pytest.raises(UserError, match=r"invalid parameters for technique 'quant\.gguf'.*unknown tensor class"):
+        plan([Step(technique="quant.gguf", params={"overrides": {"attn_x": "Q8_0"}})])
+
+
+def test_measure_and_evaluate_in_llamacpp(fresh_tiny, tmp_path: Path) -> None:
+    _, directory = _save(fresh_tiny, [], tmp_path / "c")
+    settings = MeasureSettings(runtime="llama.cpp", prompt_tokens=32, decode_tokens=8, repeats=1)
+    m = get_target("local").measure(directory, settings)
+    assert m.decode_ms > 0 and m.prefill_ms > 0 and m.memory_mb > 0
+    assert m.size_mb == pytest.approx((directory / GGUF).stat().st_size / 2**20)
+    assert m.target["runtime"] == "llama.cpp"
+    pair = get_target("local").measure_pair(directory, directory, 2, settings)
+    assert pair.how == "one process" and 0.5 < pair.ratios["decode_ms"] < 2.0
+    fid = Fidelity(ppl_tokens=512, hyperbaton_items=8, cloze_items=8)
+    ours = get_runtime("llama.cpp").evaluate(None, fresh_tiny.tokenizer, directory, fid)
+    theirs = get_runtime("torch").evaluate(fresh_tiny.model, fresh_tiny.tokenizer, directory, fid)
+    assert ours.ppl == pytest.approx(theirs.ppl, rel=1e-3)  # the same windows, the same model, another runtime
+    assert ours.hyperbaton_acc == theirs.hyperbaton_acc and ours.cloze_acc == theirs.cloze_acc
+
+
+def test_search_in_llamacpp_exports_a_gguf_that_apply_rebuilds_byte_identically(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = autoslm.search(model="tiny-llama", runtime="llama.cpp", space="tiny-llamacpp", budget="size_mb<=0.6x",
+                            trials=3, out=out, fidelity="low", sampler="random", seed=1)  # fmt: skip
+    assert result.baseline["metrics"]["size_mb"] > 0
+    assert result.best is not None, [r.reason for r in result.trials]
+    assert any(s["technique"] == "quant.gguf" for s in result.best.steps)  # only llama.cpp quantization shrinks it
+    recipe = (out / "recipe.yaml").read_text()
+    assert "runtime: llama.cpp" in recipe and "llama-cpp-python:" in recipe
+    assert (out / "checkpoint" / GGUF).is_file() and not list((out / "checkpoint").glob("*.safetensors"))
+    rebuilt = autoslm.apply_recipe(str(out / "recipe.yaml"), str(tmp_path / "again"))
+    assert checkpoint.sha256_file(rebuilt / GGUF) == checkpoint.sha256_file(out / "checkpoint" / GGUF)

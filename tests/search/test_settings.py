@@ -1,0 +1,89 @@
+"""Settings are validated before anything is written; --resume refuses changed identity settings and names them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import autoslm
+from autoslm.errors import UserError
+from autoslm.searching import SearchSettings
+
+TINY = {"model": "tiny-llama", "space": "tiny", "fidelity": "low", "sampler": "random", "budget": "memory_mb<=3x"}
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"sampler": "tpee"}, "--sampler 'tpee' is not known: use one of nsga2, random, tpe"),
+        ({"backend": "dask"}, "--backend 'dask' is not known: use one of optuna, ray"),
+        ({"runtime": "onnx"}, "--runtime 'onnx' is not known: use one of llama.cpp, torch"),
+        ({"target": "ftp://x"}, "--target 'ftp://x' is not understood"),
+        ({"target": "http://127.0.0.1:9"}, "needs a token"),
+        ({"budget": "decode_ms<0.5"}, "budget term 'decode_ms<0.5' is malformed"),
+        ({"budget": "ppl<=3"}, "budget metric 'ppl' is unknown"),
+        ({"fidelity": "medium"}, "unknown fidelity 'medium'"),
+        ({"space": "nope"}, "search space 'nope' not found"),
+        ({"model": "nope"}, "unknown model 'nope'"),
+        ({"trials": 0}, "--trials must be a positive integer (got 0)"),
+        ({"trials": 10**20}, "--trials must be at most 100000"),
+        ({"seed": -1}, "--seed must be at least 0"),
+        ({"timeout_s": 0}, "--timeout must be positive"),
+        ({"ray_address": "10.0.0.5:6379"}, "--ray-address needs --backend ray"),
+        ({"colour": "red"}, "unknown search option 'colour'"),
+    ],
+)
+def test_bad_settings_are_one_clear_error_and_write_nothing(options: dict, fragment: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(UserError) as err:
+        autoslm.search(**{**TINY, "trials": 1, **options, "out": out})
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        SearchSettings.create(**TINY, out=str(tmp_path / "f"))
+
+
+def test_typo_leaves_nothing_then_the_right_call_runs_and_resume_checks_settings(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="--sampler 'tpee'"):
+        autoslm.search(**{**TINY, "sampler": "tpee"}, trials=1, out=out)
+    assert not out.exists()  # no study.db, no directory: the next call needs no --resume
+    result = autoslm.search(**TINY, trials=1, out=out, warm_start=False)
+    assert (out / "study.db").is_file() and (out / "report.html").is_file()
+    assert result.settings.sampler == "random" and len([r for r in result.trials if r.counted]) == 1
+
+    # a different budget and model: refused, both named, nothing run
+    with pytest.raises(UserError) as err:
+        autoslm.search(**{**TINY, "budget": "memory_mb<=2x", "model": "smollm2-135m"}, trials=2, out=out, resume=True)
+    message = str(err.value)
+    assert "budget: 'memory_mb<=3x' -> 'memory_mb<=2x'" in message
+    assert "model: 'tiny-llama' -> 'smollm2-135m'" in message
+    # without --resume the run directory is not reused
+    with pytest.raises(UserError, match="pass --resume"):
+        autoslm.search(**TINY, trials=2, out=out)
+
+    # --resume --trials N sets N (here: one more trial); the stored settings are kept
+    events: list[tuple[str, object]] = []
+    resumed = autoslm.search(
+        model="tiny-llama", trials=2, out=out, resume=True, progress=lambda e, p: events.append((e, p))
+    )
+    assert resumed.settings.budget == "memory_mb<=3x" and resumed.settings.space == "tiny"
+    assert len([r for r in resumed.trials if r.counted]) == 2
+    assert ("resumed", ["trials: 1 -> 2"]) in events
+
+
+def test_resume_reports_what_it_applies() -> None:
+    stored = SearchSettings.create(**TINY, trials=3).model_dump()
+    given = SearchSettings.create(model="tiny-llama", trials=5, timeout_s=60)
+    settings, changed = given.resumed_from(stored)
+    assert settings.trials == 5 and settings.timeout_s == 60 and settings.space == "tiny"
+    assert changed == ["timeout_s: None -> 60.0", "trials: 3 -> 5"]
+    with pytest.raises(UserError, match=r"space: 'tiny' -> 'default'"):
+        SearchSettings.create(space="default", seed=7).resumed_from(stored)
+    joined, changed = SearchSettings.create(seed=7).resumed_from(stored)  # another process joining a shared study
+    assert joined.seed == 7 and changed == ["seed: 0 -> 7"]

@@ -1,0 +1,135 @@
+"""Targets, runtimes, search backends and samplers are tables a plugin extends with one module + one registration.
+
+The plugin below adds a runtime (`toy`: the torch runtime, counting what it measured) and a target (`inproc://`:
+measures in this process, so the test can see the runtime it used) and a sampler; a real search then runs on them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import autoslm
+from autoslm.errors import UserError
+from autoslm.plugins import get_registry
+from autoslm.runtimes import get_runtime
+from autoslm.runtimes.torch import TorchRuntime
+from autoslm.targets import Measurement, MeasureSettings, PairMeasurement, Target
+
+MEASURED: list[str] = []
+
+
+class ToyRuntime(TorchRuntime):
+    name = "toy"
+    description = "the torch runtime, counting its measurements"
+
+    def measure(self, directory: Path, settings: MeasureSettings) -> dict[str, Any]:
+        MEASURED.append(Path(directory).name)
+        return super().measure(directory, settings)
+
+
+class InProcessTarget(Target):
+    schemes = ("inproc",)
+    kind = "in-process"
+
+    def fingerprint(self) -> dict[str, str | int]:
+        return {"id": "inproc"}
+
+    def measure(self, checkpoint: Path, settings: MeasureSettings | None = None) -> Measurement:
+        settings = settings or MeasureSettings()
+        return Measurement.model_validate(get_runtime(settings.runtime).measure(Path(checkpoint), settings))
+
+    def measure_pair(self, candidate: Path, baseline: Path, rounds: int, settings: Any = None) -> PairMeasurement:
+        settings = settings or MeasureSettings()
+        return PairMeasurement.model_validate(
+            get_runtime(settings.runtime).measure_pair(candidate, baseline, settings, rounds)
+        )
+
+
+class ToyPlugin:
+    @autoslm.hookimpl
+    def register_runtimes(self, register: Any) -> None:
+        register(ToyRuntime)
+
+    @autoslm.hookimpl
+    def register_targets(self, register: Any) -> None:
+        register(InProcessTarget)
+
+    @autoslm.hookimpl
+    def register_samplers(self, register: Any) -> None:
+        import optuna
+
+        register("brute", lambda seed: optuna.samplers.BruteForceSampler(seed=seed))
+
+
+@pytest.fixture
+def toy_plugin():
+    registry = get_registry()
+    info = registry.add(ToyPlugin(), "toy-plugin", dist="autoslm-toy", version="0.1")
+    yield info
+    registry.remove("toy-plugin")
+
+
+def test_plugin_tables_list_what_it_added(toy_plugin) -> None:
+    assert sorted(toy_plugin.provides) == ["runtime toy", "sampler brute", "target inproc"]
+    registry = get_registry()
+    assert registry.runtimes["toy"].dist == "autoslm-toy" and registry.targets["inproc"].obj is InProcessTarget
+    assert isinstance(get_runtime("toy"), ToyRuntime)
+
+
+def test_a_search_runs_on_a_plugin_runtime_target_and_sampler(toy_plugin, tmp_path: Path) -> None:
+    MEASURED.clear()
+    options = {"model": "tiny-llama", "space": "tiny", "budget": "memory_mb<=3x", "fidelity": "low"}
+    result = autoslm.search(
+        **options,
+        trials=2,
+        out=tmp_path / "run",
+        sampler="brute",
+        target="inproc://here",
+        runtime="toy",
+        warm_start=False,
+    )
+    assert MEASURED and MEASURED[0] == "9999"  # the baseline, then each measured candidate, through the toy runtime
+    assert len([r for r in result.trials if r.counted]) == 2
+    if result.recipe_path:
+        recipe = result.recipe_path.read_text()
+        assert "kind: in-process" in recipe and "runtime: toy" in recipe
+
+
+def test_registering_a_broken_table_entry_fails_that_plugin_only() -> None:
+    class NotARuntime:
+        name = "broken"
+
+    class Broken:
+        @autoslm.hookimpl
+        def register_runtimes(self, register: Any) -> None:
+            register(NotARuntime)
+
+    registry = get_registry()
+    info = registry.add(Broken(), "broken-plugin")
+    try:
+        assert info.status == "failed" and "is not a subclass of autoslm.runtimes.Runtime" in (info.error or "")
+        assert "broken" not in registry.runtimes and "torch" in registry.runtimes
+    finally:
+        registry.remove("broken-plugin")
+
+
+def test_duplicate_names_are_refused() -> None:
+    class Again:
+        @autoslm.hookimpl
+        def register_runtimes(self, register: Any) -> None:
+            register(TorchRuntime)
+
+    registry = get_registry()
+    info = registry.add(Again(), "again")
+    try:
+        assert info.status == "failed" and "runtime 'torch' is already registered by autoslm" in (info.error or "")
+    finally:
+        registry.remove("again")
+
+
+def test_unknown_runtime_is_a_clear_error() -> None:
+    with pytest.raises(UserError, match=r"--runtime 'tensorrt' is not known: use one of llama\.cpp, torch"):
+        get_runtime("tensorrt")
