@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from autoslm import data
 
@@ -46,7 +47,8 @@ class Fidelity(BaseModel):
 
 
 class Quality(BaseModel):
-    """Quality figures of one model at one fidelity."""
+    """Quality figures of one model at one fidelity. `kld_*`: KL divergence of the model's next-token distribution
+    from the base model's, per position of the perplexity windows (None without a reference)."""
 
     ppl: float
     hyperbaton_acc: float | None
@@ -55,6 +57,39 @@ class Quality(BaseModel):
     hyperbaton_items: int
     cloze_items: int
     seconds: float
+    kld_mean: float | None = None
+    kld_p99: float | None = None
+
+    _reference: Reference | None = PrivateAttr(None)
+
+    @property
+    def reference(self) -> Reference | None:
+        """The top-k distribution this evaluation kept (`evaluate(..., keep_topk=K)`), a reference for KLD."""
+        return self._reference
+
+
+class Reference(BaseModel):
+    """The base model's next-token distribution on the perplexity windows, kept as its top-k tokens per position
+    (log-probabilities), in window order. KLD against it coarse-grains the tail into one bucket: a lower bound of the
+    full KL divergence, tight when the top k hold most of the mass (k=64 here). Stored as safetensors."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    indices: Any  # torch.Tensor (positions, k) int64
+    logprobs: Any  # torch.Tensor (positions, k) float32
+
+    def save(self, path: Path) -> Path:
+        from safetensors.torch import save_file
+
+        save_file({"indices": self.indices.contiguous(), "logprobs": self.logprobs.contiguous()}, str(path))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Reference:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        return cls(indices=tensors["indices"], logprobs=tensors["logprobs"])
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -77,21 +112,48 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
 
 def perplexity(model: Any, tokenizer: Any, fidelity: Fidelity | None = None, *, batch_size: int = 2) -> float:
     """exp(mean next-token NLL) over `ppl_tokens` of held-out text in independent windows of `seq_len`."""
+    return _perplexity_kld(model, tokenizer, fidelity or Fidelity(), batch_size=batch_size)[0]
+
+
+def _perplexity_kld(
+    model: Any, tokenizer: Any, fid: Fidelity, *, batch_size: int = 2, reference: Reference | None = None,
+    keep_topk: int = 0,
+) -> tuple[float, list[float], Reference | None]:  # fmt: skip
+    """Perplexity; per-position KLD from `reference` (when given); this model's top-`keep_topk` (when > 0)."""
     import torch
 
-    fid = fidelity or Fidelity()
     count = max(1, fid.ppl_tokens // fid.seq_len)
     windows = data.token_windows(tokenizer, fid.corpus, seq_len=fid.seq_len, count=count, seed=fid.seed)
-    total_nll, total = 0.0, 0
+    total_nll, total, kld, kept, position = 0.0, 0, [], [], 0
     with torch.inference_mode():
         for batch in windows.split(batch_size):
             logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
-            )
+            flat = logits.reshape(-1, logits.shape[-1])
+            nll = torch.nn.functional.cross_entropy(flat, batch[:, 1:].reshape(-1), reduction="sum")
             total_nll += float(nll)
             total += batch[:, 1:].numel()
-    return math.exp(total_nll / total)
+            if reference is not None or keep_topk:
+                logp = flat.log_softmax(-1)
+                if keep_topk:
+                    top = logp.topk(keep_topk, dim=-1)
+                    kept.append((top.indices, top.values))
+                if reference is not None and position + len(logp) <= len(reference.indices):
+                    idx = reference.indices[position : position + len(logp)].long()
+                    kld += _kld(reference.logprobs[position : position + len(logp)], logp.gather(1, idx)).tolist()
+                position += len(logp)
+    ref = None
+    if kept:
+        ref = Reference(indices=torch.cat([i for i, _ in kept]), logprobs=torch.cat([v for _, v in kept]))
+    return math.exp(total_nll / total), kld, ref
+
+
+def _kld(base: Any, cand: Any) -> Any:
+    """KL(base || candidate) per position over the base's top-k tokens plus one bucket for the rest."""
+    p = base.exp()
+    p_rest = (1 - p.sum(-1)).clamp(min=0)
+    q_rest = (1 - cand.exp().sum(-1)).clamp(min=1e-10)
+    head = (p * (base - cand)).sum(-1)
+    return (head + p_rest * (p_rest.clamp(min=1e-10).log() - q_rest.log())).clamp(min=0)
 
 
 def _continuation_logprobs(
@@ -160,17 +222,25 @@ def cloze_accuracy(
     return sum(hits) / max(1, len(hits))
 
 
-def evaluate(model: Any, tokenizer: Any, fidelity: Fidelity | str = "full") -> Quality:
-    """Perplexity plus both task accuracies at the given fidelity (a preset name or a Fidelity)."""
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    fidelity: Fidelity | str = "full",
+    *,
+    reference: Reference | None = None,
+    keep_topk: int = 0,
+) -> Quality:
+    """Perplexity plus both task accuracies at the given fidelity (a preset name or a Fidelity). With `reference`
+    (the base model's top-k, from an evaluation with `keep_topk`), also the KL divergence from the base model."""
     fid = Fidelity.preset(fidelity) if isinstance(fidelity, str) else fidelity
     start = time.perf_counter()
-    ppl = perplexity(model, tokenizer, fid)
+    ppl, kld, kept = _perplexity_kld(model, tokenizer, fid, reference=reference, keep_topk=keep_topk)
     hyper = hyperbaton_accuracy(model, tokenizer, fid.hyperbaton_items) if fid.hyperbaton_items else None
     cloze = (
         cloze_accuracy(model, tokenizer, fid.cloze_items, context_tokens=fid.cloze_context) if fid.cloze_items else None
     )
     n_windows = max(1, fid.ppl_tokens // fid.seq_len)
-    return Quality(
+    quality = Quality(
         ppl=ppl,
         hyperbaton_acc=hyper,
         cloze_acc=cloze,
@@ -178,4 +248,8 @@ def evaluate(model: Any, tokenizer: Any, fidelity: Fidelity | str = "full") -> Q
         hyperbaton_items=min(fid.hyperbaton_items, len(data.load_task("hyperbaton"))),
         cloze_items=min(fid.cloze_items, len(data.load_task("cloze"))),
         seconds=time.perf_counter() - start,
+        kld_mean=sum(kld) / len(kld) if kld else None,
+        kld_p99=sorted(kld)[min(len(kld) - 1, int(0.99 * len(kld)))] if kld else None,
     )
+    quality._reference = kept
+    return quality

@@ -158,6 +158,12 @@ def plot(run: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _kld(quality: dict[str, Any] | None) -> str:
+    if not quality or quality.get("kld_mean") is None:
+        return "-"
+    return f"{quality['kld_mean']:.4f} / {quality['kld_p99']:.3f}"
+
+
 def technique_usage(rows: list[TrialRecord], top: int = 5) -> list[tuple[str, int, int]]:
     """(technique, uses among the `top` best feasible policies, uses among all evaluated trials)."""
     feasible = sorted((r for r in rows if r.feasible and r.quality), key=lambda r: r.ppl)[:top]
@@ -189,6 +195,7 @@ def write(run_dir: Path, storage: str | None = None, study_name: str | None = No
             str(r.number),
             html.escape(policy_text(r.steps) or "(none)"),
             ppl,
+            _kld(r.quality),
             f"{m['decode_ms']:.1f}{rel(m['decode_ms'], bm.get('decode_ms'))}" if m else "-",
             f"{m['memory_mb']:.0f}" if m else "-",
             f"{m['size_mb']:.0f}" if m else "-",
@@ -235,8 +242,8 @@ code {{ background: #f4f4f4; padding: 1px 4px; }}
 <h2>Techniques in the good policies</h2>
 <table><tr><th>technique</th><th>in the 5 best feasible</th><th>in all measured trials</th></tr>{usage}</table>
 <h2>Trials</h2>
-<table><tr><th>#</th><th>policy</th><th>ppl</th><th>decode ms</th><th>memory MB</th><th>size MB</th><th>status</th>
-<th>reason</th></tr>
+<table><tr><th>#</th><th>policy</th><th>ppl</th><th>KLD mean / p99</th><th>decode ms</th><th>memory MB</th>
+<th>size MB</th><th>status</th><th>reason</th></tr>
 {"".join(body)}
 </table>
 <p>Open the study in optuna-dashboard: <code>{dashboard}</code></p>

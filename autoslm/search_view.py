@@ -130,7 +130,7 @@ def _status(row: TrialRecord) -> str:
 
 def _table(rows: list[TrialRecord], bm: dict[str, float], base_ppl: float, title: str = "") -> Table:
     table = Table(title=title)
-    for col in ("trial", "policy", "ppl", "decode ms", "speedup", "memory MB", "size MB"):
+    for col in ("trial", "policy", "ppl", "KLD", "decode ms", "speedup", "memory MB", "size MB"):
         if col == "policy":
             table.add_column(col, overflow="fold", min_width=24)
         else:
@@ -138,10 +138,12 @@ def _table(rows: list[TrialRecord], bm: dict[str, float], base_ppl: float, title
     for r in rows:
         m = r.metrics
         ppl = f"{r.ppl:.2f} ({100 * (r.ppl / base_ppl - 1):+.0f}%)" if r.quality else "-"
+        kld = (r.quality or {}).get("kld_mean")
         table.add_row(
             str(r.number),
             policy_text(r.steps),
             ppl,
+            "-" if kld is None else f"{kld:.4f}",
             f"{m['decode_ms']:.1f}",
             f"{bm['decode_ms'] / m['decode_ms']:.2f}x",
             f"{m['memory_mb']:.0f}",

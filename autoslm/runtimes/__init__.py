@@ -8,7 +8,7 @@ agent's on a remote device): decode and prefill timings, memory in use, size. Ru
     class MyRuntime(Runtime):
         name = "my-runtime"
         def save(self, model, tokenizer, directory, planned, **meta): ...    # what the runtime loads
-        def evaluate(self, model, tokenizer, directory, fidelity): ...      # -> autoslm.evaluate.Quality
+        def evaluate(self, model, tokenizer, directory, fidelity, reference=None, keep_topk=0): ...  # -> Quality
         def measure(self, directory, settings): ...            # -> Measurement fields
         def measure_pair(self, candidate, baseline, settings, rounds): ...   # -> PairMeasurement fields
 
@@ -50,8 +50,12 @@ class Runtime(ABC):
         the policy's validated steps (runtime-side steps, e.g. quant.gguf, act here)."""
 
     @abstractmethod
-    def evaluate(self, model: Any, tokenizer: Any, directory: Path, fidelity: Any) -> Any:
-        """Quality (`autoslm.evaluate.Quality`) of the checkpoint `save` wrote, as this runtime computes it."""
+    def evaluate(
+        self, model: Any, tokenizer: Any, directory: Path, fidelity: Any, reference: Any = None, keep_topk: int = 0
+    ) -> Any:
+        """Quality (`autoslm.evaluate.Quality`) of the checkpoint `save` wrote, as this runtime computes it, on the
+        held-out windows every runtime uses; KL divergence from `reference`; `keep_topk`: keep this model's top-k
+        next-token distribution (`Quality.reference`) to serve as a reference later."""
 
     def prepare(self, spec: str) -> Path:
         """A directory this runtime can measure and evaluate for a `--model` spec (`profile`, `eval`)."""

@@ -114,11 +114,13 @@ class LlamaCppRuntime(Runtime):
             self.save(lm.model, lm.tokenizer, out, [], base_fingerprint=lm.fingerprint)
         return out
 
-    def evaluate(self, model: Any, tokenizer: Any, directory: Path, fidelity: Any) -> Any:
+    def evaluate(
+        self, model: Any, tokenizer: Any, directory: Path, fidelity: Any, reference: Any = None, keep_topk: int = 0
+    ) -> Any:
         from autoslm.evaluate import evaluate
 
         with open_gguf(Path(directory) / GGUF, n_ctx=max(fidelity.seq_len, 256), logits_all=True) as llm:
-            return evaluate(LlamaCppLM(llm), tokenizer, fidelity)
+            return evaluate(LlamaCppLM(llm), tokenizer, fidelity, reference=reference, keep_topk=keep_topk)
 
     def measure(self, directory: Path, settings: MeasureSettings) -> dict[str, Any]:
         from autoslm import checkpoint
@@ -224,7 +226,15 @@ def _warm() -> None:
     """Load llama.cpp's library and backends before the baseline of resident memory is taken."""
     import llama_cpp
 
+    _quiet()
     llama_cpp.llama_backend_init()
+
+
+def _quiet() -> None:
+    """llama.cpp logs every tensor it quantizes or loads to stderr: keep errors only."""
+    from llama_cpp import _logger
+
+    _logger.set_verbose(False)
 
 
 def _last_logits(llm: Any) -> Any:
@@ -285,6 +295,7 @@ def quantize(src: Path, dst: Path, config: dict[str, Any]) -> Path:
 
     import llama_cpp
 
+    _quiet()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[config["type"]]
     params.nthread = 2

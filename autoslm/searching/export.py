@@ -51,7 +51,7 @@ def export_best(
         metrics={
             **best.metrics,
             "ppl": best.ppl,
-            **{k: v for k, v in (best.quality or {}).items() if k.endswith("_acc")},
+            **{k: v for k, v in (best.quality or {}).items() if k.endswith("_acc") or k.startswith("kld_")},
             "baseline": {**baseline["metrics"], "ppl": baseline["ppl"]},
         },
         search={

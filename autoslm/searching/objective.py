@@ -21,6 +21,8 @@ from autoslm.evaluate import Fidelity
 from autoslm.searching.budget import Budget
 from autoslm.searching.space import SearchSpace
 
+REFERENCE_TOPK = 64  # the baseline's top-k next-token log-probs per position: the reference of every KLD
+REFERENCES: dict[tuple[str, str], Any] = {}  # (reference file, runtime) -> Reference, loaded once per process
 INFEASIBLE_PPL = 1e6  # objective value for candidates rejected on budget before quality was evaluated
 
 
@@ -156,7 +158,8 @@ class Objective:
             else:
                 out.feasible = True
             t0 = time.perf_counter()
-            low = runtime.evaluate(model, lm.tokenizer, work, self.fidelity_low)
+            reference = self.reference()
+            low = runtime.evaluate(model, lm.tokenizer, work, self.fidelity_low, reference=reference)
             out.low_ppl = low.ppl
             out.seconds["quality_low"] = time.perf_counter() - t0
             if baseline is not None:
@@ -168,7 +171,10 @@ class Objective:
                         f"{baseline['low_ppl']:.1f}"
                     )
             t0 = time.perf_counter()
-            q = runtime.evaluate(model, lm.tokenizer, work, self.fidelity_full)
+            keep = REFERENCE_TOPK if baseline is None else 0  # the baseline's distribution: the KLD reference
+            q = runtime.evaluate(model, lm.tokenizer, work, self.fidelity_full, reference=reference, keep_topk=keep)
+            if q.reference is not None:
+                q.reference.save(self.reference_path())
             out.seconds["quality"] = time.perf_counter() - t0
             out.ppl, out.quality = q.ppl, q.model_dump()
             return out
@@ -215,6 +221,19 @@ class Objective:
             "first_violations": self.budget.violations(first, baseline["metrics"]),
             **pair.model_dump(exclude={"rounds"}),
         }
+
+    def reference_path(self) -> Path:
+        return Path(self.run_dir) / "reference-topk.safetensors"
+
+    def reference(self) -> Any:
+        """The baseline's next-token distribution (top-k per position), once the baseline was evaluated."""
+        from autoslm.evaluate import Reference
+
+        path = self.reference_path()
+        key = (str(path.resolve()), self.runtime)
+        if key not in REFERENCES and path.is_file():
+            REFERENCES[key] = Reference.load(path)
+        return REFERENCES.get(key)
 
     def baseline_checkpoint(self) -> Path:
         """The unmodified model saved in the run directory (made once; each node of a cluster makes its own)."""
