@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make search   set up .venv, then run the main job on the embedded default model (smollm2-135m)
+#   make search   set up .venv, then run the main job on the embedded default model (smollm2-135m, in llama.cpp)
 #   make test     set up .venv, then run the test suite (what CI runs)
 PY      ?= python3
 VENV    := .venv
@@ -7,7 +7,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 MODEL   ?= smollm2-135m
-BUDGET  ?= decode_ms<=0.7x
+RUNTIME ?= llama.cpp
+BUDGET  ?= decode_ms<=0.5x,size_mb<=0.3x
 TRIALS  ?= 8
 OUT     ?= runs/$(MODEL)
 
@@ -27,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 
 # The main job: a budgeted search on the embedded default model. Re-running continues the same study.
 search: $(STAMP)
-	$(BIN)/autoslm search --model $(MODEL) --budget "$(BUDGET)" --trials $(TRIALS) --out $(OUT) --resume
+	$(BIN)/autoslm search --model $(MODEL) --runtime $(RUNTIME) --budget "$(BUDGET)" --trials $(TRIALS) --out $(OUT) --resume
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -51,3 +51,20 @@ def test_real_model_quality_is_sane_and_repeatable(smollm, tiny) -> None:
     assert q.ppl * 100 < random_ppl
     assert q.hyperbaton_acc is not None and q.hyperbaton_acc > 0.65  # chance is 0.5
     assert q.cloze_acc is not None and q.cloze_acc > 0.05
+
+
+def test_kld_to_a_reference_is_zero_for_the_same_model_and_grows_with_damage(fresh_tiny, tmp_path) -> None:
+    import torch
+
+    from autoslm.evaluate import Fidelity, Reference, evaluate
+
+    fid = Fidelity(ppl_tokens=256, seq_len=64, hyperbaton_items=0, cloze_items=0)
+    base = evaluate(fresh_tiny.model, fresh_tiny.tokenizer, fid, keep_topk=16)
+    assert base.kld_mean is None and base.reference is not None and base.reference.indices.shape == (4 * 63, 16)
+    ref = Reference.load(base.reference.save(tmp_path / "ref.safetensors"))  # round trip through safetensors
+    same = evaluate(fresh_tiny.model, fresh_tiny.tokenizer, fid, reference=ref)
+    assert same.kld_mean == pytest.approx(0.0, abs=1e-5) and same.ppl == base.ppl
+    with torch.no_grad():  # the random model is nearly uniform: sharpen its output distribution
+        fresh_tiny.model.model.norm.weight.mul_(30.0)
+    damaged = evaluate(fresh_tiny.model, fresh_tiny.tokenizer, fid, reference=ref)
+    assert damaged.kld_mean > 1e-4 and damaged.kld_p99 >= damaged.kld_mean

@@ -119,8 +119,13 @@ class LlamaCppRuntime(Runtime):
     ) -> Any:
         from autoslm.evaluate import evaluate
 
-        with open_gguf(Path(directory) / GGUF, n_ctx=max(fidelity.seq_len, 256), logits_all=True) as llm:
-            return evaluate(LlamaCppLM(llm), tokenizer, fidelity, reference=reference, keep_topk=keep_topk)
+        n_ctx = 2 * max(fidelity.seq_len, 512)  # two perplexity windows per call
+        with open_gguf(Path(directory) / GGUF, n_ctx=32) as llm:
+            lm = LlamaCppLM(llm, n_ctx=n_ctx)
+            try:
+                return evaluate(lm, tokenizer, fidelity, reference=reference, keep_topk=keep_topk)
+            finally:
+                lm.close()
 
     def measure(self, directory: Path, settings: MeasureSettings) -> dict[str, Any]:
         from autoslm import checkpoint
@@ -265,27 +270,76 @@ def time_prefill(llm: Any, prompt: list[int]) -> float:
 
 
 class LlamaCppLM:
-    """Just enough of a transformers causal LM for `autoslm.evaluate`: `model(input_ids=...).logits`, each row
-    evaluated by llama.cpp from an empty cache (left padding, marked by `attention_mask`, is skipped)."""
+    """Just enough of a transformers causal LM for `autoslm.evaluate`: `model(input_ids=...).logits`.
 
-    def __init__(self, llm: Any) -> None:
-        self.llm = llm
+    Rows are decoded by llama.cpp as independent sequences packed into as few `llama_decode` calls as fit (a
+    context of its own: unified KV cache, up to `MAX_SEQS` sequences of `n_ctx` tokens in all), from an empty cache;
+    left padding (marked by `attention_mask`) is skipped. With `logits_to_keep` only the last positions' logits are
+    computed: the vocabulary projection dominates small models, and one call per short row costs ~40 ms here."""
+
+    MAX_SEQS = 64
+
+    def __init__(self, llm: Any, n_ctx: int, threads: int = 2) -> None:
+        import llama_cpp
+        from llama_cpp import _internals
+
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = params.n_batch = params.n_ubatch = n_ctx
+        params.n_seq_max = self.MAX_SEQS
+        params.kv_unified = True
+        params.n_threads = params.n_threads_batch = threads
+        self.n_ctx = n_ctx
+        self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        self.batch = _internals.LlamaBatch(n_tokens=n_ctx, embd=0, n_seq_max=self.MAX_SEQS, verbose=False)
+        self.vocab = llm.n_vocab()
+
+    def close(self) -> None:
+        self.batch.close()
+        self.ctx.close()
 
     def __call__(self, input_ids: Any, attention_mask: Any = None, logits_to_keep: int = 0, **_: Any) -> Any:
         import numpy as np
         import torch
 
-        rows = []
         width = input_ids.shape[1]
+        keep = min(logits_to_keep, width) if logits_to_keep else width
+        out = np.zeros((input_ids.shape[0], keep, self.vocab), dtype=np.float32)
+        rows = []
         for i, ids in enumerate(input_ids.tolist()):
             start = int((attention_mask[i] == 0).sum()) if attention_mask is not None else 0
-            tokens = ids[start:]
-            self.llm.reset()
-            self.llm.eval(tokens)
-            logits = np.zeros((width, self.llm.n_vocab()), dtype=np.float32)
-            logits[start:] = self.llm.scores[: len(tokens)]
-            rows.append(logits[-logits_to_keep:] if logits_to_keep else logits)
-        return SimpleNamespace(logits=torch.from_numpy(np.stack(rows)))
+            rows.append((i, ids[start:]))
+        group: list[tuple[int, list[int]]] = []
+        for row in rows:
+            if group and (sum(len(t) for _, t in group) + len(row[1]) > self.n_ctx or len(group) == self.MAX_SEQS):
+                self._decode(group, keep, out)
+                group = []
+            group.append(row)
+        if group:
+            self._decode(group, keep, out)
+        return SimpleNamespace(logits=torch.from_numpy(out))
+
+    def _decode(self, group: list[tuple[int, list[int]]], keep: int, out: Any) -> None:
+        """Decode `group`'s sequences in one call from an empty cache; their last `keep` logits into `out`."""
+        import numpy as np
+
+        self.ctx.kv_cache_clear()
+        self.batch.reset()
+        spans = []
+        for seq, (_, tokens) in enumerate(group):
+            if len(tokens) > self.n_ctx:
+                raise ValueError(f"a sequence of {len(tokens)} tokens exceeds the context of {self.n_ctx}")
+            first = self.batch.batch.n_tokens
+            self.batch.add_sequence(tokens, seq_id=seq, logits_all=False)
+            n_out = min(keep, len(tokens))
+            for j in range(first + len(tokens) - n_out, first + len(tokens)):
+                self.batch.batch.logits[j] = True
+            spans.append(n_out)
+        self.ctx.decode(self.batch)
+        logits = np.ctypeslib.as_array(self.ctx.get_logits(), shape=(sum(spans) * self.vocab,)).reshape(-1, self.vocab)
+        offset = 0
+        for (i, _), n_out in zip(group, spans, strict=True):
+            out[i, keep - n_out :] = logits[offset : offset + n_out]
+            offset += n_out
 
 
 def quantize(src: Path, dst: Path, config: dict[str, Any]) -> Path:
@@ -314,11 +368,53 @@ def quantize(src: Path, dst: Path, config: dict[str, Any]) -> Path:
         array[len(overrides)].pattern = None
         params.tt_overrides = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
         keep.append(array)
+    _check_block_sizes(src, config)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    with _stderr_to(dst.with_suffix(".quantize.log")) as log:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
-        raise RuntimeError(f"llama_model_quantize to {config['type']} failed (code {rc})")
+        last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:] or ["no output"]
+        raise RuntimeError(f"llama_model_quantize to {config['type']} failed (code {rc}): {last[0].strip()}")
+    log.unlink(missing_ok=True)
     return dst
+
+
+K_TYPES = {"Q6_K", "Q5_K", "Q4_K", "Q3_K"}
+
+
+def _check_block_sizes(src: Path, config: dict[str, Any]) -> None:
+    """An explicitly chosen k-quant type needs rows that are a multiple of 256 long (llama.cpp aborts otherwise)."""
+    import gguf
+
+    wanted = {"token_embd": config.get("token_embd_type"), "output": config.get("output_type")}
+    wanted |= dict(config.get("overrides") or {})
+    wanted = {k: v for k, v in wanted.items() if v in K_TYPES}
+    if not wanted:
+        return
+    for t in gguf.GGUFReader(src).tensors:
+        kind = t.name.split(".")[-2]
+        if kind in wanted and int(t.shape[0]) % 256:
+            raise UserError(
+                f"quant.gguf: {kind} type {wanted[kind]} needs rows of a multiple of 256 values; {t.name} has rows "
+                f"of {int(t.shape[0])}: use Q8_0, Q5_0 or Q4_0 for it"
+            )
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[Path]:
+    """llama.cpp writes warnings straight to file descriptor 2: send them to `path` for the call's duration."""
+    import os
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "wb") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield path
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _digest(text: str) -> str:

@@ -53,7 +53,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     from autoslm.searching.storage import make_storage
     from autoslm.searching.trials import finished_count
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial: one line from the view; traceback in logs/
     run_dir = settings.run_dir
     db = run_dir / "study.db"
     if not settings.storage and db.exists() and not resume:
