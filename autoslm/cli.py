@@ -123,17 +123,19 @@ def eval_cmd(
     from autoslm.models import load_model
 
     with console.status(f"loading {model}"):
-        lm = load_model(model)
-        directory = rt.prepare(model) if runtime != "torch" else None
+        if runtime == "torch":
+            lm = load_model(model)
+            subject, tokenizer, directory, fingerprint = lm.model, lm.tokenizer, lm.source_dir, lm.fingerprint
+        else:  # the runtime's own file (a GGUF for llama.cpp), fingerprinted by its sha256
+            directory = rt.prepare(model)
+            subject, tokenizer = None, checkpoint.load_tokenizer(directory)
+            fingerprint = checkpoint.sha256_file(checkpoint.weights_file(directory))
     with console.status(
         f"evaluating {model} in {runtime} ({fid.ppl_tokens} tokens, {fid.hyperbaton_items}+{fid.cloze_items} items)"
     ):
-        tokenizer = checkpoint.load_tokenizer(directory) if directory else lm.tokenizer
-        q = rt.evaluate(None if directory else lm.model, tokenizer, directory or lm.source_dir, fid)
+        q = rt.evaluate(subject, tokenizer, directory, fid)
     if as_json:
-        print(
-            json.dumps({"model": model, "runtime": runtime, "fingerprint": lm.fingerprint, **q.model_dump()}, indent=2)
-        )
+        print(json.dumps({"model": model, "runtime": runtime, "fingerprint": fingerprint, **q.model_dump()}, indent=2))
         return
     table = Table(title=f"quality of {model} ({runtime})", show_header=True)
     table.add_column("metric")
@@ -143,7 +145,7 @@ def eval_cmd(
     table.add_row("hyperbaton accuracy", _pct(q.hyperbaton_acc), f"{q.hyperbaton_items} adjective-order pairs")
     table.add_row("cloze accuracy", _pct(q.cloze_acc), f"{q.cloze_items} last-word items")
     console.print(table)
-    console.print(f"[dim]fingerprint {lm.fingerprint[:16]}  ·  {q.seconds:.1f}s[/dim]")
+    console.print(f"[dim]fingerprint {fingerprint[:16]}  ·  {q.seconds:.1f}s[/dim]")
 
 
 @app.command()
@@ -255,13 +257,14 @@ def apply(
     Example:  autoslm apply runs/smollm2-135m/recipe.yaml --out ckpt/
     """
     _quiet_libraries()
-    from autoslm.checkpoint import sha256_file
+    from autoslm.checkpoint import sha256_file, weights_file
     from autoslm.recipe import apply_recipe
 
     with console.status(f"applying {recipe}"):
         directory = apply_recipe(recipe, out, model=model, force=force)
     console.print(
-        f"checkpoint written to {directory}  ·  model.safetensors sha256 {sha256_file(directory / 'model.safetensors')}"
+        f"checkpoint written to {directory}  ·  {weights_file(directory).name} sha256 "
+        f"{sha256_file(weights_file(directory))}"
     )
 
 

@@ -120,6 +120,9 @@ def test_oversized_upload_is_413(agent: str) -> None:
         ({"config.json": b"{}", "run.sh": b"echo"}, None, "file type not accepted"),
         ({"config.json": b"{}"}, None, "upload has no weights"),
         ({"config.json": b"{not json", "model.safetensors": b"x"}, None, "config.json is not valid JSON"),
+        ({"config.json": b"{}", "model.gguf": b"\x80\x04pickled"}, None, "is a pickle"),
+        ({"config.json": b"{}", "model.gguf": b"GGML" + b"\0" * 64}, None, "is not a GGUF file"),
+        ({"config.json": b"{}", "model.gguf": b""}, None, "is not a GGUF file"),
     ],
 )
 def test_bad_payloads_are_400(agent: str, files: dict, kinds: dict | None, message: str) -> None:
@@ -134,6 +137,18 @@ def test_tampered_checkpoint_is_400(agent: str, tiny_ckpt: Path) -> None:
     files["config.json"] = files["config.json"].replace(b'"hidden_act"', b'"hidden_act" ')
     r = _post(agent, _tar(files))
     assert r.status_code == 400 and "sha256" in r.json()["error"]
+
+
+def test_runtime_the_device_lacks_is_400(agent: str, tiny_ckpt: Path) -> None:
+    files = {p.name: p.read_bytes() for p in tiny_ckpt.iterdir()}
+    r = requests.post(
+        f"{agent}/measure",
+        params={"settings": json.dumps({"runtime": "tensorrt"})},
+        data=_tar(files),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    assert r.status_code == 400 and "runtime 'tensorrt' is not installed on this device" in r.json()["error"]
 
 
 def test_bad_settings_are_400(agent: str, tiny_ckpt: Path) -> None:

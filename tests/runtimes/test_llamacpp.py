@@ -139,3 +139,19 @@ def test_search_in_llamacpp_exports_a_gguf_that_apply_rebuilds_byte_identically(
     assert (out / "checkpoint" / GGUF).is_file() and not list((out / "checkpoint").glob("*.safetensors"))
     rebuilt = autoslm.apply_recipe(str(out / "recipe.yaml"), str(tmp_path / "again"))
     assert checkpoint.sha256_file(rebuilt / GGUF) == checkpoint.sha256_file(out / "checkpoint" / GGUF)
+
+
+def test_cli_eval_and_profile_in_llamacpp(fresh_tiny, tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    _, directory = _save(fresh_tiny, [{"technique": "quant.gguf", "params": {"type": "Q8_0"}}], tmp_path / "c")
+    ev = run_cli("eval", "--model", str(directory), "--runtime", "llama.cpp", "--fidelity", "low", "--json")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    figures = json.loads(ev.stdout)
+    assert figures["runtime"] == "llama.cpp" and figures["ppl"] > 1
+    assert figures["fingerprint"] == checkpoint.sha256_file(directory / GGUF)
+    prof = run_cli("profile", "--model", str(directory), "--runtime", "llama.cpp", "--repeats", "1", "--json")
+    assert prof.returncode == 0, prof.stderr[-2000:]
+    assert json.loads(prof.stdout)["size_mb"] == pytest.approx((directory / GGUF).stat().st_size / 2**20)
+    bad = run_cli("profile", "--model", "tiny-llama", "--runtime", "onnx")
+    assert bad.returncode == 2 and "--runtime 'onnx' is not known" in bad.stderr
