@@ -5,6 +5,8 @@ runtime when it writes a candidate. Every torch-side step (pruning, depth, disti
   output_type       the output projection's type (llama.cpp picks one per `type` when unset)
   token_embd_type   the token embedding's type (with a tied embedding it also serves as the output)
   overrides         per-tensor-class types, e.g. {"attn_v": "Q8_0", "ffn_down": "Q6_K"} (`tt_overrides`)
+  imatrix           weigh rounding errors by an importance matrix: the mean squared input of every weight's
+                    columns on the calibration text, computed on the candidate itself (after pruning) in torch
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ class GgufQuantConfig(TechniqueConfig):
     output_type: TensorType | None = Field(None, description="output.weight (None: llama.cpp's choice for `type`)")
     token_embd_type: TensorType | None = Field(None, description="token_embd.weight (None: llama.cpp's choice)")
     overrides: dict[str, TensorType] = Field(default_factory=dict, description="tensor class -> type")
+    imatrix: bool = Field(False, description="importance matrix from the calibration text")
+    imatrix_samples: int = Field(16, ge=1, le=512, description="calibration windows for the importance matrix")
+    imatrix_seq_len: int = Field(256, ge=8, le=4096)
 
     @field_validator("overrides")
     @classmethod
@@ -40,7 +45,8 @@ class GgufQuant(Technique):
     name = "quant.gguf"
     stage = Stage.EXPORT
     runtime = "llama.cpp"
-    description = "llama.cpp quantization of the exported GGUF: whole-model type + output/embedding/per-tensor types"
+    description = "llama.cpp quantization of the GGUF: whole-model, output/embedding and per-tensor types, imatrix"
+    requires_calibration = True
     Config = GgufQuantConfig
 
     @classmethod
@@ -51,6 +57,7 @@ class GgufQuant(Technique):
         return {
             "type": Categorical(choices=("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_NL", "Q3_K_M")),
             "token_embd_type": Categorical(choices=(None, *embd)),
+            "imatrix": Categorical(choices=(False, True)),
         }
 
     def apply(self, model: Any, config: GgufQuantConfig, ctx: ApplyContext) -> Any:

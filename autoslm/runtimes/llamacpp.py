@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +22,8 @@ from typing import Any
 
 from autoslm.errors import UserError
 from autoslm.runtimes import Runtime
-from autoslm.targets import MeasureSettings, PairMeasurement
-from autoslm.targets.measure import machine_fingerprint, peak_rss_mb, percentile, prompt_ids, reset_peak_rss, rss_mb
+from autoslm.targets import MeasureSettings
+from autoslm.targets.measure import alternate, measure_loaded, prompt_ids
 
 GGUF = "model.gguf"
 # llama.cpp's whole-model types (llama_ftype) and tensor types (ggml_type) by their usual names
@@ -74,7 +73,11 @@ class LlamaCppRuntime(Runtime):
             steps = [p for p in planned if getattr(p.entry.cls, "runtime", None) == self.name]
             if steps:
                 f32 = export_gguf(scratch, scratch / "f32.gguf")
-                quantize(f32, directory / GGUF, steps[-1].config.model_dump())
+                config = steps[-1].config.model_dump()
+                imatrix = None
+                if config.get("imatrix"):
+                    imatrix = importance_matrix(model, tokenizer, config["imatrix_samples"], config["imatrix_seq_len"])
+                quantize(f32, directory / GGUF, config, imatrix)
             else:
                 export_gguf(scratch, directory / GGUF)
             for name in TOKENIZER_FILES:
@@ -134,29 +137,13 @@ class LlamaCppRuntime(Runtime):
         checkpoint.verify_dir(directory)
         decode_prompt, prefill_prompt = _prompts(directory, settings)
         _warm()
-        base = rss_mb()
-        t0 = time.perf_counter()
-        with open_gguf(directory / GGUF, n_ctx=_n_ctx(settings), threads=settings.threads) as llm:
-            load_s = time.perf_counter() - t0
-            reset_ok = reset_peak_rss()
-            decode, prefill = [], []
-            for i in range(settings.warmup + settings.repeats):
-                d = time_decode(llm, decode_prompt, settings.decode_tokens)
-                p = time_prefill(llm, prefill_prompt)
-                if i >= settings.warmup:
-                    decode += d
-                    prefill.append(p)
-            peak = peak_rss_mb() if reset_ok else max(rss_mb(), peak_rss_mb())
-        return {
-            "decode_ms": statistics.median(decode),
-            "decode_p90_ms": percentile(decode, 0.9),
-            "prefill_ms": statistics.median(prefill),
-            "prompt_tokens": settings.prompt_tokens,
-            "memory_mb": max(0.0, peak - base),
-            "size_mb": checkpoint.weights_size_mb(directory),
-            "load_s": load_s,
-            "target": {**machine_fingerprint(settings.threads), "runtime": self.name},
-        }
+        return measure_loaded(
+            directory,
+            settings,
+            lambda: open_gguf(directory / GGUF, n_ctx=_n_ctx(settings), threads=settings.threads),
+            lambda llm: _runner(llm, decode_prompt, prefill_prompt, settings),
+            target={"runtime": self.name},
+        )
 
     def measure_pair(self, candidate: Path, baseline: Path, settings: MeasureSettings, rounds: int) -> dict[str, Any]:
         """Both GGUFs loaded in this process, timed alternately (order flipping each round)."""
@@ -171,24 +158,8 @@ class LlamaCppRuntime(Runtime):
                 name: stack.enter_context(open_gguf(d / GGUF, n_ctx=_n_ctx(settings), threads=settings.threads))
                 for name, d in paths.items()
             }
-            for llm in llms.values():
-                for _ in range(settings.warmup):
-                    time_decode(llm, decode_prompt, settings.decode_tokens)
-                    time_prefill(llm, prefill_prompt)
-            per_round: dict[str, list[dict[str, float]]] = {"baseline": [], "candidate": []}
-            for r in range(rounds):
-                for name in ("baseline", "candidate") if r % 2 == 0 else ("candidate", "baseline"):
-                    decode, prefill = [], []
-                    for _ in range(settings.repeats):
-                        decode += time_decode(llms[name], decode_prompt, settings.decode_tokens)
-                        prefill.append(time_prefill(llms[name], prefill_prompt))
-                    per_round[name].append({
-                        "decode_ms": statistics.median(decode),
-                        "decode_p90_ms": percentile(decode, 0.9),
-                        "prefill_ms": statistics.median(prefill),
-                    })  # fmt: skip
-        pair = PairMeasurement.from_rounds(per_round["baseline"], per_round["candidate"], how="one process")
-        return pair.model_dump()
+            runs = {name: _runner(llm, decode_prompt, prefill_prompt, settings) for name, llm in llms.items()}
+            return alternate(runs["baseline"], runs["candidate"], settings, rounds)
 
 
 @contextlib.contextmanager
@@ -214,6 +185,10 @@ def open_gguf(path: Path, n_ctx: int, threads: int = 2, logits_all: bool = False
         yield llm
     finally:
         llm.close()
+
+
+def _runner(llm: Any, decode_prompt: list[int], prefill_prompt: list[int], settings: MeasureSettings) -> Any:
+    return lambda: (time_decode(llm, decode_prompt, settings.decode_tokens), time_prefill(llm, prefill_prompt))
 
 
 def _n_ctx(settings: MeasureSettings) -> int:
@@ -342,9 +317,38 @@ class LlamaCppLM:
             offset += n_out
 
 
-def quantize(src: Path, dst: Path, config: dict[str, Any]) -> Path:
+def importance_matrix(model: Any, tokenizer: Any, samples: int, seq_len: int) -> dict[str, Any]:
+    """What llama.cpp's imatrix tool computes, from the candidate in torch: for each weight (by its GGUF name), the
+    mean over calibration tokens of the squared input of each of its columns."""
+    import gguf
+    import torch
+
+    from autoslm import data
+    from autoslm.calibration import capture_inputs, run_windows
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(model.config.num_hidden_layers))
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    sums: dict[str, Any] = {}
+
+    def record(name: str, x: Any) -> None:
+        sq = x.double().pow(2).sum(0)
+        sums[name] = sums[name] + sq if name in sums else sq
+
+    windows = data.token_windows(tokenizer, "calibration", seq_len=seq_len, count=samples, seed=0)
+    with capture_inputs(linears, record):
+        tokens = run_windows(model, windows)
+    out = {}
+    for name, total in sums.items():
+        gguf_name = names.get_name(name + ".weight", try_suffixes=(".weight",))
+        if gguf_name:
+            out[gguf_name] = (total / tokens).float().numpy()
+    return out
+
+
+def quantize(src: Path, dst: Path, config: dict[str, Any], imatrix: dict[str, Any] | None = None) -> Path:
     """`llama_model_quantize` from an F32 GGUF: the whole-model type, then the output / token-embedding types and
-    per-tensor overrides (`{"attn_v": "Q8_0"}` matches `blk.N.attn_v.weight`)."""
+    per-tensor overrides (`{"attn_v": "Q8_0"}` matches `blk.N.attn_v.weight`), weighted by `imatrix` (GGUF tensor
+    name -> per-column importance) when given."""
     import ctypes
 
     import llama_cpp
@@ -368,6 +372,19 @@ def quantize(src: Path, dst: Path, config: dict[str, Any]) -> Path:
         array[len(overrides)].pattern = None
         params.tt_overrides = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
         keep.append(array)
+    if imatrix:
+        import numpy as np
+
+        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, values) in enumerate(sorted(imatrix.items())):
+            values = np.ascontiguousarray(values, dtype=np.float32)
+            keep += [values, name.encode()]
+            entries[i].name = keep[-1]
+            entries[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[i].size = values.size
+        entries[len(imatrix)].name = None
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        keep.append(entries)
     _check_block_sizes(src, config)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with _stderr_to(dst.with_suffix(".quantize.log")) as log:

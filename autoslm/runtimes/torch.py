@@ -6,14 +6,13 @@ Runs inside the measuring process (`python -m autoslm.targets.worker`, locally o
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from autoslm.runtimes import Runtime
-from autoslm.targets import MeasureSettings, PairMeasurement
-from autoslm.targets.measure import machine_fingerprint, peak_rss_mb, percentile, prompt_ids, reset_peak_rss, rss_mb
+from autoslm.targets import MeasureSettings
+from autoslm.targets.measure import alternate, measure_loaded, prompt_ids
 
 
 class TorchRuntime(Runtime):
@@ -126,39 +125,16 @@ def measure_checkpoint(directory: Path, settings: MeasureSettings) -> dict[str, 
     prefill_prompt = _prompt(tokenizer, settings.prompt_tokens, settings.seed + 1)
     _warm_runtime(directory, decode_prompt, prefill_prompt)
 
-    base = rss_mb()
-    t0 = time.perf_counter()
-    model = checkpoint.load_model(directory, verify=False)
-    load_s = time.perf_counter() - t0
-    reset_ok = reset_peak_rss()
-    decode, prefill = [], []
-    for i in range(settings.warmup + settings.repeats):
-        d = time_decode(model, decode_prompt, settings.decode_tokens)
-        p = time_prefill(model, prefill_prompt)
-        if i >= settings.warmup:
-            decode += d
-            prefill.append(p)
-    peak = peak_rss_mb() if reset_ok else max(rss_mb(), peak_rss_mb())
-    return {
-        "decode_ms": statistics.median(decode),
-        "decode_p90_ms": percentile(decode, 0.9),
-        "prefill_ms": statistics.median(prefill),
-        "prompt_tokens": settings.prompt_tokens,
-        "memory_mb": max(0.0, peak - base),
-        "size_mb": checkpoint.weights_size_mb(Path(directory)),
-        "load_s": load_s,
-        "target": machine_fingerprint(settings.threads),
-    }
+    return measure_loaded(
+        directory,
+        settings,
+        lambda: contextlib.nullcontext(checkpoint.load_model(directory, verify=False)),
+        lambda model: _runner(model, decode_prompt, prefill_prompt, settings),
+    )
 
 
 def measure_pair(candidate: Path, baseline: Path, settings: MeasureSettings, rounds: int) -> dict[str, Any]:
-    """Load both checkpoints in this process and time them alternately, `rounds` rounds; a PairMeasurement dict.
-
-    Each round times each model as `measure_checkpoint` does (`settings.repeats` decode runs and prefills), the
-    order flipping every round. Fresh processes differ from each other by more than the two halves of one round
-    do (docs/benchmarks.md, close-call rechecks), so the ratio is taken here, not between two measurements.
-    Memory is not measured: with both models resident it would mean nothing.
-    """
+    """Load both checkpoints in this process and time them alternately (`targets.measure.alternate`)."""
     import torch
 
     from autoslm import checkpoint
@@ -172,25 +148,12 @@ def measure_pair(candidate: Path, baseline: Path, settings: MeasureSettings, rou
     tokenizer = checkpoint.load_tokenizer(Path(baseline))
     decode_prompt = _prompt(tokenizer, 16, settings.seed)
     prefill_prompt = _prompt(tokenizer, settings.prompt_tokens, settings.seed + 1)
-    for model in models.values():
-        for _ in range(settings.warmup):
-            time_decode(model, decode_prompt, settings.decode_tokens)
-            time_prefill(model, prefill_prompt)
-    per_round: dict[str, list[dict[str, float]]] = {"baseline": [], "candidate": []}
-    for r in range(rounds):
-        for name in ("baseline", "candidate") if r % 2 == 0 else ("candidate", "baseline"):
-            decode, prefill = [], []
-            for _ in range(settings.repeats):
-                decode += time_decode(models[name], decode_prompt, settings.decode_tokens)
-                prefill.append(time_prefill(models[name], prefill_prompt))
-            per_round[name].append(
-                {
-                    "decode_ms": statistics.median(decode),
-                    "decode_p90_ms": percentile(decode, 0.9),
-                    "prefill_ms": statistics.median(prefill),
-                }
-            )
-    return PairMeasurement.from_rounds(per_round["baseline"], per_round["candidate"], how="one process").model_dump()
+    runs = {name: _runner(m, decode_prompt, prefill_prompt, settings) for name, m in models.items()}
+    return alternate(runs["baseline"], runs["candidate"], settings, rounds)
+
+
+def _runner(model: Any, decode_prompt: Any, prefill_prompt: Any, settings: MeasureSettings) -> Any:
+    return lambda: (time_decode(model, decode_prompt, settings.decode_tokens), time_prefill(model, prefill_prompt))
 
 
 def _prompt(tokenizer: Any, n: int, seed: int) -> Any:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import platform
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,18 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
-def rss_mb() -> float:
-    kb = _status_kb("VmRSS")
+def _status_mb(field: str) -> float:
+    """A /proc/self/status figure in MB; where there is none, the process's peak resident size."""
+    kb = _status_kb(field)
     if kb is None:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return kb / 1024
+
+
+def rss_mb() -> float:
+    return _status_mb("VmRSS")
 
 
 def reset_peak_rss() -> bool:
@@ -62,12 +68,7 @@ def reset_peak_rss() -> bool:
 
 
 def peak_rss_mb() -> float:
-    kb = _status_kb("VmHWM")
-    if kb is None:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return kb / 1024
+    return _status_mb("VmHWM")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -87,3 +88,71 @@ def prompt_ids(tokenizer: Any, n: int, seed: int) -> list[int]:
     if ids.numel() < n:
         ids = ids.repeat(n // max(1, ids.numel()) + 1)[:n]
     return [int(t) for t in ids]
+
+
+Timer = Any  # () -> (decode ms per token list, prefill ms): one decode run and one prefill of a loaded model
+
+
+def timed_runs(run: Timer, settings: Any) -> dict[str, float]:
+    """`settings.warmup` untimed then `settings.repeats` timed runs: median and p90 decode ms/token, median prefill."""
+    decode: list[float] = []
+    prefill: list[float] = []
+    for i in range(settings.warmup + settings.repeats):
+        d, p = run()
+        if i >= settings.warmup:
+            decode += d
+            prefill.append(p)
+    return {
+        "decode_ms": statistics.median(decode),
+        "decode_p90_ms": percentile(decode, 0.9),
+        "prefill_ms": statistics.median(prefill),
+    }
+
+
+def alternate(baseline: Timer, candidate: Timer, settings: Any, rounds: int) -> dict[str, Any]:
+    """Time two loaded models alternately, the order flipping every round; a PairMeasurement dict.
+
+    Each round times each model as a single measurement does (`settings.repeats` decode runs and prefills), after
+    `settings.warmup` untimed runs of each. Fresh processes differ from each other by more than the two halves of
+    one round do (docs/benchmarks.md, close-call rechecks), so the ratio is taken inside one process. Memory is not
+    measured: with both models resident it would mean nothing.
+    """
+    from autoslm.targets import PairMeasurement
+
+    runs = {"baseline": baseline, "candidate": candidate}
+    for run in runs.values():
+        for _ in range(settings.warmup):
+            run()
+    once = settings.model_copy(update={"warmup": 0})
+    per_round: dict[str, list[dict[str, float]]] = {"baseline": [], "candidate": []}
+    for r in range(rounds):
+        for name in ("baseline", "candidate") if r % 2 == 0 else ("candidate", "baseline"):
+            per_round[name].append(timed_runs(runs[name], once))
+    return PairMeasurement.from_rounds(per_round["baseline"], per_round["candidate"], how="one process").model_dump()
+
+
+def measure_loaded(
+    directory: Path, settings: Any, open_model: Any, runner: Any, target: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The measurement every runtime makes, in this process: load the model (`open_model()`: a context manager
+    giving it), time it (`runner(model)`: a Timer), and take memory_mb = peak resident memory during use minus the
+    resident memory just before loading (the runtime warmed up already). Returns the fields of Measurement."""
+    import time
+
+    from autoslm import checkpoint
+
+    base = rss_mb()
+    t0 = time.perf_counter()
+    with open_model() as model:
+        load_s = time.perf_counter() - t0
+        reset_ok = reset_peak_rss()
+        timing = timed_runs(runner(model), settings)
+        peak = peak_rss_mb() if reset_ok else max(rss_mb(), peak_rss_mb())
+    return {
+        **timing,
+        "prompt_tokens": settings.prompt_tokens,
+        "memory_mb": max(0.0, peak - base),
+        "size_mb": checkpoint.weights_size_mb(Path(directory)),
+        "load_s": load_s,
+        "target": {**machine_fingerprint(settings.threads), **(target or {})},
+    }
