@@ -1,0 +1,114 @@
+"""autoslm's llama.cpp search against llama.cpp's own presets, on this machine, at two budgets.
+
+    python benchmarks/llamacpp_presets.py [--model smollm2-135m] [--trials 30] [--timeout 780] [--json out.json]
+
+1. The presets (F32 export, Q8_0, Q6_K, Q4_K_M, Q4_0, IQ4_NL, Q3_K_M) are built, measured twice in fresh processes
+   (interleaved) and scored at full fidelity in llama.cpp (perplexity, KLD to the F32 export).
+2. Budget (a): file size <= the Q4_K_M file's size (absolute, from step 1). Budget (b): decode time <= 0.6x Q8_0's,
+   written relative to the F32 baseline with the Q8_0/F32 ratio measured in step 1. One autoslm search each
+   (space `llamacpp`, `--trials`, stopped after `--timeout` seconds).
+3. Each search's best is measured again beside the presets (two more interleaved rounds) so the decode comparison
+   is made in one run. Printed: policy, size, decode ms, ppl, KLD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from autoslm.quiet import quiet_libraries
+
+PRESETS = ("Q8_0", "Q6_K", "Q4_K_M", "Q4_0", "IQ4_NL", "Q3_K_M")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--trials", type=int, default=30)
+    ap.add_argument("--timeout", type=float, default=780.0, help="seconds per search")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    quiet_libraries()
+    import autoslm
+    from autoslm.evaluate import Fidelity
+    from autoslm.models import load_model
+    from autoslm.pipeline import Step, plan
+    from autoslm.runtimes import get_runtime
+    from autoslm.targets import MeasureSettings, get_target
+
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (nothing else was started by this script)", flush=True)
+    rt, target, settings = get_runtime("llama.cpp"), get_target("local"), MeasureSettings(runtime="llama.cpp")
+    work = Path(tempfile.mkdtemp(prefix="autoslm-presets-"))
+    lm = load_model(args.model)
+    full = Fidelity.preset("full")
+    rows: dict[str, dict] = {}
+    reference = None
+    for name in ("F32", *PRESETS):
+        t0 = time.perf_counter()
+        planned = plan([Step(technique="quant.gguf", params={"type": name})]) if name != "F32" else []
+        directory = rt.save(lm.model, lm.tokenizer, work / name, planned)
+        q = rt.evaluate(
+            None, lm.tokenizer, directory, full, reference=reference, keep_topk=64 if reference is None else 0
+        )
+        reference = reference or q.reference
+        rows[name] = {"policy": f"preset {name}", "dir": directory, "ppl": q.ppl, "kld": q.kld_mean, "decode": []}
+        print(f"built {name:<7} ppl {q.ppl:7.3f}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+    def measure_all(rounds: int) -> None:
+        items = list(rows.values())
+        for r in range(rounds):
+            for row in items if r % 2 == 0 else reversed(items):
+                m = target.measure(row["dir"], settings)
+                row["decode"].append(m.decode_ms)
+                row["size_mb"] = m.size_mb
+
+    measure_all(2)
+    med = {k: statistics.median(v["decode"]) for k, v in rows.items()}
+    size_limit = rows["Q4_K_M"]["size_mb"]
+    factor = 0.6 * med["Q8_0"] / med["F32"]
+    budgets = {"a": f"size_mb<={size_limit:.2f}", "b": f"decode_ms<={factor:.3f}x"}
+    print(f"budget (a) {budgets['a']} (the Q4_K_M file); budget (b) {budgets['b']} (0.6x Q8_0's decode)", flush=True)
+    searches = {}
+    for key, budget in budgets.items():
+        t0 = time.perf_counter()
+        result = autoslm.search(model=args.model, runtime="llama.cpp", space="llamacpp", budget=budget,
+                                trials=args.trials, out=str(work / f"search-{key}"), timeout_s=args.timeout,
+                                fidelity="full", seed=0)  # fmt: skip
+        minutes = (time.perf_counter() - t0) / 60
+        done = [r for r in result.trials if r.counted]
+        seconds = sorted(sum(r.seconds.values()) for r in done if r.cached_from is None)
+        searches[key] = {"budget": budget, "trials": len(done), "minutes": minutes,
+                         "median_trial_s": statistics.median(seconds) if seconds else None}  # fmt: skip
+        print(f"search ({key}) {budget}: {len(done)} trials in {minutes:.1f} min, median trial "
+              f"{searches[key]['median_trial_s']:.1f} s", flush=True)  # fmt: skip
+        if result.best is not None:
+            from autoslm.search_view import policy_text
+
+            rows[f"autoslm ({key})"] = {
+                "policy": f"autoslm ({key}): {policy_text(result.best.steps)}",
+                "dir": result.checkpoint_path,
+                "ppl": result.best.ppl,
+                "kld": (result.best.quality or {}).get("kld_mean"),
+                "decode": [],
+            }
+    for row in rows.values():
+        row["decode"] = []
+    measure_all(2)  # everything again, side by side
+    print(f"\n{'policy':<72}{'size MB':>9}{'decode ms':>11}{'ppl':>9}{'KLD':>9}")
+    for row in rows.values():
+        kld = "-" if row["kld"] is None else f"{row['kld']:.4f}"
+        print(f"{row['policy'][:71]:<72}{row['size_mb']:>9.1f}{statistics.median(row['decode']):>11.2f}"
+              f"{row['ppl']:>9.3f}{kld:>9}")  # fmt: skip
+    print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        out = {k: {**{x: y for x, y in v.items() if x != "dir"}} for k, v in rows.items()}
+        args.json.write_text(json.dumps({"rows": out, "searches": searches, "budgets": budgets}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
