@@ -52,10 +52,15 @@ def save_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, 
     modules = _save_weights(model, directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
-    files = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+    names = [p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST]
+    return write_manifest(directory, names, **({"modules": modules} if modules else {}), **meta)
+
+
+def write_manifest(directory: Path, names: list[str], **meta: Any) -> Path:
+    """Write the checkpoint's manifest: the sha256 of each named file, plus `meta`. Returns the directory."""
+    directory = Path(directory)
+    files = {n: sha256_file(directory / n) for n in sorted(names)}
     manifest = {"format_version": FORMAT_VERSION, "files": files, **meta}
-    if modules:
-        manifest["modules"] = modules
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return directory
 

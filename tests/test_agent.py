@@ -151,6 +151,17 @@ def test_runtime_the_device_lacks_is_400(agent: str, tiny_ckpt: Path) -> None:
     assert r.status_code == 400 and "runtime 'tensorrt' is not installed on this device" in r.json()["error"]
 
 
+def test_oversized_runtime_name_is_400(agent: str) -> None:
+    r = requests.post(
+        f"{agent}/measure",
+        params={"settings": json.dumps({"runtime": "x" * 10_000})},
+        data=b"x",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    assert r.status_code == 400 and "settings" in r.json()["error"] and len(r.text) < 2_000
+
+
 def test_bad_settings_are_400(agent: str, tiny_ckpt: Path) -> None:
     r = requests.post(
         f"{agent}/measure",

@@ -6,6 +6,8 @@ measures in this process, so the test can see the runtime it used) and a sampler
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +66,21 @@ class ToyPlugin:
         register("brute", lambda seed: optuna.samplers.BruteForceSampler(seed=seed))
 
 
+@contextlib.contextmanager
+def _registered(plugin: object, name: str, **dist: str) -> Iterator[tuple[Any, Any]]:
+    """(registry, plugin info) with `plugin` registered for the block, removed after it."""
+    registry = get_registry()
+    info = registry.add(plugin, name, **dist)
+    try:
+        yield registry, info
+    finally:
+        registry.remove(name)
+
+
 @pytest.fixture
 def toy_plugin():
-    registry = get_registry()
-    info = registry.add(ToyPlugin(), "toy-plugin", dist="autoslm-toy", version="0.1")
-    yield info
-    registry.remove("toy-plugin")
+    with _registered(ToyPlugin(), "toy-plugin", dist="autoslm-toy", version="0.1") as (_, info):
+        yield info
 
 
 def test_plugin_tables_list_what_it_added(toy_plugin) -> None:
@@ -107,13 +118,9 @@ def test_registering_a_broken_table_entry_fails_that_plugin_only() -> None:
         def register_runtimes(self, register: Any) -> None:
             register(NotARuntime)
 
-    registry = get_registry()
-    info = registry.add(Broken(), "broken-plugin")
-    try:
+    with _registered(Broken(), "broken-plugin") as (registry, info):
         assert info.status == "failed" and "is not a subclass of autoslm.runtimes.Runtime" in (info.error or "")
         assert "broken" not in registry.runtimes and "torch" in registry.runtimes
-    finally:
-        registry.remove("broken-plugin")
 
 
 def test_duplicate_names_are_refused() -> None:
@@ -122,12 +129,8 @@ def test_duplicate_names_are_refused() -> None:
         def register_runtimes(self, register: Any) -> None:
             register(TorchRuntime)
 
-    registry = get_registry()
-    info = registry.add(Again(), "again")
-    try:
+    with _registered(Again(), "again") as (_, info):
         assert info.status == "failed" and "runtime 'torch' is already registered by autoslm" in (info.error or "")
-    finally:
-        registry.remove("again")
 
 
 def test_unknown_runtime_is_a_clear_error() -> None:

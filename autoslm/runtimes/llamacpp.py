@@ -12,7 +12,6 @@ llama.cpp's logits over the same held-out windows as the torch runtime.
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -87,10 +86,7 @@ class LlamaCppRuntime(Runtime):
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         names = [GGUF, "config.json", *(n for n in TOKENIZER_FILES if (directory / n).is_file())]
-        files = {n: checkpoint.sha256_file(directory / n) for n in sorted(names)}
-        manifest = {"format_version": checkpoint.FORMAT_VERSION, "files": files, "runtime": self.name, **meta}
-        (directory / checkpoint.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        return directory
+        return checkpoint.write_manifest(directory, names, runtime=self.name, **meta)
 
     def prepare(self, spec: str) -> Path:
         """A checkpoint with model.gguf as it is; a .gguf file as it is (beside the tokenizer of its cached

@@ -25,7 +25,7 @@ class MeasureSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    runtime: str = Field("torch", description="what executes the checkpoint (autoslm/runtimes/)")
+    runtime: str = Field("torch", max_length=64, description="what executes the checkpoint (autoslm/runtimes/)")
     threads: int = Field(2, ge=1, description="threads, pinned for every measurement")
     prompt_tokens: int = Field(128, ge=1, description="prompt length for prefill_ms")
     decode_tokens: int = Field(32, ge=2, description="greedy tokens generated per decode run")
