@@ -8,6 +8,8 @@ A technique is a small class with:
   incompatible_with     names of techniques it cannot be combined with
   runtime               None (a torch-side step, any runtime that accepts it) or the runtime that applies it
   space(info, target)   its default search space: {parameter: Dimension}
+  presets               named settings worth trying on their own ({"Q4_K_M": {"type": "Q4_K_M"}}): the search's
+                        warm start tries each one its space allows, after the defaults
   apply(model, config, ctx) -> model   deterministic for a given ctx.seed
 """
 
@@ -89,6 +91,7 @@ class Technique:
     incompatible_with: ClassVar[tuple[str, ...]] = ()
     runtime: ClassVar[str | None] = None  # set: the runtime applies it at save time; `apply` leaves the model as is
     Config: ClassVar[type[TechniqueConfig]] = TechniqueConfig
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}  # name -> parameters (each a valid Config)
 
     @classmethod
     def space(cls, info: dict[str, int], target: dict[str, Any] | None = None) -> dict[str, Dimension]:
@@ -122,3 +125,11 @@ def check_technique_class(cls: Any) -> None:
         raise ValueError(f"technique '{name}' has no `stage` (an autoslm.Stage)")
     if not (isinstance(cls.Config, type) and issubclass(cls.Config, TechniqueConfig)):
         raise ValueError(f"technique '{name}': Config must subclass autoslm.TechniqueConfig")
+    presets = getattr(cls, "presets", {})
+    if not isinstance(presets, dict):
+        raise ValueError(f"technique '{name}': `presets` must be a dict of name -> parameters")
+    for preset, params in presets.items():
+        try:
+            cls.Config.model_validate(params)
+        except (ValidationError, TypeError) as exc:
+            raise ValueError(f"technique '{name}': preset {preset!r} is not a valid Config: {exc}") from exc

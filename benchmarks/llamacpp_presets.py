@@ -7,7 +7,7 @@
 2. Budget (a): file size <= the Q4_K_M file's size (absolute, from step 1). Budget (b): decode time <= 0.6x Q8_0's,
    written relative to the F32 baseline with the Q8_0/F32 ratio measured in step 1. One autoslm search each
    (space `llamacpp`, `--trials`, stopped after `--timeout` seconds).
-3. Each search's best is measured again beside the presets (two more interleaved rounds) so the decode comparison
+3. Each search's best is measured again beside the presets (three more interleaved rounds) so the decode comparison
    is made in one run. Printed: policy, size, decode ms, ppl, KLD.
 """
 
@@ -81,11 +81,16 @@ def main() -> None:
                                 fidelity="full", seed=0)  # fmt: skip
         minutes = (time.perf_counter() - t0) / 60
         done = [r for r in result.trials if r.counted]
-        seconds = sorted(sum(r.seconds.values()) for r in done if r.cached_from is None)
-        searches[key] = {"budget": budget, "trials": len(done), "minutes": minutes,
-                         "median_trial_s": statistics.median(seconds) if seconds else None}  # fmt: skip
-        print(f"search ({key}) {budget}: {len(done)} trials in {minutes:.1f} min, median trial "
-              f"{searches[key]['median_trial_s']:.1f} s", flush=True)  # fmt: skip
+        evaluated = [r for r in done if r.cached_from is None]
+        seconds = [sum(r.seconds.values()) for r in evaluated]
+        no_kd = [sum(r.seconds.values()) for r in evaluated if not any(s["technique"] == "distill.kd" for s in r.steps)]
+        feasible = [r for r in done if r.status == "complete" and r.feasible]
+        searches[key] = {"budget": budget, "trials": len(done), "feasible": len(feasible), "minutes": minutes,
+                         "median_trial_s": statistics.median(seconds) if seconds else None,
+                         "median_trial_no_kd_s": statistics.median(no_kd) if no_kd else None}  # fmt: skip
+        print(f"search ({key}) {budget}: {len(done)} trials ({len(feasible)} within budget) in {minutes:.1f} min; "
+              f"median trial {searches[key]['median_trial_s']:.1f} s, without distillation "
+              f"{searches[key]['median_trial_no_kd_s']:.1f} s ({len(no_kd)} trials)", flush=True)  # fmt: skip
         if result.best is not None:
             from autoslm.search_view import policy_text
 
@@ -98,7 +103,7 @@ def main() -> None:
             }
     for row in rows.values():
         row["decode"] = []
-    measure_all(2)  # everything again, side by side
+    measure_all(3)  # everything again, side by side
     print(f"\n{'policy':<72}{'size MB':>9}{'decode ms':>11}{'ppl':>9}{'KLD':>9}")
     for row in rows.values():
         kld = "-" if row["kld"] is None else f"{row['kld']:.4f}"

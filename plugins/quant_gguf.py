@@ -11,7 +11,7 @@ runtime when it writes a candidate. Every torch-side step (pruning, depth, disti
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -48,6 +48,16 @@ class GgufQuant(Technique):
     description = "llama.cpp quantization of the GGUF: whole-model, output/embedding and per-tensor types, imatrix"
     requires_calibration = True
     Config = GgufQuantConfig
+    # llama.cpp's whole-model types as people publish them (4 bits and below with an importance matrix), most used
+    # first: the warm start tries each alone, so a search is never worse than the preset its budget allows
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "Q4_K_M+imatrix": {"type": "Q4_K_M", "imatrix": True},
+        "Q4_0+imatrix": {"type": "Q4_0", "imatrix": True},
+        "Q6_K": {"type": "Q6_K"},
+        "Q3_K_M+imatrix": {"type": "Q3_K_M", "imatrix": True},
+        "IQ4_NL+imatrix": {"type": "IQ4_NL", "imatrix": True},
+        "Q5_K_M+imatrix": {"type": "Q5_K_M", "imatrix": True},
+    }
 
     @classmethod
     def space(cls, info: dict[str, int], target: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -73,8 +73,9 @@ def make_trial_function(job: BackendJob) -> Any:
             return trial.should_prune()
 
         out = objective.evaluate_policy(
-            steps, job.baseline, report_low=report_low, trial_number=trial.number, identity=identity
-        )
+            steps, job.baseline, report_low=report_low, trial_number=trial.number, identity=identity,
+            incumbent=has_incumbent(study),
+        )  # fmt: skip
         record(trial, out)
         if out.status == "failed":
             raise TrialFailed(out.reason)
@@ -83,6 +84,16 @@ def make_trial_function(job: BackendJob) -> Any:
         return out.ppl
 
     return run
+
+
+def has_incumbent(study: Any) -> bool:
+    """Whether a trial of the study finished complete within budget (the only kind the hard pruning rule may beat)."""
+    import optuna
+
+    return any(
+        t.user_attrs.get("status") == "complete" and t.user_attrs.get("feasible")
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    )
 
 
 def _same_policy(study: Any, trial: Any, h: str, wait_s: float = 2.0, max_wait_s: float = 7200.0) -> Any:

@@ -10,8 +10,9 @@ The searcher subclass keeps the engine's contract: identical policies are answer
 echoes the cached trial number), each outcome is recorded exactly as the Optuna backend records it (user attributes,
 constraints, failure reasons), and progress events are the same. A worker or node that dies mid-trial makes Tune
 retry the trial (FailureConfig.max_failures); when retries are exhausted the trial is failed with the reason.
-Pruning uses the objective's own hard rule (low-fidelity perplexity > 3x the baseline's); Optuna's median pruner
-needs the study inside the worker, which a remote node does not have.
+Pruning uses the objective's own hard rule (low-fidelity perplexity > 3x the baseline's, once the study holds a
+candidate within budget: the searcher says so in the trial's config); Optuna's median pruner needs the study inside
+the worker, which a remote node does not have.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 from autoslm.searching.backends import BackendJob, SearchBackend
 
-META = ("__trial__", "__cached__")
+META = ("__trial__", "__cached__", "__incumbent__")
 
 
 class RayBackend(SearchBackend):
@@ -65,7 +66,7 @@ def _trainable(config: dict[str, Any], objective: Any, baseline: dict[str, Any])
     workers.mkdir(parents=True, exist_ok=True)
     (workers / f"{number:04d}.pid").write_text(str(os.getpid()))
     steps = policy.steps(objective.space, {k: v for k, v in config.items() if k not in META})
-    out = objective.evaluate_policy(steps, baseline, trial_number=number)
+    out = objective.evaluate_policy(steps, baseline, trial_number=number, incumbent=bool(config.get("__incumbent__")))
     # JSON strings: Tune flattens nested dicts in results
     tune.report({"objective": out.ppl, "outcome": json.dumps(asdict(out)), "node": json.dumps(node)})
 
@@ -116,7 +117,10 @@ def _define_searcher() -> type:
                 ),
                 None,
             )
-            return {**params, "__trial__": ot.number, "__cached__": cached}
+            from autoslm.searching.backends.optuna import has_incumbent
+
+            incumbent = has_incumbent(self._ot_study)
+            return {**params, "__trial__": ot.number, "__cached__": cached, "__incumbent__": incumbent}
 
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:

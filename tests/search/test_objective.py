@@ -1,0 +1,31 @@
+"""The objective's quality rules: nothing is pruned for quality before the study holds a candidate within budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autoslm.evaluate import Fidelity
+from autoslm.searching.budget import Budget
+from autoslm.searching.objective import Objective
+
+POLICY = [{"technique": "prune.depth", "params": {"blocks": 1}}]
+# a baseline so good that every candidate is "more than 3x worse" at low fidelity
+BASELINE = {"metrics": {"decode_ms": 1e6, "memory_mb": 1e6, "size_mb": 1e6}, "low_ppl": 1e-9}
+
+
+def _objective(tmp_path: Path) -> Objective:
+    return Objective(model="tiny-llama", space=None, budget=Budget.parse("size_mb<=1000"), run_dir=str(tmp_path),
+                     fidelity_full=Fidelity.preset("low"), recheck_rounds=0)  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_first_feasible_candidate_is_scored_in_full_however_poor(tmp_path: Path) -> None:
+    out = _objective(tmp_path).evaluate_policy(POLICY, BASELINE, trial_number=1, incumbent=False)
+    assert out.status == "complete" and out.feasible, out.reason
+    assert out.low_ppl is not None and out.low_ppl > 3 * BASELINE["low_ppl"]  # the hard rule would have pruned it
+    assert 1 < out.ppl < 1e6 and out.quality["ppl"] == out.ppl
+
+
+def test_with_an_incumbent_the_hard_rule_prunes(tmp_path: Path) -> None:
+    out = _objective(tmp_path).evaluate_policy(POLICY, BASELINE, trial_number=1, incumbent=True)
+    assert out.status == "pruned" and "3x the baseline" in (out.reason or "")
+    assert out.quality == {}  # full quality never computed
