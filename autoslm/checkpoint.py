@@ -142,8 +142,9 @@ def verify_dir(directory: Path) -> dict[str, Any] | None:
     try:
         manifest = json.loads(path.read_text())
         files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise ChecksumError(f"checkpoint '{directory}': {MANIFEST} is unreadable ({exc}); re-export it") from exc
+    _check_listing(directory, files)
     for name, digest in files.items():
         f = Path(directory) / name
         if not f.is_file():
@@ -153,6 +154,27 @@ def verify_dir(directory: Path) -> dict[str, Any] | None:
                 f"checkpoint '{directory}': {name} does not match its sha256 (truncated or modified); re-export it"
             )
     return manifest
+
+
+MAX_MANIFEST_FILES = 256
+
+
+def _check_listing(directory: Path, files: Any) -> None:
+    """A manifest lists plain file names of its own folder, each once, with sha256 digests: never a path that
+    reaches elsewhere (`/etc/passwd`, `../x`, `././model.safetensors`), whatever exists there."""
+    if not isinstance(files, dict) or len(files) > MAX_MANIFEST_FILES:
+        raise ChecksumError(
+            f"checkpoint '{directory}': {MANIFEST} 'files' must map at most {MAX_MANIFEST_FILES} file names to sha256"
+        )
+    for name, digest in files.items():
+        plain = isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..") and "\\" not in name
+        if not plain or len(name) > 255:
+            raise ChecksumError(
+                f"checkpoint '{directory}': {MANIFEST} lists {str(name)[:80]!r}, not a plain file name of the "
+                "checkpoint; re-export it"
+            )
+        if not (isinstance(digest, str) and len(digest) == 64):
+            raise ChecksumError(f"checkpoint '{directory}': {MANIFEST} has no sha256 for '{name}'; re-export it")
 
 
 def load_model(directory: Path, *, dtype: str | torch.dtype = "auto", verify: bool = True) -> PreTrainedModel:
@@ -169,8 +191,24 @@ def load_model(directory: Path, *, dtype: str | torch.dtype = "auto", verify: bo
         )
     manifest = _read_manifest(directory)
     if manifest and manifest.get("modules"):
-        return _load_coded(directory, manifest["modules"]).eval()
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True)
+        try:
+            return _load_coded(directory, manifest["modules"]).eval()
+        except UserError:
+            raise
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
+            raise UserError(
+                f"checkpoint '{directory}': its manifest's coded modules do not match model.safetensors "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); re-export it"
+            ) from exc
+    model, info = AutoModelForCausalLM.from_pretrained(
+        directory, dtype=dtype, use_safetensors=True, output_loading_info=True
+    )
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    missing = sorted(set(info.get("missing_keys") or ()) - tied)
+    mismatched = list(info.get("mismatched_keys") or ())
+    if missing or mismatched:
+        what = f"lacks weights for {missing[:3]}" if missing else f"has weights of the wrong shape: {mismatched[:2]}"
+        raise UserError(f"model directory '{directory}' {what} (truncated or from another model?); restore it")
     return model.eval()
 
 

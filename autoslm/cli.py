@@ -250,7 +250,9 @@ def apply(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="base model spec (default: the one the recipe names)")
     ] = None,
-    force: Annotated[bool, typer.Option(help="apply even if the base model's fingerprint differs")] = False,
+    force: Annotated[
+        bool, typer.Option(help="apply even if the base model's fingerprint or the rebuilt weights' sha256 differ")
+    ] = False,
 ) -> None:
     """Rebuild a compressed checkpoint from its base model and a recipe (same seed, same weights).
 
@@ -258,14 +260,20 @@ def apply(
     """
     _quiet_libraries()
     from autoslm.checkpoint import sha256_file, weights_file
-    from autoslm.recipe import apply_recipe
+    from autoslm.recipe import Recipe, apply_recipe
 
+    expected = Recipe.read(recipe).checkpoint_sha256
     with console.status(f"applying {recipe}"):
         directory = apply_recipe(recipe, out, model=model, force=force)
-    console.print(
-        f"checkpoint written to {directory}  ·  {weights_file(directory).name} sha256 "
-        f"{sha256_file(weights_file(directory))}"
+    made = sha256_file(weights_file(directory))
+    verdict = (
+        "no checkpoint_sha256 in the recipe to compare"
+        if not expected
+        else "matches the recipe"
+        if made == expected
+        else f"DIFFERS from the recipe's {expected[:16]}... (--force)"
     )
+    console.print(f"checkpoint written to {directory}  ·  {weights_file(directory).name} sha256 {made}  ·  {verdict}")
 
 
 @app.command()
@@ -324,6 +332,9 @@ def agent(
     max_upload_mb: Annotated[float, typer.Option(help="largest checkpoint upload accepted (else 413)")] = 4096,
     max_queue: Annotated[int, typer.Option(help="measurements allowed to wait (else 503, the client retries)")] = 4,
     timeout_s: Annotated[float, typer.Option(help="time limit of one measurement (else 504)")] = 900,
+    header_timeout_s: Annotated[
+        float, typer.Option(help="a connection that sends no complete request head within this is closed")
+    ] = 10,
 ) -> None:
     """Serve measurements on this device for a search running elsewhere (`--target http://HOST:PORT`).
 
@@ -333,23 +344,31 @@ def agent(
 
     Example:  AUTOSLM_AGENT_TOKEN=$(openssl rand -hex 16) autoslm agent --host 0.0.0.0 --port 8765
     """
-    _positive("--port", port)
     _positive("--max-queue", max_queue)
-    if not token or len(token) < 8:
-        raise UserError("autoslm agent needs --token (or AUTOSLM_AGENT_TOKEN) of at least 8 characters")
-    if max_upload_mb <= 0 or timeout_s <= 0:
-        raise UserError("--max-upload-mb and --timeout-s must be positive")
-    _quiet_libraries()
-    from autoslm.targets.agent import Agent, serve
+    if not token or len(token.strip()) < 8 or token != token.strip():
+        raise UserError(
+            "autoslm agent needs --token (or AUTOSLM_AGENT_TOKEN) of at least 8 characters, without surrounding "
+            "spaces (e.g. $(openssl rand -hex 16))"
+        )
+    if not (0 < max_upload_mb <= 1 << 20 and 0 < timeout_s <= 86400 and max_queue <= 1000 and header_timeout_s > 0):
+        raise UserError(
+            "--max-upload-mb (<= 1048576), --timeout-s (<= 86400), --max-queue (<= 1000) and --header-timeout-s "
+            "must be positive"
+        )
+    from autoslm.targets.agent import Agent, bind, serve
 
-    service = Agent(token, max_upload_mb=max_upload_mb, max_queue=max_queue, timeout_s=timeout_s)
+    sock = bind(host, port)  # a port in use is reported before anything else happens
+    _quiet_libraries()
+    service = Agent(
+        token, max_upload_mb=max_upload_mb, max_queue=max_queue, timeout_s=timeout_s, header_timeout_s=header_timeout_s
+    )
     fp = service.target.fingerprint()
     console.print(
         f"autoslm agent on http://{host}:{port}  ·  device {fp['id']} ({fp['cpu']}, {fp['threads']} threads)  ·  "
         f"uploads <= {max_upload_mb:g} MB  ·  Ctrl-C stops",
         highlight=False,
     )
-    serve(service, host=host, port=port)
+    serve(service, host=host, port=port, sock=sock)
 
 
 def _positive(flag: str, value: int) -> None:

@@ -102,6 +102,7 @@ def parse_spec(spec: str) -> ModelSpec:
                 raise UserError(
                     f"model directory '{raw}' has no config.json: point --model at a Hugging Face model dir"
                 )
+            _check_config(path / "config.json")
             return ModelSpec(raw, "dir", path.resolve())
         if path.suffix == ".gguf":
             return ModelSpec(raw, "gguf", path.resolve())
@@ -114,6 +115,22 @@ def parse_spec(spec: str) -> ModelSpec:
         f"unknown model '{raw}': use smollm2-135m, tiny-llama, a Hugging Face model directory, "
         "a .gguf file, or a hub id such as HuggingFaceTB/SmolLM2-135M"
     )
+
+
+def _check_config(path: Path) -> None:
+    """config.json must be a JSON object in UTF-8 (an empty, binary or broken file is the user's to fix)."""
+    try:
+        if path.stat().st_size > 1 << 20:
+            raise UserError(f"'{path}' is over 1 MiB: not a model config")
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"'{path}' is not UTF-8 text: restore the model's config.json") from exc
+    except json.JSONDecodeError as exc:
+        raise UserError(f"'{path}' is not valid JSON ({exc.msg} at line {exc.lineno}): restore it") from exc
+    except OSError as exc:
+        raise UserError(f"'{path}' cannot be read: {exc.strerror or exc}") from exc
+    if not isinstance(doc, dict) or not doc.get("model_type"):
+        raise UserError(f"'{path}' has no model_type: not a Hugging Face model config")
 
 
 def resolve(spec: str | ModelSpec) -> Path:
@@ -138,7 +155,15 @@ def load_model(spec: str | ModelSpec, *, dtype: str | torch.dtype = "auto") -> L
     directory = resolve(ms)
     from autoslm import checkpoint
 
-    model, tokenizer = checkpoint.load_dir(directory, dtype=dtype)
+    try:
+        model, tokenizer = checkpoint.load_dir(directory, dtype=dtype)
+    except UserError:
+        raise
+    except Exception as exc:  # truncated or wrong-shape weights, a config transformers refuses: the user's files
+        if ms.kind != "dir":
+            raise
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise UserError(f"model directory '{ms.raw}' cannot be loaded ({type(exc).__name__}: {reason})") from exc
     return LoadedModel(model=model, tokenizer=tokenizer, spec=ms, source_dir=directory)
 
 
@@ -236,12 +261,53 @@ def _builtin_gguf(name: str) -> Path:
 
 
 def _publish(tmp: Path, final: Path) -> Path:
-    """Move a finished conversion into place atomically; another process may have won the race."""
+    """Record the conversion's checksums, then move it into place atomically; another process may have won the
+    race."""
+    from autoslm.checkpoint import write_manifest
+
+    write_manifest(tmp, [f.name for f in tmp.iterdir() if f.is_file()], cache_entry=final.name)
     try:
         os.replace(tmp, final)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+    VERIFIED.add(final)
     return final
+
+
+VERIFIED: set[Path] = set()  # cache entries checked against their manifest in this process
+
+
+def _cached(final: Path) -> bool:
+    """Whether the cache entry `final` is complete and intact (its manifest's sha256 sums, checked once per
+    process). A damaged entry (flipped bytes, a deleted file, no manifest) is moved aside to be rebuilt."""
+    from autoslm.checkpoint import MANIFEST, verify_dir
+    from autoslm.errors import ChecksumError
+
+    if final in VERIFIED:
+        return True
+    if not final.exists():
+        return False
+    problem = None
+    if not (final / "config.json").is_file() or not (final / MANIFEST).is_file():
+        problem = "incomplete"
+    else:
+        try:
+            verify_dir(final)
+        except ChecksumError as exc:
+            problem = str(exc)
+    if problem is None:
+        VERIFIED.add(final)
+        return True
+    import logging
+
+    logging.getLogger("autoslm").warning("model cache entry %s is damaged (%s): rebuilding it", final, problem)
+    aside = final.with_name(f".damaged-{final.name}-{os.getpid()}")
+    try:
+        os.replace(final, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    except OSError:
+        pass  # another process moved it first
+    return False
 
 
 def _convert_gguf(gguf: Path) -> Path:
@@ -251,7 +317,7 @@ def _convert_gguf(gguf: Path) -> Path:
     digest = sha256_file(gguf)
     label = "gguf"
     final = cache_dir("models") / f"{label}-{digest[:16]}"
-    if (final / "config.json").is_file():
+    if _cached(final):
         return final
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -276,7 +342,7 @@ def _convert_gguf(gguf: Path) -> Path:
 def _build_tiny() -> Path:
     """A seeded random Llama with SmolLM2's tokenizer: the same code paths as the real model, in milliseconds."""
     final = cache_dir("models") / f"tiny-llama-v{TINY_VERSION}"
-    if (final / "config.json").is_file():
+    if _cached(final):
         return final
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM

@@ -237,11 +237,18 @@ class Registry:
         self.load()
         if name not in self.techniques:
             known = ", ".join(sorted(self.techniques)) or "none"
-            raise UserError(
-                f"unknown technique '{name}': installed techniques are {known} "
-                "(a third-party technique needs its plugin package installed; see `autoslm plugins`)"
-            )
+            hint = "(a third-party technique needs its plugin package installed; see `autoslm plugins`)"
+            why = self.failed_note() or hint
+            raise UserError(f"unknown technique '{name}': installed techniques are {known}; {why}")
         return self.techniques[name]
+
+    def failed_note(self, dist: str | None = None) -> str:
+        """'plugin P (distribution D) is installed but failed to load: REASON' for each plugin that failed (of
+        distribution `dist` only, when given); '' when none did. The real cause behind a missing technique."""
+        self.load()
+        failed = [p for p in self.plugins.values() if p.status == "failed" and (dist is None or p.dist == dist)]
+        return "; ".join(f"plugin {p.name} (distribution {p.dist}) is installed but failed to load: {p.error}"
+                         for p in failed)  # fmt: skip
 
     def lookup(self, table: str, name: str, flag: str) -> Any:
         """The object registered under `name` in a table (targets, runtimes, backends, samplers), or a UserError

@@ -12,19 +12,23 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from autoslm.errors import UserError
 
 SCHEMA_VERSION = 1
 
 
+DIST_NAME = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$"  # a distribution name pip accepts (PEP 508)
+VERSION = r"^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,63}$"
+
+
 class RecipeStep(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    technique: str
-    plugin: str
-    version: str = Field(description="version of the plugin distribution")
+    technique: str = Field(max_length=100)
+    plugin: str = Field(pattern=DIST_NAME, description="the plugin's distribution (a pip name)")
+    version: str = Field(pattern=VERSION, description="version of the plugin distribution")
     config_version: int = Field(1, description="the technique's Config.version when the recipe was written")
     params: dict[str, Any]
 
@@ -36,22 +40,32 @@ class Recipe(BaseModel):
     base_model: dict[str, str] = Field(description="name (spec), source, fingerprint (sha256 over weights)")
     steps: list[RecipeStep]
     calibration: dict[str, Any]
-    seed: int
+    seed: int = Field(ge=0, lt=2**63)
     target: dict[str, Any] = Field(default_factory=dict)
     budget: str = ""
     metrics: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, Any] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)
-    checkpoint_sha256: str | None = None
+    checkpoint_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("base_model")
+    @classmethod
+    def _names_the_base(cls, value: dict[str, str]) -> dict[str, str]:
+        missing = [k for k in ("name", "fingerprint") if not value.get(k)]
+        if missing:
+            raise ValueError(f"base_model lacks {' and '.join(missing)}")
+        return value
 
     def write(self, path: Path) -> Path:
         path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, width=120))
         return path
 
     @classmethod
-    def read(cls, path: Path) -> Recipe:
+    def read(cls, path: Path | str) -> Recipe:
+        from autoslm.yamlfile import read_yaml
+
+        doc = read_yaml(path, "recipe")
         try:
-            doc = yaml.safe_load(Path(path).read_text())
             version = doc.get("schema_version") if isinstance(doc, dict) else None
             if version != SCHEMA_VERSION:
                 raise UserError(
@@ -59,9 +73,7 @@ class Recipe(BaseModel):
                     "rebuild it with the autoslm that wrote it, or re-export it from its search"
                 )
             return cls.model_validate(doc)
-        except FileNotFoundError as exc:
-            raise UserError(f"recipe '{path}' does not exist: check the path") from exc
-        except (yaml.YAMLError, ValidationError) as exc:
+        except ValidationError as exc:
             first = str(exc).splitlines()
             raise UserError(f"recipe '{path}' is invalid: {' '.join(first[:3])}") from exc
 
@@ -96,7 +108,9 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
     """Rebuild the compressed checkpoint a recipe describes, from its base model, into `out`.
 
     Refuses (unless `force`) when the base model's fingerprint differs from the recipe's, and names the plugin
-    package to install when a step's technique is missing. Applied twice, the weights file is byte-identical.
+    package to install when a step's technique is missing. Applied twice, the weights file is byte-identical; when
+    it differs from the recipe's `checkpoint_sha256` (other library versions), a UserError says so after writing
+    (unless `force`).
     """
     from autoslm import checkpoint
     from autoslm.models import load_model
@@ -109,6 +123,9 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
     registry = get_registry()
     for step in recipe.steps:
         if step.technique not in registry.techniques:
+            note = registry.failed_note(step.plugin)
+            if note:
+                raise UserError(f"recipe step '{step.technique}': {note}")
             raise UserError(
                 f"recipe step '{step.technique}' needs the plugin package '{step.plugin}' (version {step.version}), "
                 f"which is not installed: pip install '{step.plugin}=={step.version}'"
@@ -121,8 +138,12 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
                 f"installed {entry.dist} {entry.version} has config version {installed}: install "
                 f"'{step.plugin}=={step.version}' to replay it"
             )
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file: give a directory for the rebuilt checkpoint")
     spec = model or recipe.base_model["name"]
     base = load_model(spec)
+    _check_limits(recipe, base)
     if base.fingerprint != recipe.base_model["fingerprint"] and not force:
         raise UserError(
             f"base model '{spec}' has fingerprint {base.fingerprint[:16]}, the recipe was made from "
@@ -140,10 +161,32 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
     runtime = recipe.target.get("runtime", "torch")
     check_policy(runtime, planned)
     compressed = apply_planned(base.model, planned, ctx)
-    out = Path(out)
     fingerprint = recipe.base_model["fingerprint"]
     get_runtime(runtime).save(compressed, base.tokenizer, out, planned, base_fingerprint=fingerprint)
     made = checkpoint.sha256_file(checkpoint.weights_file(out))
+    expected = recipe.checkpoint_sha256
     recipe = recipe.model_copy(update={"checkpoint_sha256": made})
     checkpoint.add_file(out, "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, width=120))
+    if expected and made != expected and not force:
+        raise UserError(
+            f"the rebuilt {checkpoint.weights_file(out).name} in '{out}' has sha256 {made[:16]}..., the recipe's "
+            f"checkpoint_sha256 is {expected[:16]}...: not the searched checkpoint (compare the recipe's "
+            "environment with this one: library versions change kernels); --force accepts it"
+        )
     return out
+
+
+def _check_limits(recipe: Recipe, base: Any) -> None:
+    """Each step's numbers within what its technique can do to this base model (`blocks: 99` on 30 blocks)."""
+    from autoslm.models import model_info
+    from autoslm.plugins import get_registry
+
+    info = model_info(base.model)
+    for step in recipe.steps:
+        for param, (low, high) in get_registry().techniques[step.technique].cls.limits(info).items():
+            value = step.params.get(param)
+            if isinstance(value, int | float) and not isinstance(value, bool) and not low <= value <= high:
+                raise UserError(
+                    f"recipe step '{step.technique}': {param}={value} is outside what model "
+                    f"'{base.spec.raw}' allows ({low}..{high}); fix the recipe"
+                )

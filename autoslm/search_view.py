@@ -58,6 +58,8 @@ class SearchView:
             for row in payload.describe():
                 table.add_row(*row)
             self.progress.console.print(table)
+        elif kind == "warning":
+            self.progress.console.print(f"[yellow]warning:[/yellow] {payload}", highlight=False)
         elif kind == "resumed":
             self.progress.console.print(f"resuming the stored search with: {'; '.join(payload)}", highlight=False)
         elif kind == "baseline_start":

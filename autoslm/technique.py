@@ -8,6 +8,7 @@ A technique is a small class with:
   incompatible_with     names of techniques it cannot be combined with
   runtime               None (a torch-side step, any runtime that accepts it) or the runtime that applies it
   space(info, target)   its default search space: {parameter: Dimension}
+  limits(info)          optional hard bounds for this model: {parameter: (low, high)}; spaces are clamped to them
   presets               named settings worth trying on their own ({"Q4_K_M": {"type": "Q4_K_M"}}): the search's
                         warm start tries each one its space allows, after the defaults
   apply(model, config, ctx) -> model   deterministic for a given ctx.seed
@@ -96,6 +97,12 @@ class Technique:
     @classmethod
     def space(cls, info: dict[str, int], target: dict[str, Any] | None = None) -> dict[str, Dimension]:
         """Default search space for a model described by `info` (see `autoslm.models.model_info`)."""
+        return {}
+
+    @classmethod
+    def limits(cls, info: dict[str, int]) -> dict[str, tuple[float, float]]:
+        """Hard bounds of numeric parameters for this model (what `apply` can do: at most num_layers - 1 blocks
+        removed). A search space's ranges are clamped to them; a fixed value outside is refused up front."""
         return {}
 
     @classmethod

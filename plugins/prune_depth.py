@@ -36,6 +36,10 @@ class DepthPrune(Technique):
     def space(cls, info: dict[str, int], target: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"blocks": Int(low=0, high=max(0, info["num_layers"] // 2))}
 
+    @classmethod
+    def limits(cls, info: dict[str, int]) -> dict[str, tuple[float, float]]:
+        return {"blocks": (0, max(0, info["num_layers"] - 1))}  # one block at least must stay
+
     def block_importance(self, model: Any, config: DepthConfig, ctx: ApplyContext) -> list[float]:
         import torch
 

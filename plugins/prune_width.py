@@ -53,6 +53,11 @@ class WidthPrune(Technique):
             "heads_per_group": Categorical(choices=tuple(range(per_group))),
         }
 
+    @classmethod
+    def limits(cls, info: dict[str, int]) -> dict[str, tuple[float, float]]:
+        per_group = info["num_attention_heads"] // info["num_key_value_heads"]
+        return {"heads_per_group": (0, per_group - 1)}  # one query head per key/value group at least must stay
+
     def apply(self, model: Any, config: WidthConfig, ctx: ApplyContext) -> Any:
         import torch
         import torch_pruning as tp

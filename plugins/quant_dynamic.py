@@ -50,6 +50,10 @@ class DynamicInt8(Technique):
             "include_lm_head": Categorical(choices=(False, True)),
         }
 
+    @classmethod
+    def limits(cls, info: dict[str, int]) -> dict[str, tuple[float, float]]:
+        return {"keep_fp32": (0, 7 * info["num_layers"])}  # the block's seven linear layers
+
     def apply(self, model: Any, config: DynamicInt8Config, ctx: ApplyContext) -> Any:
         import torch
         from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic

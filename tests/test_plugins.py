@@ -143,3 +143,33 @@ def test_invalid_config_is_a_clear_error() -> None:
         cls.make_config({"blocks": -1})
     with pytest.raises(UserError, match="blockz"):
         cls.make_config({"blockz": 2})
+
+
+def test_a_plugin_that_failed_to_import_is_named_as_the_cause(tmp_path: Path) -> None:
+    """search (a space naming its technique), apply (a recipe step from its distribution) and the kit's lookup all
+    say the plugin is installed but failed to load, and why -- not "not installed"."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    site = tmp_path / "site"
+    _fake_distribution(site)
+    env = {"PYTHONPATH": str(site)}
+    cause = "plugin broken (distribution fakeplug) is installed but failed to load: import failed: ImportError"
+    space = tmp_path / "space.yaml"
+    space.write_text("techniques:\n  fake.broken: {}\n")
+    search = run_cli("search", "--model", "tiny-llama", "--space", str(space), "--budget", "memory_mb<=3x",
+                     "--out", str(tmp_path / "run"), env=env)  # fmt: skip
+    assert search.returncode == 2 and cause in search.stderr and "Traceback" not in search.stderr, search.stderr
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "schema_version: 1\nbase_model: {name: tiny-llama, fingerprint: abc}\ncalibration: {}\nseed: 0\n"
+        "steps:\n- {technique: fake.broken, plugin: fakeplug, version: '1.2', params: {}}\n"
+    )
+    applied = run_cli("apply", str(recipe), "--out", str(tmp_path / "o"), env=env)
+    assert applied.returncode == 2 and cause in applied.stderr and "pip install" not in applied.stderr
+    kit = subprocess.run([sys.executable, "-c", "from autoslm.plugins import Registry\n"
+                          "try:\n    Registry().load().technique('fake.broken')\nexcept Exception as e:\n    print(e)"],
+                         capture_output=True, text=True, env={**__import__("os").environ, **env}, cwd=REPO)  # fmt: skip
+    assert cause in kit.stdout, kit.stdout + kit.stderr

@@ -318,25 +318,12 @@ class LlamaCppLM:
 IMATRIX_CACHE: dict[str, dict[str, Any]] = {}  # weights digest + settings -> importance matrix, this process
 
 
-def weights_digest(model: Any) -> str:
-    """sha256 over every parameter's name, dtype, shape and bytes (~0.3 s for SmolLM2-135M in fp32)."""
-    import hashlib
-
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
 def cached_importance_matrix(model: Any, tokenizer: Any, samples: int, seq_len: int) -> dict[str, Any]:
     """`importance_matrix`, computed once per distinct set of weights in this process: a search tries several
     llama.cpp types on the same torch-side candidate (its warm start tries every preset on the unpruned model)."""
-    key = f"{weights_digest(model)}:{samples}:{seq_len}"
+    from autoslm.models import fingerprint
+
+    key = f"{fingerprint(model)}:{samples}:{seq_len}"
     if key not in IMATRIX_CACHE:
         if len(IMATRIX_CACHE) >= 4:
             IMATRIX_CACHE.pop(next(iter(IMATRIX_CACHE)))

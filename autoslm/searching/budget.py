@@ -38,7 +38,13 @@ class Budget(BaseModel):
 
         METRICS = budget_metrics()
         limits = []
-        for raw in filter(None, (t.strip() for t in text.split(","))):
+        terms = [t.strip() for t in text.split(",")]
+        if text.strip() and not all(terms):
+            raise UserError(
+                f"budget '{text}' has an empty term: write METRIC<=LIMIT terms separated by single commas, "
+                "e.g. decode_ms<=0.6x,memory_mb<=400"
+            )
+        for raw in filter(None, terms):
             m = _TERM.match(raw)
             if m is None:
                 raise UserError(
@@ -48,8 +54,8 @@ class Budget(BaseModel):
             if m["metric"] not in METRICS:
                 raise UserError(f"budget metric '{m['metric']}' is unknown: use one of {', '.join(METRICS)}")
             value = float(m["value"])
-            if value <= 0:
-                raise UserError(f"budget term '{raw}' must be positive")
+            if not 0 < value < 1e12:
+                raise UserError(f"budget term '{raw}' must be a positive, finite number (below 1e12)")
             limits.append(Limit(metric=m["metric"], value=value, relative=bool(m["x"])))
         if len({lim.metric for lim in limits}) != len(limits):
             raise UserError(f"budget '{text}' names a metric twice: give each metric one limit")

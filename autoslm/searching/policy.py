@@ -65,9 +65,13 @@ def steps(space: SearchSpace, policy: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def canonical_hash(planned: list[Any], extra: dict[str, Any]) -> str:
-    """Identity of a policy: its validated configs (`pipeline.plan`; defaults made explicit) + what else determines
-    the result (base model, seed, fidelity)."""
-    body = {"steps": [[p.name, p.config.model_dump(mode="json")] for p in planned], **extra}
+    """Identity of a policy: its validated configs (`pipeline.plan`; defaults made explicit), the distribution and
+    version of the plugin behind each step (a fixed plugin never reuses a stale result) + what else determines the
+    result (base model, seed, fidelity)."""
+    body = {
+        "steps": [[p.name, p.entry.dist, p.entry.version, p.config.model_dump(mode="json")] for p in planned],
+        **extra,
+    }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -40,6 +40,9 @@ class SearchResult:
     report_path: Path | None = None
 
 
+OUTPUTS = ("trials.json", "recipe.yaml", "checkpoint", "baseline.json", "report.html")  # what a search writes
+
+
 def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any = None) -> SearchResult:
     """Run (or continue, with `resume`) the search `settings` describe. Nothing is written before the settings
     are known to be valid and the run directory is known to be free (or resumable with these settings)."""
@@ -58,8 +61,21 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     db = run_dir / "study.db"
     if not settings.storage and db.exists() and not resume:
         raise UserError(f"run directory '{run_dir}' already holds a search: pass --resume, or choose another --out")
+    had_db = not settings.storage and db.exists()
+    outputs = [n for n in OUTPUTS if (run_dir / n).exists()]
+    if not settings.storage and not db.exists() and outputs:
+        raise UserError(
+            f"run directory '{run_dir}' holds a previous search's outputs ({', '.join(outputs)}) but no study.db: "
+            "they would be overwritten; choose another --out (or move them away)"
+        )
     device = _check_target(settings)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".autoslm-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"--out '{run_dir}' is not a writable directory ({exc.strerror or exc})") from exc
     storage = make_storage(settings.storage or f"sqlite:///{db.resolve()}")
     study = optuna.create_study(
         study_name=settings.study,
@@ -70,6 +86,11 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         load_if_exists=True,
     )
     stored = study.user_attrs.get("settings")
+    if not stored and resume and had_db:
+        raise UserError(
+            f"--resume: '{db}' holds no stored autoslm search (empty, or written by something else): nothing to "
+            "resume; move it away or choose another --out"
+        )
     if stored:
         if not resume and settings.storage is None:
             raise UserError(f"run directory '{run_dir}' already holds a search: pass --resume, or choose another --out")
@@ -95,6 +116,10 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     )
     objective.space = load_space(settings.space_name, model_info(objective.base().model))
     _emit(progress, "space", objective.space)
+    changed_plugins = _plugin_versions(study, objective.space)
+    if changed_plugins:
+        _emit(progress, "warning", f"plugins changed since this study began ({'; '.join(changed_plugins)}): "
+              "their earlier trials stay as measured; identical policies are evaluated again, not reused")  # fmt: skip
     baseline = _baseline(objective, study, run_dir, device, progress)
     _emit(progress, "baseline", {"baseline": baseline, "budget": settings.limits})
 
@@ -184,6 +209,18 @@ def _check_target(settings: SearchSettings) -> dict[str, Any]:
         return dict(get_target(settings.target, token=settings.target_token).fingerprint())
     except MeasurementError as exc:
         raise UserError(f"target {settings.target} is not reachable ({exc}); start `autoslm agent` there") from exc
+
+
+def _plugin_versions(study: Any, space: Any) -> list[str]:
+    """Record the distribution and version of each technique in the space; on resume, list those that changed
+    (the policy cache is keyed by them, so a fixed plugin's results are never reused)."""
+    from autoslm.plugins import get_registry
+
+    registry = get_registry()
+    now = {t.name: f"{registry.technique(t.name).dist} {registry.technique(t.name).version}" for t in space.techniques}
+    before = study.user_attrs.get("plugins") or {}
+    study.set_user_attr("plugins", {**before, **now})
+    return [f"{n}: {before[n]} -> {v}" for n, v in sorted(now.items()) if n in before and before[n] != v]
 
 
 def _emit(progress: Any, event: str, payload: Any) -> None:

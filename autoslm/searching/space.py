@@ -4,7 +4,7 @@ parameters are searched.
     description: text
     techniques:                       # each listed technique is optional (on/off is searched)
       prune.depth:
-        blocks: {int: [0, 8]}         # narrow or widen the plugin's own range
+        blocks: {int: [0, 8]}         # narrow or widen the plugin's range (within its `limits` for the model)
       prune.width:
         heads_per_group: 0            # fix a parameter (any plain value)
       quant.dynamic_int8: {}          # the plugin's default space
@@ -20,11 +20,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from autoslm.errors import UserError
 from autoslm.space import Categorical, Float, Int
+from autoslm.yamlfile import read_yaml
 
 
 def spaces_dir() -> Path:
@@ -88,8 +88,8 @@ def space_techniques(path: Path) -> list[str]:
     """The technique names a space file lists (a cheap check before anything is loaded); [] if unreadable (the full
     load reports why)."""
     try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        doc = read_yaml(path, "search space")
+    except UserError:
         return []
     techniques = doc.get("techniques") if isinstance(doc, dict) else None
     return [str(n) for n in techniques] if isinstance(techniques, dict) else []
@@ -100,10 +100,7 @@ def load_space(spec: str, info: dict[str, int], target: dict[str, Any] | None = 
     from autoslm.plugins import get_registry
 
     path = find_space_file(spec)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"search space {path}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax") from exc
+    doc = read_yaml(path, "search space")
     if not isinstance(doc, dict) or not isinstance(doc.get("techniques"), dict) or not doc["techniques"]:
         raise UserError(f"search space {path}: needs a 'techniques:' mapping of technique name -> parameters")
     unknown_keys = set(doc) - {"description", "techniques", "required"}
@@ -114,12 +111,17 @@ def load_space(spec: str, info: dict[str, int], target: dict[str, Any] | None = 
     for name, overrides in doc["techniques"].items():
         if name not in registry.techniques:
             known = ", ".join(sorted(registry.techniques))
-            raise UserError(f"search space {path}: techniques.{name} is not installed (installed: {known})")
+            note = registry.failed_note()
+            raise UserError(
+                f"search space {path}: techniques.{name} is not installed (installed: {known})"
+                + (f"; {note}" if note else "")
+            )
         overrides = overrides or {}
         if not isinstance(overrides, dict):
             raise UserError(f"search space {path}: techniques.{name} must be a mapping of parameter -> range/value")
         cls = registry.techniques[name].cls
         dims: dict[str, Dim] = dict(cls.space(info, target))
+        limits = cls.limits(info)
         fixed: dict[str, Any] = {}
         fields = cls.Config.model_fields
         for param, value in overrides.items():
@@ -128,20 +130,27 @@ def load_space(spec: str, info: dict[str, int], target: dict[str, Any] | None = 
                 raise UserError(f"{where} is not a parameter of {name} (parameters: {', '.join(fields)})")
             dim = _parse_dim(value, where)
             if dim is None:
+                _check_fixed(limits.get(param), value, where)
                 dims.pop(param, None)
                 fixed[param] = value
             else:
-                dims[param] = dim
-        try:
-            sample = {p: _first(d) for p, d in dims.items()}
-            cls.Config.model_validate({**sample, **fixed})
-        except ValidationError as exc:
-            err = exc.errors(include_url=False)[0]
-            raise UserError(
-                f"search space {path}: techniques.{name}.{'.'.join(map(str, err['loc']))}: {err['msg']}"
-            ) from exc
+                dims[param] = _clamp(dim, limits.get(param))
+        base = {p: _first(d) for p, d in dims.items()}
+        # every value a sampler may propose must validate: each choice, each end of a range (one at a time)
+        for param, value in [(None, None), *((p, v) for p, d in dims.items() for v in _values(d))]:
+            try:
+                cls.Config.model_validate({**base, **({param: decode_choice(value)} if param else {}), **fixed})
+            except ValidationError as exc:
+                err = exc.errors(include_url=False)[0]
+                shown = f" (value {value!r})" if param else ""
+                raise UserError(
+                    f"search space {path}: techniques.{name}.{'.'.join(map(str, err['loc']))}{shown}: {err['msg']}"
+                ) from exc
         techniques.append(TechniqueSpace(name=name, dims=dims, fixed=fixed))
-    required = tuple(doc.get("required") or ())
+    required_doc = doc.get("required") or []
+    if not isinstance(required_doc, list) or not all(isinstance(r, str) for r in required_doc):
+        raise UserError(f"search space {path}: 'required' must be a list of technique names, e.g. [quant.gguf]")
+    required = tuple(required_doc)
     for r in required:
         if r not in doc["techniques"]:
             raise UserError(f"search space {path}: required lists '{r}', which is not under techniques")
@@ -153,6 +162,31 @@ def load_space(spec: str, info: dict[str, int], target: dict[str, Any] | None = 
         required=required,
         groups=_exclusive_groups([t.name for t in techniques]),
     )
+
+
+def _clamp(dim: Dim, bounds: tuple[float, float] | None) -> Dim:
+    """A numeric range of the space file, kept inside what the technique can do to this model (its `limits`):
+    `prune.depth` `blocks: {int: [0, 8]}` on a 4-block model searches 0..3."""
+    if bounds is None:
+        return dim
+    lo, hi = bounds
+    if isinstance(dim, Categorical):
+        numeric = [c for c in dim.choices if isinstance(c, int | float) and not isinstance(c, bool)]
+        kept = tuple(c for c in dim.choices if c not in numeric or lo <= c <= hi)
+        return dim.model_copy(update={"choices": kept or (min(max(numeric[0], lo), hi),)})
+    low = min(max(dim.low, lo), hi)
+    high = max(min(dim.high, hi), low)
+    if isinstance(dim, Int):
+        low, high = int(low), int(high)
+        high = low + (high - low) // dim.step * dim.step  # the last value the step reaches
+    return dim.model_copy(update={"low": low, "high": high})
+
+
+def _check_fixed(bounds: tuple[float, float] | None, value: Any, where: str) -> None:
+    """A fixed number outside what the technique can do to this model fails here, not in every trial."""
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    if bounds is not None and numeric and not bounds[0] <= value <= bounds[1]:
+        raise UserError(f"{where}: {value} is outside what this model allows ({bounds[0]}..{bounds[1]})")
 
 
 def _parse_dim(value: Any, where: str) -> Dim | None:
@@ -180,7 +214,12 @@ def _parse_dim(value: Any, where: str) -> Dim | None:
 
 
 def _first(dim: Dim) -> Any:
-    return dim.choices[0] if isinstance(dim, Categorical) else dim.low
+    return decode_choice(dim.choices[0]) if isinstance(dim, Categorical) else dim.low
+
+
+def _values(dim: Dim) -> list[Any]:
+    """What to validate of a dimension: every choice, or both ends of a range."""
+    return list(dim.choices) if isinstance(dim, Categorical) else [dim.low, dim.high]
 
 
 def _exclusive_groups(names: list[str]) -> tuple[tuple[str, ...], ...]:

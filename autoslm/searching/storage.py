@@ -9,32 +9,76 @@ re-queues their parameters, and they are not counted as finished.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
+
+from autoslm.errors import UserError
 
 HEARTBEAT_S = 5
 GRACE_S = 15
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 def make_storage(url: str) -> Any:
+    """An Optuna storage for `url`, checked readable: a file that is not a study database, a corrupt one, or a
+    database URL whose driver is missing is a UserError naming it (never a SQLAlchemy traceback)."""
     if url.startswith("journal:"):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        try:
+            storage = JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+            storage.get_all_studies()
+        except Exception as exc:
+            raise UserError(f"cannot read the study journal '{url}': {_reason(exc)}; move it away or fix it") from exc
+        return storage
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.exc import OperationalError
 
+    _check_sqlite_file(url)
     for attempt in range(5):  # processes joining a fresh database race to create Optuna's schema: retry
         try:
-            return RDBStorage(
+            storage = RDBStorage(
                 url,
                 heartbeat_interval=HEARTBEAT_S,
                 grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
                 engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
             )
-        except SQLAlchemyError:
-            if attempt == 4:
-                raise
+            storage.get_all_studies()
+            return storage
+        except OperationalError as exc:
+            if attempt == 4 or "malformed" in str(exc) or "not a database" in str(exc):
+                raise UserError(f"cannot open the study storage '{url}': {_reason(exc)}") from exc
             time.sleep(1.0 + attempt)
+        except (ImportError, ModuleNotFoundError) as exc:
+            raise UserError(f"--storage '{url}': its database driver is not installed ({_reason(exc)})") from exc
+        except Exception as exc:  # sqlalchemy's DatabaseError, ArgumentError, NoSuchModuleError, optuna's own...
+            raise UserError(
+                f"cannot read the study storage '{url}': {_reason(exc)}; it is not an autoslm/Optuna study "
+                "(move the file away or choose another --out)"
+            ) from exc
     raise AssertionError("unreachable")
+
+
+def _check_sqlite_file(url: str) -> None:
+    """A SQLite file that exists must be empty or start with SQLite's magic (a garbage file fails fast)."""
+    if not url.startswith("sqlite:///"):
+        return
+    path = Path(url.removeprefix("sqlite:///"))
+    if path.is_dir():
+        raise UserError(f"study database '{path}' is a folder: remove it or choose another --out")
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+        if head != SQLITE_MAGIC:
+            raise UserError(
+                f"study database '{path}' is not a SQLite database (corrupt, or another file): move it away or "
+                "choose another --out"
+            )
+
+
+def _reason(exc: BaseException) -> str:
+    return (str(getattr(exc, "orig", None) or exc).splitlines() or [type(exc).__name__])[0][:300]

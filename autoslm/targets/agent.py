@@ -21,6 +21,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
+import shutil
+import socket
 import tarfile
 import tempfile
 import threading
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -37,52 +41,78 @@ from starlette.routing import Route
 ALLOWED_SUFFIXES = (".safetensors", ".gguf", ".json", ".jinja", ".txt", ".yaml", ".yml")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 MAX_FILES = 64
+MAX_NAME = 128  # characters in an uploaded file name
 
 
 class BadUpload(ValueError):
     """The upload is not an acceptable checkpoint (-> 400)."""
 
 
-def safe_extract(archive: Path, dest: Path) -> list[str]:
-    """Extract a flat tar of regular files with allowed names; refuse everything else (never follows links)."""
+def safe_extract(archive: Path, dest: Path, max_bytes: int | None = None) -> list[str]:
+    """Extract a flat tar of regular files with allowed names; refuse everything else (never follows links, never
+    expands sparse members); at most `max_bytes` are written in all (default: the archive's own size)."""
     names: list[str] = []
+    budget = archive.stat().st_size if max_bytes is None else max_bytes
     try:
         tf = tarfile.open(archive, mode="r:")  # noqa: SIM115 (closed by the `with tf` below)
     except (tarfile.TarError, OSError) as exc:
         raise BadUpload(f"upload is not an uncompressed tar archive: {exc}") from exc
-    with tf:
-        members = tf.getmembers()
-        if not members:
-            raise BadUpload("upload is an empty archive")
-        if len(members) > MAX_FILES:
-            raise BadUpload(f"upload has {len(members)} entries; at most {MAX_FILES} are accepted")
-        for m in members:
-            name = m.name
-            if not m.isfile():
-                raise BadUpload(f"'{name}' is not a regular file (links and folders are refused)")
-            if "/" in name or "\\" in name or name.startswith(".") or not name:
-                raise BadUpload(f"'{name}': only plain file names at the top of the archive are accepted")
-            if name.lower().endswith(PICKLE_SUFFIXES):
-                raise BadUpload(f"'{name}': pickle-based files are refused; send safetensors weights")
-            if not name.lower().endswith(ALLOWED_SUFFIXES):
-                raise BadUpload(f"'{name}': file type not accepted (allowed: {', '.join(ALLOWED_SUFFIXES)})")
-            src = tf.extractfile(m)
-            assert src is not None
-            head = src.read(4)
-            if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-                raise BadUpload(f"'{name}' is a pickle; pickles are never loaded")
-            if name.lower().endswith(".gguf") and head != b"GGUF":
-                raise BadUpload(f"'{name}' is not a GGUF file (it does not start with the GGUF magic)")
-            with open(dest / name, "wb") as out:
-                out.write(head)
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
-            names.append(name)
+    try:
+        with tf:
+            _extract_members(tf, dest, budget, names)
+    except (tarfile.TarError, EOFError) as exc:
+        raise BadUpload(f"upload archive is truncated or corrupt: {exc}") from exc
     if not any(n.endswith((".safetensors", ".gguf")) for n in names):
         raise BadUpload("upload has no weights (.safetensors, or a .gguf for the llama.cpp runtime)")
     if "config.json" not in names:
         raise BadUpload("upload has no config.json")
     return names
+
+
+def _extract_members(tf: tarfile.TarFile, dest: Path, budget: int, names: list[str]) -> None:
+    members = tf.getmembers()
+    if not members:
+        raise BadUpload("upload is an empty archive")
+    if len(members) > MAX_FILES:
+        raise BadUpload(f"upload has {len(members)} entries; at most {MAX_FILES} are accepted")
+    for m in members:
+        name = m.name
+        if len(name) > MAX_NAME:
+            raise BadUpload(f"a file name of {len(name)} characters: at most {MAX_NAME} are accepted")
+        if not m.isfile():
+            raise BadUpload(f"'{name}' is not a regular file (links and folders are refused)")
+        if m.issparse():
+            raise BadUpload(f"'{name}' is a sparse file: send plain files")
+        if "/" in name or "\\" in name or name.startswith(".") or not name or not name.isprintable():
+            raise BadUpload(f"'{name}': only plain file names at the top of the archive are accepted")
+        if name in names:
+            raise BadUpload(f"'{name}' appears twice in the archive")
+        if m.size > budget:
+            raise BadUpload(f"'{name}' would expand to {m.size} bytes, more than the upload itself")
+        if name.lower().endswith(PICKLE_SUFFIXES):
+            raise BadUpload(f"'{name}': pickle-based files are refused; send safetensors weights")
+        if not name.lower().endswith(ALLOWED_SUFFIXES):
+            raise BadUpload(f"'{name}': file type not accepted (allowed: {', '.join(ALLOWED_SUFFIXES)})")
+        src = tf.extractfile(m)
+        assert src is not None
+        head = src.read(4)
+        if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+            raise BadUpload(f"'{name}' is a pickle; pickles are never loaded")
+        if name.lower().endswith(".gguf") and head != b"GGUF":
+            raise BadUpload(f"'{name}' is not a GGUF file (it does not start with the GGUF magic)")
+        written = len(head)
+        try:
+            with open(dest / name, "wb") as out:
+                out.write(head)
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > budget:
+                        raise BadUpload(f"'{name}' expands beyond the bytes received; refused")
+                    out.write(chunk)
+        except OSError as exc:
+            raise BadUpload(f"'{name}' cannot be written on the device: {exc.strerror or exc}") from exc
+        budget -= written
+        names.append(name)
 
 
 def verify_upload(directory: Path) -> None:
@@ -104,16 +134,29 @@ class Agent:
     """The service's state: token, limits, the measuring lock and the target that measures."""
 
     def __init__(
-        self, token: str, *, max_upload_mb: float = 4096, max_queue: int = 4, timeout_s: float = 900.0
+        self,
+        token: str,
+        *,
+        max_upload_mb: float = 4096,
+        max_queue: int = 4,
+        timeout_s: float = 900.0,
+        upload_timeout_s: float = 600.0,
+        header_timeout_s: float = 10.0,
     ) -> None:
         from autoslm.targets.local import LocalTarget
 
-        if not token or len(token) < 8:
-            raise ValueError("the agent needs a token of at least 8 characters (--token or AUTOSLM_AGENT_TOKEN)")
+        if not token or len(token.strip()) < 8 or token != token.strip():
+            raise ValueError(
+                "the agent needs a token of at least 8 characters without surrounding spaces "
+                "(--token or AUTOSLM_AGENT_TOKEN)"
+            )
         self.token = token.encode()
         self.max_upload = int(max_upload_mb * 1024 * 1024)
         self.max_queue = max_queue
+        self.upload_timeout_s = upload_timeout_s
+        self.header_timeout_s = header_timeout_s
         self.target = LocalTarget(timeout_s=timeout_s)
+        self.scratch = scratch_root()
         self.lock = threading.Lock()
         self.waiting = 0
         self.busy = False
@@ -134,11 +177,12 @@ class Agent:
             raise _TooLarge(int(declared))
         size = 0
         with open(path, "wb") as f:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > self.max_upload:
-                    raise _TooLarge(size)
-                f.write(chunk)
+            async with asyncio.timeout(self.upload_timeout_s):  # a trickling upload holds a queue place: bounded
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.max_upload:
+                        raise _TooLarge(size)
+                    f.write(chunk)
 
     def measure_locked(self, directory: Path, settings: Any) -> Any:
         with self.lock:
@@ -177,10 +221,17 @@ class Agent:
             return _error(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
         try:
             settings = MeasureSettings.model_validate_json(request.query_params.get("settings") or "{}")
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            where = ".".join(map(str, err["loc"])) or "settings"
+            return _error(400, f"bad 'settings' query parameter: {where}: {err['msg']}")
         except ValueError as exc:
             return _error(400, f"bad 'settings' query parameter: {str(exc).splitlines()[0]}")
         from autoslm.plugins import get_registry
 
+        cores = os.cpu_count() or 1
+        if settings.threads > cores:
+            return _error(400, f"threads={settings.threads}: this device has {cores} CPU threads")
         if settings.runtime not in get_registry().runtimes:
             known = ", ".join(sorted(get_registry().runtimes))
             return _error(400, f"runtime '{settings.runtime}' is not installed on this device (installed: {known})")
@@ -188,13 +239,15 @@ class Agent:
             return _error(503, f"agent busy: {self.waiting} measurements waiting; retry later")
         self.waiting += 1
         try:
-            with tempfile.TemporaryDirectory(prefix="autoslm-agent-") as tmp:
+            with tempfile.TemporaryDirectory(dir=self.scratch) as tmp:
                 archive, directory = Path(tmp) / "upload.tar", Path(tmp) / "checkpoint"
                 directory.mkdir()
                 try:
                     await self.receive(request, archive)
                 except _TooLarge as exc:
                     return _error(413, f"upload of {exc.size} bytes exceeds --max-upload-mb {self.max_upload >> 20}")
+                except TimeoutError:
+                    return _error(408, f"upload not received within {self.upload_timeout_s:g} s")
                 try:
                     await run_in_threadpool(safe_extract, archive, directory)
                     archive.unlink()
@@ -220,6 +273,29 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def scratch_root() -> Path:
+    """This agent's scratch folder, `autoslm-agent-<pid>` in the temp dir; folders of agents that are no longer
+    running (killed with -9: their uploads were never cleaned) are removed first."""
+    base = Path(tempfile.gettempdir())
+    for old in base.glob("autoslm-agent-*"):
+        pid = old.name.removeprefix("autoslm-agent-")
+        if old.is_dir() and (not pid.isdigit() or not _alive(int(pid))):
+            shutil.rmtree(old, ignore_errors=True)
+    mine = base / f"autoslm-agent-{os.getpid()}"
+    mine.mkdir(exist_ok=True)
+    return mine
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def make_app(agent: Agent) -> Starlette:
     return Starlette(
         routes=[
@@ -230,17 +306,95 @@ def make_app(agent: Agent) -> Starlette:
     )
 
 
-def serve(agent: Agent, host: str = "127.0.0.1", port: int = 8765, log_level: str = "warning") -> None:
-    """Run the agent until interrupted (uvicorn, one process: measurements are serialised anyway)."""
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything is printed: a port in use or a bad address is a UserError."""
+    from autoslm.errors import UserError
+
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port} is not a TCP port: use 1..65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"--host '{host}' is not an address of this machine ({exc.strerror})") from exc
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror} (another agent running? use --port)") from exc
+    sock.listen(128)
+    return sock
+
+
+def serve(
+    agent: Agent, host: str = "127.0.0.1", port: int = 8765, log_level: str = "warning", sock: Any = None
+) -> None:
+    """Run the agent until interrupted (uvicorn, one process: measurements are serialised anyway).
+
+    Connections are cheap and bounded in time: a connection must send its request head within the agent's
+    `header_timeout_s` of opening or of its previous response (idle and slow-header sockets are closed), an upload
+    must arrive within `upload_timeout_s`, and at most MAX_CONNECTIONS are open; the --max-queue limit (503)
+    applies to measurement work only."""
     import uvicorn
 
+    sock = sock or bind(host, port)
     config = uvicorn.Config(
         make_app(agent),
-        host=host,
-        port=port,
         log_level=log_level,
         timeout_keep_alive=30,
-        limit_concurrency=agent.max_queue + 8,
+        limit_concurrency=MAX_CONNECTIONS,
+        http=_header_timeout_protocol(agent.header_timeout_s),
+        h11_max_incomplete_event_size=16 * 1024,
     )
     server = uvicorn.Server(config)
-    asyncio.run(server.serve())
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    finally:
+        shutil.rmtree(agent.scratch, ignore_errors=True)
+
+
+MAX_CONNECTIONS = 512
+
+
+def _header_timeout_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol, closing a connection that has not sent a complete request head within `seconds` of
+    opening (or of its previous response): uvicorn itself waits forever for the first request."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(seconds, self._no_head)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _no_head(self) -> None:
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.close()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()  # a request head arrived: the request's own limits apply from here
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol

@@ -15,6 +15,17 @@ from pathlib import Path
 from autoslm.targets import Measurement, MeasureSettings, PairMeasurement, Target, checkpoint_dir
 
 
+def die_with_parent() -> None:
+    """In a child, before exec: ask Linux to kill it when its parent dies (`kill -9` of a search or of the agent
+    must not leave measuring processes behind). Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class MeasurementError(RuntimeError):
     """The measuring process failed (crash, out of memory, timeout); the message carries its last output."""
 
@@ -56,7 +67,9 @@ class LocalTarget(Target):
         }
         cmd = [sys.executable, "-m", "autoslm.targets.worker", *args]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s, env=env)
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=self.timeout_s, env=env, preexec_fn=die_with_parent
+            )
         except subprocess.TimeoutExpired as exc:
             raise MeasurementError(f"measurement timed out after {self.timeout_s:.0f}s") from exc
         for line in proc.stdout.splitlines():

@@ -87,3 +87,30 @@ def test_resume_reports_what_it_applies() -> None:
         SearchSettings.create(space="default", seed=7).resumed_from(stored)
     joined, changed = SearchSettings.create(seed=7).resumed_from(stored)  # another process joining a shared study
     assert joined.seed == 7 and changed == ["seed: 0 -> 7"]
+
+
+def test_a_changed_plugin_version_is_not_reused_and_resume_warns(tmp_path, monkeypatch) -> None:
+    """The policy cache is keyed by each step's plugin distribution and version: after a plugin update, identical
+    policies are evaluated again, and `--resume` says which plugins changed."""
+    from autoslm.plugins import get_registry
+    from autoslm.searching.runner import run_search
+    from autoslm.searching.settings import SearchSettings
+
+    out = tmp_path / "run"
+    options = {"model": "tiny-llama", "space": "tiny", "budget": "memory_mb<=3x", "fidelity": "low",
+               "out": str(out), "warm_start": True}  # fmt: skip
+    from autoslm.pipeline import Step, plan
+    from autoslm.searching.policy import canonical_hash
+
+    first = run_search(SearchSettings.create(**options, trials=1))
+    steps = first.trials[0].steps
+    before = canonical_hash(plan([Step(**s) for s in steps]), {})
+    entry = get_registry().technique(steps[0]["technique"])
+    monkeypatch.setattr(entry, "version", entry.version + ".post1")
+    assert canonical_hash(plan([Step(**s) for s in steps]), {}) != before  # the cache key moved
+    events: list[tuple[str, object]] = []
+    second = run_search(SearchSettings.create(**options, trials=2), resume=True,
+                        progress=lambda kind, payload: events.append((kind, payload)))  # fmt: skip
+    warnings = [str(p) for k, p in events if k == "warning"]
+    assert any("plugins changed since this study began" in w and ".post1" in w for w in warnings), events
+    assert len([r for r in second.trials if r.counted]) == 2

@@ -1,0 +1,527 @@
+"""Hostile and careless input, one test per item of the hardening issue (#18): every one ends in a clear one-line
+error or is survived, and nothing a previous run wrote is lost. No network: the agent listens on loopback."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import REPO, run_cli
+
+from autoslm.errors import ChecksumError, UserError
+
+TOKEN = "hostile-token-0123456789"
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """The CLI failed with one `error:` line (no traceback) that contains every needle."""
+    err = proc.stderr.strip()
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+# --- 1. the agent: idle connections --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def agent():
+    port = _free_port()
+    cmd = [sys.executable, "-m", "autoslm.cli", "agent", "--port", str(port), "--max-upload-mb", "8",
+           "--header-timeout-s", "2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "AUTOSLM_AGENT_TOKEN": TOKEN},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=1).ok:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    yield url, proc
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_idle_connections_do_not_deny_service(agent) -> None:
+    url, _ = agent
+    port = int(url.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]  # never send a request
+    slow = socket.create_connection(("127.0.0.1", port))
+    slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # a request head that never ends (slowloris)
+    try:
+        for _ in range(5):
+            r = requests.get(f"{url}/health", timeout=5)
+            assert r.status_code == 200 and r.json()["status"] == "ok"
+        info = requests.get(f"{url}/info", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        assert info.status_code == 200
+        # the server closes sockets that send no complete request head within --header-timeout-s (2 s here)
+        for s in (idle[0], slow):
+            s.settimeout(30)
+            assert s.recv(1024) == b""  # closed by the agent, no response
+    finally:
+        for s in [*idle, slow]:
+            s.close()
+
+
+# --- 2. sparse tar and extraction bounds ---------------------------------------------------------------------------
+
+
+def test_sparse_member_is_refused(tmp_path: Path) -> None:
+    from autoslm.targets.agent import BadUpload, safe_extract
+
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar is needed to write a sparse archive")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    with open(src / "model.safetensors", "wb") as f:
+        f.truncate(64 << 20)  # 64 MiB of holes: a few KB in a sparse tar
+    archive = tmp_path / "up.tar"
+    subprocess.run(["tar", "--sparse", "-cf", str(archive), "-C", str(src), "config.json", "model.safetensors"],
+                   check=True)  # fmt: skip
+    assert archive.stat().st_size < 1 << 20
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(BadUpload, match="sparse"):
+        safe_extract(archive, dest)
+    assert not (dest / "model.safetensors").exists()
+
+
+def test_extraction_never_writes_more_than_received(tmp_path: Path) -> None:
+    from autoslm.targets.agent import BadUpload, safe_extract
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in {"config.json": b"{}", "model.safetensors": b"x" * 4096}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    archive = tmp_path / "up.tar"
+    archive.write_bytes(buf.getvalue())
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(BadUpload, match="expand"):
+        safe_extract(archive, dest, max_bytes=1000)  # the members claim more than the budget
+    truncated = tmp_path / "cut.tar"
+    truncated.write_bytes(buf.getvalue()[:1500])
+    with pytest.raises(BadUpload, match=r"truncated or corrupt|not an uncompressed tar"):
+        safe_extract(truncated, dest)
+
+
+# --- 3. the manifest cannot probe the device's files ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "/nonexistent/x", "../config.json", "././model.safetensors", ""])
+def test_manifest_names_outside_the_checkpoint_are_refused_alike(tmp_path: Path, name: str) -> None:
+    from autoslm.checkpoint import MANIFEST, verify_dir
+
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    (tmp_path / MANIFEST).write_text(json.dumps({"files": {name: "0" * 64}}))
+    with pytest.raises(ChecksumError, match="not a plain file name of the checkpoint"):
+        verify_dir(tmp_path)
+
+
+def test_manifest_with_too_many_entries_is_refused_before_hashing(tmp_path: Path) -> None:
+    from autoslm.checkpoint import MANIFEST, verify_dir
+
+    (tmp_path / MANIFEST).write_text(json.dumps({"files": {f"f{i}.json": "0" * 64 for i in range(400)}}))
+    with pytest.raises(ChecksumError, match="at most 256"):
+        verify_dir(tmp_path)
+
+
+# --- 4. measurement settings and names are bounded -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "needle"),
+    [
+        ({"prompt_tokens": 100_000_000}, "prompt_tokens"),
+        ({"threads": 100_000}, "threads"),
+        ({"repeats": 10**9}, "repeats"),
+        ({"decode_tokens": -1}, "decode_tokens"),
+    ],
+)
+def test_unbounded_settings_are_400(agent, settings: dict, needle: str) -> None:
+    url, _ = agent
+    r = requests.post(f"{url}/measure", params={"settings": json.dumps(settings)}, data=b"x",
+                      headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)  # fmt: skip
+    assert r.status_code == 400 and needle in r.json()["error"], r.text
+
+
+def test_more_threads_than_the_device_has_is_400(agent) -> None:
+    url, _ = agent
+    settings = json.dumps({"threads": (os.cpu_count() or 1) + 1})
+    r = requests.post(f"{url}/measure", params={"settings": settings}, data=b"x",
+                      headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)  # fmt: skip
+    assert r.status_code == 400 and "CPU threads" in r.json()["error"]
+
+
+def test_long_file_name_is_400_not_500(agent) -> None:
+    url, _ = agent
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("a" * 300 + ".json")
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"{}"))
+    r = requests.post(f"{url}/measure", data=buf.getvalue(), headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert r.status_code == 400 and "characters" in r.json()["error"]
+
+
+# --- 5. leftovers and start-up mistakes ----------------------------------------------------------------------------
+
+
+def test_measuring_process_dies_with_its_parent(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    parent = (
+        "import subprocess, sys\n"
+        "from autoslm.targets.local import die_with_parent\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], preexec_fn=die_with_parent)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "p.wait()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=REPO)
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    proc.kill()  # kill -9 of the search (or of the agent)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the measuring process outlived its parent")
+
+
+def test_agent_removes_scratch_of_dead_agents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from autoslm.targets.agent import scratch_root
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / "autoslm-agent-999999999"  # no such process
+    (dead / "upload").mkdir(parents=True)
+    (dead / "upload" / "model.safetensors").write_bytes(b"x" * 1000)
+    alive = tmp_path / f"autoslm-agent-{os.getppid()}"  # a running process: another agent's, kept
+    alive.mkdir()
+    mine = scratch_root()
+    assert not dead.exists() and alive.is_dir() and mine.name == f"autoslm-agent-{os.getpid()}"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["--port", "99999"], {"AUTOSLM_AGENT_TOKEN": TOKEN}, "not a TCP port"),
+        ([], {"AUTOSLM_AGENT_TOKEN": "          "}, "at least 8 characters"),
+        (["--max-upload-mb", "1e300"], {"AUTOSLM_AGENT_TOKEN": TOKEN}, "must be positive"),
+    ],
+)
+def test_agent_start_mistakes_are_one_line(args: list[str], env: dict, needle: str) -> None:
+    _one_line_error(run_cli("agent", *args, env=env, timeout=120), needle)
+
+
+def test_port_in_use_is_reported_before_the_banner() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        proc = run_cli("agent", "--port", str(port), env={"AUTOSLM_AGENT_TOKEN": TOKEN}, timeout=120)
+    assert "autoslm agent on" not in proc.stdout
+    _one_line_error(proc, f"cannot listen on 127.0.0.1:{port}")
+
+
+# --- 6. runs and studies: nothing lost -----------------------------------------------------------------------------
+
+
+def _search(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_cli("search", "--model", "tiny-llama", "--space", "tiny", "--budget", "memory_mb<=3x", "--trials",
+                   "1", "--fidelity", "low", "--out", str(out), *extra)  # fmt: skip
+
+
+def test_empty_study_with_resume_is_refused_and_outputs_kept(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "study.db").write_bytes(b"")
+    (out / "recipe.yaml").write_text("previous: run\n")
+    _one_line_error(_search(out, "--resume"), "holds no stored autoslm search")
+    assert (out / "recipe.yaml").read_text() == "previous: run\n"
+
+
+def test_garbage_study_is_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "study.db").write_bytes(os.urandom(4096))
+    _one_line_error(_search(out, "--resume"), "is not a SQLite database")
+    _one_line_error(run_cli("report", str(out)), "is not a SQLite database")
+
+
+def test_previous_outputs_without_their_study_are_not_overwritten(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "trials.json").write_text("[]")
+    _one_line_error(_search(out), "no study.db")
+    assert (out / "trials.json").read_text() == "[]"
+
+
+def test_truncated_sqlite_study_is_one_line(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "study.db"
+    with sqlite3.connect(db) as con:
+        con.execute("create table t (x text)")
+        con.executemany("insert into t values (?)", [("x" * 1000,)] * 200)
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    from autoslm.searching.storage import make_storage
+
+    with pytest.raises(UserError, match="study"):
+        make_storage(f"sqlite:///{db}")
+
+
+# --- 8. spaces clamp to the model -----------------------------------------------------------------------------------
+
+
+def test_space_ranges_are_clamped_to_the_model(tiny, tmp_path: Path) -> None:
+    from autoslm.models import model_info
+    from autoslm.searching.space import load_space
+
+    space = load_space("default", model_info(tiny.model))  # blocks: [0, 8] on a 4-block model
+    depth = next(t for t in space.techniques if t.name == "prune.depth")
+    assert depth.dims["blocks"].high == 3
+    (tmp_path / "s.yaml").write_text("techniques:\n  prune.depth:\n    blocks: 8\n")
+    with pytest.raises(UserError, match=r"blocks: 8 is outside what this model allows \(0..3\)"):
+        load_space(str(tmp_path / "s.yaml"), model_info(tiny.model))
+
+
+# --- 9. models, checkpoints, options: one line each ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from autoslm import checkpoint
+    from autoslm.models import load_model
+
+    lm = load_model("tiny-llama")
+    return checkpoint.save_dir(lm.model, lm.tokenizer, tmp_path_factory.mktemp("m") / "tiny")
+
+
+def _broken_copy(src: Path, dst: Path, **files: bytes | None) -> Path:
+    from autoslm.checkpoint import MANIFEST
+
+    shutil.copytree(src, dst)
+    (dst / MANIFEST).unlink()  # a plain Hugging Face folder
+    for name, data in files.items():
+        name = name.replace("__", ".")
+        if data is None:
+            (dst / name).unlink()
+        else:
+            (dst / name).write_bytes(data)
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("files", "needle"),
+    [
+        ({"config__json": b""}, "not valid JSON"),
+        ({"config__json": b"\xff\xfe\x00garbage"}, "not UTF-8"),
+        ({"config__json": b'{"hidden_size": 4}'}, "no model_type"),
+        ({"model__safetensors": b""}, "cannot be loaded"),
+        ({"model__safetensors": b"\x02\x00\x00\x00\x00\x00\x00\x00{}"}, "lacks weights"),
+    ],
+)
+def test_broken_model_folder_is_one_line(tiny_dir: Path, tmp_path: Path, files: dict, needle: str) -> None:
+    broken = _broken_copy(tiny_dir, tmp_path / "broken", **files)
+    _one_line_error(run_cli("eval", "--model", str(broken), "--fidelity", "low"), needle)
+
+
+def test_wrong_shape_weights_are_one_line(tiny_dir: Path, tmp_path: Path) -> None:
+    broken = _broken_copy(tiny_dir, tmp_path / "broken")
+    config = json.loads((broken / "config.json").read_text())
+    config["hidden_size"] = 96  # the weights are 64 wide
+    (broken / "config.json").write_text(json.dumps(config))
+    from autoslm.models import load_model
+
+    with pytest.raises(UserError, match="cannot be loaded"):
+        load_model(str(broken))
+
+
+def test_manifest_with_wrong_codec_metadata_is_one_line(tmp_path: Path) -> None:
+    from autoslm import checkpoint
+    from autoslm.models import load_model
+    from autoslm.pipeline import Step, apply_planned, plan
+    from autoslm.technique import ApplyContext
+
+    lm = load_model("tiny-llama")
+    ctx = ApplyContext(tokenizer=lm.tokenizer, seed=0)
+    model = apply_planned(lm.model, plan([Step(technique="quant.dynamic_int8", params={})]), ctx)
+    ck = checkpoint.save_dir(model, lm.tokenizer, tmp_path / "ck")
+    manifest = json.loads((ck / checkpoint.MANIFEST).read_text())
+    first = next(iter(manifest["modules"]["coded"].values()))
+    first["tensors"] = ["no_such_tensor"]
+    manifest["modules"]["aliases"] = {"lm_head.weight": "no.such.alias"}
+    (ck / checkpoint.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="coded modules do not match"):
+        checkpoint.load_model(ck)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--seed", "-1"], "--seed"),
+        (["--storage", "mysql://u:p@127.0.0.1:1/x"], "mysql"),
+        (["--budget", ",,,"], "empty term"),
+        (["--budget", "decode_ms<=1e999"], "finite"),
+        (["--out", "/proc/autoslm-run"], "not a writable directory"),
+    ],
+)
+def test_search_option_mistakes_are_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
+    base = ["search", "--model", "tiny-llama", "--space", "tiny", "--trials", "1", "--fidelity", "low"]
+    if "--out" not in args:
+        base += ["--out", str(tmp_path / "run")]
+    if "--budget" not in args:
+        base += ["--budget", "memory_mb<=3x"]
+    _one_line_error(run_cli(*base, *args), needle)
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    _one_line_error(_search(tmp_path / "f"), "is a file")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("techniques:\n  prune.depth: {}\nrequired: 5\n", "'required' must be a list"),
+        (b"techniques:\n  prune.depth: {}\n# \xff\xfe\n", "not UTF-8"),
+        ("a: &x [1, 2]\nb: *x\ntechniques:\n  prune.depth: {}\n", "aliases"),
+        ("techniques:\n  quant.gguf:\n    imatrix_samples: {choices: [16, 600]}\n", "value 600"),
+        ("techniques:\n  quant.gguf:\n    imatrix_seq_len: {int: [64, 9000]}\n", "value 9000"),
+    ],
+)
+def test_bad_space_files_are_one_line(tiny, tmp_path: Path, text: str | bytes, needle: str) -> None:
+    from autoslm.models import model_info
+    from autoslm.searching.space import load_space
+
+    path = tmp_path / "s.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(UserError, match=needle):
+        load_space(str(path), model_info(tiny.model))
+
+
+def test_yaml_bomb_and_huge_files_are_refused_fast(tmp_path: Path) -> None:
+    from autoslm.yamlfile import read_yaml
+
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
+    bomb = "\n".join(lines) + "\n"
+    (tmp_path / "bomb.yaml").write_text(bomb)
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match="aliases"):
+        read_yaml(tmp_path / "bomb.yaml", "search space")
+    assert time.perf_counter() - t0 < 5  # refused while parsing, never expanded (9**9 items)
+    (tmp_path / "huge.yaml").write_text("x: " + "y" * (30 << 20))
+    with pytest.raises(UserError, match="at most"):
+        read_yaml(tmp_path / "huge.yaml", "search space")
+
+
+# --- 10. the model cache is verified ----------------------------------------------------------------------------------
+
+
+def test_damaged_cache_entries_are_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoslm import models
+    from autoslm.checkpoint import write_manifest
+
+    tokenizer_source = models.resolve("smollm2-135m")  # tiny-llama borrows its tokenizer: copied, not rebuilt
+    monkeypatch.setenv("AUTOSLM_CACHE", str(tmp_path))
+    copy = shutil.copytree(tokenizer_source, tmp_path / "models" / tokenizer_source.name)
+    write_manifest(copy, [f.name for f in copy.iterdir() if f.is_file() and f.name != "autoslm-manifest.json"])
+    monkeypatch.setattr(models, "VERIFIED", set())
+    first = models.load_model("tiny-llama")
+    entry = models.resolve("tiny-llama")
+    assert entry.parent == tmp_path / "models"
+    weights = entry / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF  # a flipped byte
+    weights.write_bytes(bytes(data))
+    models.VERIFIED.clear()
+    again = models.load_model("tiny-llama")
+    assert again.fingerprint == first.fingerprint  # rebuilt, not loaded damaged
+    (entry / "config.json").unlink()
+    models.VERIFIED.clear()
+    assert models.load_model("tiny-llama").fingerprint == first.fingerprint
+
+
+# --- 12. recipes ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from autoslm.models import load_model
+    from autoslm.recipe import Recipe, build_steps
+
+    lm = load_model("tiny-llama")
+    r = Recipe(base_model={"name": "tiny-llama", "fingerprint": lm.fingerprint}, calibration={},
+               steps=build_steps([{"technique": "prune.depth", "params": {"blocks": 1}}]), seed=0)  # fmt: skip
+    return r.write(tmp_path_factory.mktemp("r") / "recipe.yaml")
+
+
+def _edit(recipe: Path, tmp_path: Path, change) -> Path:
+    import yaml
+
+    doc = yaml.safe_load(recipe.read_text())
+    change(doc)
+    out = tmp_path / "edited.yaml"
+    out.write_text(yaml.safe_dump(doc))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda d: d["steps"][0]["params"].update(blocks=99), "blocks=99 is outside"),
+        (lambda d: d["base_model"].pop("fingerprint"), "lacks fingerprint"),
+        (lambda d: d.update(seed=-5), "seed"),
+        (lambda d: d["steps"][0].update(plugin="x; rm -rf ~"), "plugin"),
+        (lambda d: d.update(checkpoint_sha256="0" * 64), "not the searched checkpoint"),
+    ],
+)
+def test_bad_recipes_are_one_line(recipe: Path, tmp_path: Path, change, needle: str) -> None:
+    from autoslm.recipe import apply_recipe
+
+    with pytest.raises(UserError, match=needle):
+        apply_recipe(_edit(recipe, tmp_path, change), tmp_path / "out")
+
+
+def test_recipe_paths_that_are_not_recipes_are_one_line(recipe: Path, tmp_path: Path) -> None:
+    (tmp_path / "bin.yaml").write_bytes(b"steps: \xff\xfe\n")
+    _one_line_error(run_cli("apply", str(tmp_path / "bin.yaml"), "--out", str(tmp_path / "o")), "not UTF-8")
+    _one_line_error(run_cli("apply", str(tmp_path), "--out", str(tmp_path / "o")), "is a folder")
+    (tmp_path / "file").write_text("x")
+    _one_line_error(run_cli("apply", str(recipe), "--out", str(tmp_path / "file")), "is a file")
