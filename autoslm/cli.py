@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from autoslm.errors import UserError
@@ -26,8 +28,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console()
-err = Console(stderr=True)
+# a table written to a file or a pipe keeps every column: 160 columns there (COLUMNS still wins), the terminal's
+# width on a terminal
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+console = Console(width=_WIDTH)
+err = Console(stderr=True, width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 160)
 
 ModelOpt = Annotated[
     str,
@@ -291,14 +296,18 @@ def plugins(as_json: JsonOpt = False) -> None:
         return
     table = Table(title="autoslm plugins")
     for col in ("plugin", "distribution", "version", "provides", "status"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a long failure reason wraps, never cut
     for p in reg.plugins.values():
         status = {"loaded": "[green]loaded[/green]", "disabled": "[dim]disabled[/dim]"}.get(
-            p.status, f"[red]failed[/red]: {p.error}"
+            p.status, "[red]failed[/red] (below)"
         )
         provides = [f"technique {t}" for t in p.techniques] + p.provides
         table.add_row(p.name, p.dist, p.version, ", ".join(provides) or "-", status)
     console.print(table)
+    for p in reg.plugins.values():  # reasons in full, one per line: a table cell would cut them
+        if p.status == "failed":
+            line = f"[red]failed[/red] {escape(f'{p.name} ({p.dist} {p.version}): {p.error}')}"
+            console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -173,3 +173,5 @@ def test_a_plugin_that_failed_to_import_is_named_as_the_cause(tmp_path: Path) ->
                           "try:\n    Registry().load().technique('fake.broken')\nexcept Exception as e:\n    print(e)"],
                          capture_output=True, text=True, env={**__import__("os").environ, **env}, cwd=REPO)  # fmt: skip
     assert cause in kit.stdout, kit.stdout + kit.stderr
+    listed = run_cli("plugins", env=env)  # to a pipe: no terminal width to squeeze the reason into
+    assert "ImportError: this plugin is deliberately broken" in listed.stdout, listed.stdout

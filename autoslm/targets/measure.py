@@ -10,21 +10,36 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+ISA_PREFIXES = ("avx2", "avx512", "amx", "avx_vnni", "fma", "f16c", "sve", "asimd", "bf16", "i8mm", "dotprod")
 
-def machine_fingerprint(threads: int | None = None) -> dict[str, str | int]:
-    """CPU model, cores, threads, torch and OS: enough to tell two measuring machines apart."""
-    import torch
 
-    cpu = platform.processor() or "unknown"
+def cpu_description() -> dict[str, str]:
+    """The first CPU's model name, family/model/stepping, cache, and the instruction-set flags kernels dispatch on
+    (a virtual machine's model name is often just "AMD EPYC": the numbers and flags tell two such CPUs apart)."""
+    fields = {"model name": "", "cpu family": "", "model": "", "stepping": "", "cache size": "", "CPU part": ""}
+    flags: list[str] = []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if not key and flags:
+                break  # the end of the first processor's block
+            if key in fields and not fields[key]:
+                fields[key] = value
+            elif key in ("flags", "Features") and not flags:
+                flags = sorted(f for f in value.split() if f.startswith(ISA_PREFIXES))
     except OSError:
         pass
+    ident = "/".join(v for k, v in fields.items() if k != "model name" and v)
+    return {"cpu": fields["model name"] or platform.processor() or "unknown", "cpu_id": ident, "isa": " ".join(flags)}
+
+
+def machine_fingerprint(threads: int | None = None) -> dict[str, str | int]:
+    """CPU model (name, family/model/stepping, cache, instruction sets), cores, threads, torch and OS: enough to tell
+    two measuring machines apart."""
+    import torch
+
     info: dict[str, str | int] = {
-        "cpu": cpu,
+        **cpu_description(),
         "cores": os.cpu_count() or 0,
         "threads": threads or torch.get_num_threads(),
         "torch": torch.__version__.split("+")[0],

@@ -58,3 +58,16 @@ def test_unknown_target_and_missing_dir() -> None:
         get_target("ftp://x")
     with pytest.raises(UserError, match="not a directory"):
         get_target("local").measure(Path("/no/such/ckpt"), FAST)
+
+
+def test_fingerprint_tells_cpus_with_one_model_name_apart(monkeypatch) -> None:
+    """Two virtual CPUs both called "AMD EPYC" differ in family/model/stepping or instruction sets: other ids."""
+    from autoslm.targets import measure
+
+    real = measure.machine_fingerprint(2)
+    assert real["cpu_id"] and "isa" in real
+    if real["system"].startswith("Linux x86_64"):
+        assert "avx2" in str(real["isa"]) or "avx" not in str(real["isa"])
+    other = {**measure.cpu_description(), "isa": "avx2 fma"}
+    monkeypatch.setattr(measure, "cpu_description", lambda: other)
+    assert measure.machine_fingerprint(2)["id"] != real["id"]
