@@ -17,10 +17,14 @@ locally in about a second, no download):
   space               every dimension of `space()` names a Config field, and its corner values validate
   apply + forward     each example and each corner of the space applies and the model still runs: logits of the
                       right shape, finite
-  params              the parameter count does not grow (set `may_grow_params = True` if yours legitimately does)
+  params              parameters + buffers do not grow, and neither does the saved checkpoint (set
+                      `may_grow_params = True` if yours legitimately does)
   determinism         the same config and seed applied to two fresh copies give identical weights
-  checkpoint          the result saves with `autoslm.checkpoint` and loads in this process with identical logits
-                      (a technique that creates new module types must register a Codec for them)
+  checkpoint          the result saves with `autoslm.checkpoint` and loads in this process with bit-identical logits
+                      (a technique that creates new module types must register a Codec for them; the test model
+                      has a tied embedding, so a technique that replaces it must keep the tie or store both)
+
+Every check that applies the technique runs for the defaults, each example and both corners of `space()`.
   recipe              a recipe step built from it names the plugin's distribution and version
 
 Built-in techniques pass it too (tests/plugins/test_conformance.py).
@@ -68,18 +72,31 @@ class TechniqueConformance:
     # --- helpers (override to adapt) --------------------------------------------------------------------------
 
     @pytest.fixture(scope="class")
-    def entry(self) -> Any:
+    @classmethod
+    def entry(cls) -> Any:
         from autoslm.plugins import get_registry
 
-        if not self.technique:
-            pytest.fail(f"{type(self).__name__}: set the class attribute `technique` to your technique's name")
-        return get_registry().technique(self.technique)
+        if not cls.technique:
+            pytest.fail(f"{cls.__name__}: set the class attribute `technique` to your technique's name")
+        return get_registry().technique(cls.technique)
 
     @pytest.fixture(scope="class")
-    def info(self) -> dict[str, int]:
+    @classmethod
+    def info(cls) -> dict[str, int]:
         from autoslm.models import load_model, model_info
 
-        return model_info(load_model(self.model).model)
+        return model_info(load_model(cls.model).model)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def original_size(cls, tmp_path_factory: pytest.TempPathFactory) -> int:
+        """Bytes of the untouched test model saved as a checkpoint."""
+        from autoslm import checkpoint
+        from autoslm.models import load_model
+
+        lm = load_model(cls.model)
+        directory = checkpoint.save_dir(lm.model, None, tmp_path_factory.mktemp("original"))
+        return checkpoint.weights_file(directory).stat().st_size
 
     def fresh(self) -> Any:
         """A private copy of the test model (a technique may modify it in place)."""
@@ -111,9 +128,9 @@ class TechniqueConformance:
         return {**self.fast_params, **(self.example_params or [{}])[0]}
 
     def apply(self, entry: Any, params: dict[str, Any]) -> tuple[Any, Any, int]:
-        """Apply to a fresh model; returns (compressed model, loaded original, original parameter count)."""
+        """Apply to a fresh model; returns (compressed model, loaded original, original parameter + buffer count)."""
         lm = self.fresh()
-        before = sum(p.numel() for p in lm.model.parameters())
+        before = _numel(lm.model)
         config = entry.cls.make_config(params)
         model = entry.cls().apply(lm.model, config, self.context(lm))
         assert model is not None, f"{self.technique}: apply() must return the model"
@@ -164,32 +181,57 @@ class TechniqueConformance:
             logits = self.logits(model)
             assert logits.shape == (1, len(_IDS[0]), info["vocab_size"]), f"logits shape changed with {params}"
             assert bool(logits.isfinite().all()), f"non-finite logits with {params}"
-            after = sum(p.numel() for p in model.parameters())
+            after = _numel(model)
             if not self.may_grow_params:
-                assert after <= before, f"{params}: parameters grew from {before} to {after}"
+                assert after <= before, f"{params}: parameters + buffers grew from {before} to {after}"
 
     def test_deterministic_for_a_seed(self, entry: Any, info: dict[str, int]) -> None:
         from autoslm.models import fingerprint
 
-        params = self.example()
-        a = fingerprint(self.apply(entry, params)[0])
-        b = fingerprint(self.apply(entry, params)[0])
-        assert a == b, f"two applies of {params} with seed {self.seed} differ"
+        for params in self.all_params(entry, info):
+            a = fingerprint(self.apply(entry, params)[0])
+            b = fingerprint(self.apply(entry, params)[0])
+            assert a == b, (
+                f"two applies of {params} with seed {self.seed} differ: draw randomness from a generator seeded "
+                "with ctx.seed (torch.Generator().manual_seed(ctx.seed)), never from the global RNG"
+            )
 
-    def test_checkpoint_round_trip(self, entry: Any, info: dict[str, int], tmp_path: Path) -> None:
+    def test_checkpoint_round_trip(self, entry: Any, info: dict[str, int], original_size: int, tmp_path: Path) -> None:
         import torch
 
         from autoslm import checkpoint
 
-        params = self.example()
-        model, lm, _ = self.apply(entry, params)
-        expected = self.logits(model)
-        steps = [{"technique": self.technique, "params": params}]
-        checkpoint.save_dir(model, lm.tokenizer, tmp_path / "ckpt", steps=steps)
-        loaded = checkpoint.load_model(tmp_path / "ckpt")
-        got = self.logits(loaded)
-        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), "logits changed across save/load"
-        assert not math.isnan(float(got.abs().max()))
+        for i, params in enumerate(self.all_params(entry, info)):
+            model, lm, _ = self.apply(entry, params)
+            expected = self.logits(model)
+            steps = [{"technique": self.technique, "params": params}]
+            try:
+                directory = checkpoint.save_dir(model, lm.tokenizer, tmp_path / f"ckpt{i}", steps=steps)
+            except Exception as exc:
+                pytest.fail(
+                    f"{params}: the result does not save ({type(exc).__name__}: {exc}). Tensors that share memory "
+                    "(a tied embedding replaced by a new module) need the tie kept (model.tie_weights()) or a codec "
+                    "that stores the shared module once"
+                )
+            try:
+                loaded = checkpoint.load_model(directory)
+            except Exception as exc:
+                pytest.fail(
+                    f"{params}: the checkpoint does not load ({type(exc).__name__}: {exc}). A codec's decode() must "
+                    "rebuild the module from exactly what its encode() wrote (tensors and every metadata field)"
+                )
+            got = self.logits(loaded)
+            assert torch.equal(got, expected), (
+                f"{params}: logits differ after save/load (max abs difference "
+                f"{float((got - expected).abs().max()):.3g}): the codec must store the module exactly"
+            )
+            assert not math.isnan(float(got.abs().max()))
+            size = checkpoint.weights_file(directory).stat().st_size
+            if not self.may_grow_params:
+                assert size <= original_size, (
+                    f"{params}: the checkpoint ({size:,} bytes) is larger than the original model's "
+                    f"({original_size:,}): store what the technique removed or compressed, not extra copies"
+                )
 
     def test_recipe_step_names_the_plugin(self, entry: Any) -> None:
         from autoslm.recipe import build_steps
@@ -198,6 +240,18 @@ class TechniqueConformance:
         assert step.technique == self.technique
         assert step.plugin == entry.dist and step.version == entry.version
         assert set(step.params) == set(entry.cls.Config.model_fields)
+
+
+def _numel(model: Any) -> int:
+    """Parameters and buffers, each stored tensor once (a tied embedding counts once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.device.type != "meta" else (id(t), 0)
+        if key not in seen:
+            seen.add(key)
+            total += t.numel()
+    return total
 
 
 __all__ = ["TechniqueConformance"]

@@ -71,18 +71,118 @@ class NoCodec(Technique):
         return model
 
 
+class Scaled(torch.nn.Module):
+    """A Linear whose output is multiplied by a per-channel gain (stored by the codecs below)."""
+
+    def __init__(self, inner: torch.nn.Linear, gain: torch.Tensor) -> None:
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("gain", gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * self.gain
+
+
+class DropsMetadata(autoslm.Codec):
+    """Forgets to store `out_features` in encode(); decode() needs it."""
+
+    name = "test.drops_metadata"
+    module_type = Scaled
+
+    def encode(self, module: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {"weight": module.inner.weight, "gain": module.gain}, {"in_features": module.inner.in_features}
+
+    def decode(self, tensors: dict[str, Any], meta: dict[str, Any]) -> Any:
+        inner = torch.nn.Linear(meta["in_features"], meta["out_features"], bias=False)
+        inner.weight.data = tensors["weight"]
+        return Scaled(inner, tensors["gain"])
+
+
+class Scaled2(Scaled):
+    pass
+
+
+class Lossy(autoslm.Codec):
+    """Stores the gain nudged by one part in 10^6: logits differ by about 1e-6 after loading."""
+
+    name = "test.lossy"
+    module_type = Scaled2
+
+    def encode(self, module: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {"weight": module.inner.weight, "gain": module.gain * (1 + 1e-6)}, {}
+
+    def decode(self, tensors: dict[str, Any], meta: dict[str, Any]) -> Any:
+        out, inp = tensors["weight"].shape
+        inner = torch.nn.Linear(inp, out, bias=False)
+        inner.weight.data = tensors["weight"]
+        return Scaled2(inner, tensors["gain"])
+
+
+class _ScaleDown(Technique):
+    name = "test.scale_down"
+    stage = Stage.PRUNE
+    Config = NoiseConfig
+    module = Scaled
+
+    def apply(self, model: Any, config: NoiseConfig, ctx: Any) -> Any:
+        mlp = model.model.layers[0].mlp
+        mlp.down_proj = self.module(mlp.down_proj, torch.full((mlp.down_proj.out_features,), 0.5))
+        return model
+
+
+class ForgetsMetadata(_ScaleDown):
+    name = "test.forgets_metadata"
+
+
+class LossyRoundTrip(_ScaleDown):
+    name = "test.lossy"
+    module = Scaled2
+
+
+class SharesMemory(Technique):
+    """Makes the final norm share the first block's norm tensor without declaring a tie: the checkpoint cannot be
+    written (safetensors refuses tensors that share memory)."""
+
+    name = "test.shares_memory"
+    stage = Stage.PRUNE
+    Config = NoiseConfig
+
+    def apply(self, model: Any, config: NoiseConfig, ctx: Any) -> Any:
+        model.model.norm.weight = model.model.layers[0].input_layernorm.weight
+        return model
+
+
+class BigBuffer(Technique):
+    """Registers a large buffer: parameters do not grow, but the model and its checkpoint do."""
+
+    name = "test.big_buffer"
+    stage = Stage.PRUNE
+    Config = NoiseConfig
+
+    def apply(self, model: Any, config: NoiseConfig, ctx: Any) -> Any:
+        model.model.register_buffer("table", torch.zeros(4_000_000))
+        return model
+
+
 class _Plugin:
     @autoslm.hookimpl
     def register_techniques(self, register: Any) -> None:
-        for cls in (Unseeded, Grows, NoCodec):
+        for cls in (Unseeded, Grows, NoCodec, ForgetsMetadata, LossyRoundTrip, SharesMemory, BigBuffer):
             register(cls)
+
+    @autoslm.hookimpl
+    def register_codecs(self, register: Any) -> None:
+        register(DropsMetadata())
+        register(Lossy())
 
 
 @pytest.fixture(scope="module")
 def kit_entries():
     registry = get_registry()
     registry.add(_Plugin(), name="broken-for-test", dist="broken-dist", version="9.9")
-    yield {n: registry.technique(n) for n in ("test.unseeded", "test.grows", "test.nocodec")}
+    names = ("test.unseeded", "test.grows", "test.nocodec", "test.forgets_metadata", "test.lossy",
+             "test.shares_memory", "test.big_buffer")  # fmt: skip
+    yield {n: registry.technique(n) for n in names}
     registry.remove("broken-for-test")
 
 
@@ -110,7 +210,32 @@ def test_kit_catches_a_bad_space_and_growing_params(kit_entries) -> None:
         kit_no_space.test_apply_keeps_a_working_model(kit_entries["test.grows"], INFO)
 
 
+ORIGINAL_SIZE = 10**9  # bytes of the untouched model's checkpoint (the fixture's value; large: not under test here)
+
+
 def test_kit_catches_a_module_without_codec(kit_entries, tmp_path) -> None:
     kit = _kit("test.nocodec")
-    with pytest.raises(ValueError, match=r"down_proj.*Custom has no codec"):
-        kit.test_checkpoint_round_trip(kit_entries["test.nocodec"], INFO, tmp_path)
+    with pytest.raises(pytest.fail.Exception, match=r"does not save.*down_proj.*Custom has no codec"):
+        kit.test_checkpoint_round_trip(kit_entries["test.nocodec"], INFO, ORIGINAL_SIZE, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("technique", "message"),
+    [
+        ("test.forgets_metadata", r"does not load.*decode\(\) must rebuild the module from exactly what"),
+        ("test.lossy", r"logits differ after save/load \(max abs difference .*\): the codec must store"),
+        ("test.shares_memory", r"does not save.*share memory"),
+    ],
+)
+def test_kit_catches_checkpoints_that_do_not_round_trip(kit_entries, tmp_path, technique: str, message: str) -> None:
+    kit = _kit(technique)
+    with pytest.raises((pytest.fail.Exception, AssertionError), match=message):
+        kit.test_checkpoint_round_trip(kit_entries[technique], INFO, ORIGINAL_SIZE, tmp_path)
+
+
+def test_kit_catches_a_growing_model_and_checkpoint(kit_entries, tmp_path) -> None:
+    kit = _kit("test.big_buffer")
+    with pytest.raises(AssertionError, match="parameters \\+ buffers grew"):
+        kit.test_apply_keeps_a_working_model(kit_entries["test.big_buffer"], INFO)
+    with pytest.raises(AssertionError, match=r"checkpoint .* is larger than the original"):
+        kit.test_checkpoint_round_trip(kit_entries["test.big_buffer"], INFO, 14_000_000, tmp_path)
