@@ -57,8 +57,15 @@ def load(directory: str) -> Any:
     from pathlib import Path
 
     from autoslm.checkpoint import load_dir
+    from autoslm.errors import UserError
 
-    return load_dir(Path(directory))
+    path = Path(directory)
+    if not path.is_dir():
+        raise UserError(
+            f"autoslm.load('{directory}'): not a directory; autoslm.load reads a checkpoint folder, "
+            "autoslm.load_model takes any model spec (smollm2-135m, tiny-llama, a .gguf file, ...)"
+        )
+    return load_dir(path)
 
 
 def apply_recipe(recipe: str, out: str, model: str | None = None, force: bool = False) -> Any:
