@@ -127,8 +127,16 @@ def _save_weights(model: PreTrainedModel, directory: Path) -> dict[str, Any]:
     for name, codec in coded.items():
         enc, meta = codec.encode(model.get_submodule(name))
         for key, tensor in enc.items():
+            # a tensor two coded modules share (a coded embedding tied to the lm_head) is stored once
+            ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            if ident in seen and tensor.is_contiguous():
+                aliases[f"{name}.{key}"] = seen[ident]
+                continue
+            seen[ident] = f"{name}.{key}"
             tensors[f"{name}.{key}"] = tensor.detach().contiguous()
-        modules[name] = {"codec": codec.name, "meta": meta, "tensors": sorted(enc), "container": codec.container}
+        entry = registry.codec_entry(codec)
+        modules[name] = {"codec": codec.name, "meta": meta, "tensors": sorted(enc), "container": codec.container,
+                         "dist": entry.dist, "version": entry.version}  # fmt: skip
     # one metadata key only: safetensors writes a multi-key metadata map in random order (not byte-stable)
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return {"aliases": aliases, "coded": modules}
@@ -230,26 +238,33 @@ def _load_coded(directory: Path, modules: dict[str, Any]) -> PreTrainedModel:
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config)
     tensors = load_file(str(Path(directory) / "model.safetensors"))
+    for alias, original in modules.get("aliases", {}).items():  # shared tensors: one object again
+        tensors[alias] = tensors[original]
     registry = get_registry()
     leaves = {}
     # containers first, parents before children, built without weights; their children load like any module
     for name, entry in sorted(modules["coded"].items(), key=lambda kv: kv[0].count(".")):
-        codec = registry.codec(entry["codec"])
+        codec = registry.codec(entry["codec"], entry.get("dist"), entry.get("version"))
         own = {key: tensors.pop(f"{name}.{key}") for key in entry["tensors"]}
         if entry.get("container"):
             with init_empty_weights(include_buffers=False):
                 model.set_submodule(name, codec.decode(own, entry["meta"]))
         else:
             leaves[name] = codec.decode(own, entry["meta"])
-    for alias, original in modules.get("aliases", {}).items():
-        tensors[alias] = tensors[original]
+    coded_keys = tuple(f"{n}." for n in modules["coded"])
+    for alias in modules.get("aliases", {}):  # a coded module's shared tensor was consumed by its codec
+        if alias.startswith(coded_keys):
+            tensors.pop(alias, None)
     _missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     for name, module in leaves.items():
         model.set_submodule(name, module)
     if unexpected:
         raise UserError(f"checkpoint '{directory}' has tensors the model does not use: {unexpected[:3]}; re-export it")
-    if getattr(config, "tie_word_embeddings", False) and "lm_head" not in modules["coded"]:
-        model.tie_weights()
+    embeddings = {
+        n for n, m in model.named_modules() if m is model.get_input_embeddings() or m is model.get_output_embeddings()
+    }  # noqa: E501
+    if getattr(config, "tie_word_embeddings", False) and not embeddings & set(modules["coded"]):
+        model.tie_weights()  # plain tied embeddings; coded ones were rebuilt sharing what their checkpoint shared
     still_empty = [n for n, p in model.named_parameters() if p.device == torch.device("meta")]
     if still_empty:
         raise UserError(f"checkpoint '{directory}' lacks weights for {still_empty[:3]}; re-export it")

@@ -262,14 +262,32 @@ class Registry:
             )
         return entries[name].obj
 
-    def codec(self, name: str) -> Codec:
+    def codec(self, name: str, dist: str | None = None, version: str | None = None) -> Codec:
+        """The codec registered as `name`; else a UserError naming the distribution that provides it (`dist` and
+        `version` as the checkpoint recorded them) and, when that plugin is installed but broken, why."""
         self.load()
         if name not in self.codecs:
+            import re
+
+            from autoslm.recipe import DIST_NAME, VERSION
+
+            note = self.failed_note(dist) if dist else ""
+            if note:
+                raise UserError(f"checkpoint needs codec '{name}': {note}")
+            if dist and re.match(DIST_NAME, dist) and version and re.match(VERSION, version):
+                raise UserError(
+                    f"checkpoint needs codec '{name}' from the plugin distribution {dist} {version} (recorded in the "
+                    f"checkpoint's manifest), which is not installed: pip install '{dist}=={version}'"
+                )
             raise UserError(
                 f"checkpoint needs codec '{name}', which no installed plugin provides: install the plugin that "
                 "made the checkpoint (its recipe names the distribution), then retry"
             )
         return self.codecs[name].codec
+
+    def codec_entry(self, codec: Codec) -> CodecEntry:
+        self.load()
+        return self.codecs[codec.name]
 
     def codec_for(self, module: Any) -> Codec | None:
         self.load()

@@ -175,3 +175,29 @@ def test_a_plugin_that_failed_to_import_is_named_as_the_cause(tmp_path: Path) ->
     assert cause in kit.stdout, kit.stdout + kit.stderr
     listed = run_cli("plugins", env=env)  # to a pipe: no terminal width to squeeze the reason into
     assert "ImportError: this plugin is deliberately broken" in listed.stdout, listed.stdout
+
+
+def test_a_missing_codec_names_the_distribution_the_checkpoint_recorded(tmp_path: Path) -> None:
+    from autoslm import checkpoint
+    from autoslm.models import load_model
+    from autoslm.pipeline import Step, apply_planned, plan
+    from autoslm.technique import ApplyContext
+
+    lm = load_model("tiny-llama")
+    model = apply_planned(lm.model, plan([Step(technique="quant.dynamic_int8", params={})]),
+                          ApplyContext(tokenizer=lm.tokenizer, seed=0))  # fmt: skip
+    ck = checkpoint.save_dir(model, lm.tokenizer, tmp_path / "ck")
+    manifest = json.loads((ck / checkpoint.MANIFEST).read_text())
+    coded = manifest["modules"]["coded"]
+    assert all(m["dist"] == "autoslm" and m["version"] == autoslm.__version__ for m in coded.values())
+    for m in coded.values():  # as if made by a plugin that is not installed here
+        m.update(codec="fake.int8", dist="autoslm-fake-int8", version="2.0.1")
+    (ck / checkpoint.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r"autoslm-fake-int8 2\.0\.1 .*pip install 'autoslm-fake-int8==2\.0\.1'"):
+        checkpoint.load_model(ck)
+    for m in coded.values():  # a hostile manifest: nothing of it is echoed into a command
+        m.update(dist="x; rm -rf ~")
+    (ck / checkpoint.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="no installed plugin provides") as caught:
+        checkpoint.load_model(ck)
+    assert "rm -rf" not in str(caught.value)

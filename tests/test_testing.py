@@ -164,16 +164,56 @@ class BigBuffer(Technique):
         return model
 
 
+class SharedTable(torch.nn.Module):
+    """One table serving as the token embedding ("embed") and as the output projection ("head"): a coded module
+    pair that shares storage, as a clustered tied embedding would."""
+
+    def __init__(self, table: torch.nn.Parameter, mode: str) -> None:
+        super().__init__()
+        self.table, self.mode = table, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.embedding(x, self.table) if self.mode == "embed" else x @ self.table.T
+
+
+class SharedTableCodec(autoslm.Codec):
+    name = "test.shared_table"
+    module_type = SharedTable
+
+    def encode(self, module: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {"table": module.table}, {"mode": module.mode}
+
+    def decode(self, tensors: dict[str, Any], meta: dict[str, Any]) -> Any:
+        table = tensors["table"]
+        return SharedTable(table if isinstance(table, torch.nn.Parameter) else torch.nn.Parameter(table), meta["mode"])
+
+
+class CodedTiedEmbedding(Technique):
+    """Replaces the tied embedding and the lm_head by coded modules sharing one table."""
+
+    name = "test.coded_tied_embedding"
+    stage = Stage.PRUNE
+    Config = NoiseConfig
+
+    def apply(self, model: Any, config: NoiseConfig, ctx: Any) -> Any:
+        table = model.model.embed_tokens.weight
+        model.model.embed_tokens = SharedTable(table, "embed")
+        model.lm_head = SharedTable(table, "head")
+        return model
+
+
 class _Plugin:
     @autoslm.hookimpl
     def register_techniques(self, register: Any) -> None:
-        for cls in (Unseeded, Grows, NoCodec, ForgetsMetadata, LossyRoundTrip, SharesMemory, BigBuffer):
+        for cls in (Unseeded, Grows, NoCodec, ForgetsMetadata, LossyRoundTrip, SharesMemory, BigBuffer,
+                    CodedTiedEmbedding):  # fmt: skip
             register(cls)
 
     @autoslm.hookimpl
     def register_codecs(self, register: Any) -> None:
         register(DropsMetadata())
         register(Lossy())
+        register(SharedTableCodec())
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +221,7 @@ def kit_entries():
     registry = get_registry()
     registry.add(_Plugin(), name="broken-for-test", dist="broken-dist", version="9.9")
     names = ("test.unseeded", "test.grows", "test.nocodec", "test.forgets_metadata", "test.lossy",
-             "test.shares_memory", "test.big_buffer")  # fmt: skip
+             "test.shares_memory", "test.big_buffer", "test.coded_tied_embedding")  # fmt: skip
     yield {n: registry.technique(n) for n in names}
     registry.remove("broken-for-test")
 
@@ -239,3 +279,19 @@ def test_kit_catches_a_growing_model_and_checkpoint(kit_entries, tmp_path) -> No
         kit.test_apply_keeps_a_working_model(kit_entries["test.big_buffer"], INFO)
     with pytest.raises(AssertionError, match=r"checkpoint .* is larger than the original"):
         kit.test_checkpoint_round_trip(kit_entries["test.big_buffer"], INFO, 14_000_000, tmp_path)
+
+
+def test_a_coded_embedding_shared_with_the_lm_head_round_trips_stored_once(kit_entries, tmp_path) -> None:
+    """Two coded modules sharing one tensor (a clustered tied embedding): saved once, rebuilt sharing it."""
+    from autoslm import checkpoint
+
+    kit = _kit("test.coded_tied_embedding")
+    original = checkpoint.save_dir(kit.fresh().model, None, tmp_path / "original")
+    size = checkpoint.weights_file(original).stat().st_size
+    kit.test_checkpoint_round_trip(kit_entries["test.coded_tied_embedding"], INFO, size, tmp_path)  # passes
+    model, lm, _ = kit.apply(kit_entries["test.coded_tied_embedding"], {})
+    saved = checkpoint.save_dir(model, lm.tokenizer, tmp_path / "shared")
+    manifest = __import__("json").loads((saved / checkpoint.MANIFEST).read_text())
+    assert manifest["modules"]["aliases"] == {"lm_head.table": "model.embed_tokens.table"}
+    loaded = checkpoint.load_model(saved)
+    assert loaded.lm_head.table.data_ptr() == loaded.model.embed_tokens.table.data_ptr()  # shared again
