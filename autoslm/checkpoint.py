@@ -262,7 +262,7 @@ def _load_coded(directory: Path, modules: dict[str, Any]) -> PreTrainedModel:
         raise UserError(f"checkpoint '{directory}' has tensors the model does not use: {unexpected[:3]}; re-export it")
     embeddings = {
         n for n, m in model.named_modules() if m is model.get_input_embeddings() or m is model.get_output_embeddings()
-    }  # noqa: E501
+    }
     if getattr(config, "tie_word_embeddings", False) and not embeddings & set(modules["coded"]):
         model.tie_weights()  # plain tied embeddings; coded ones were rebuilt sharing what their checkpoint shared
     still_empty = [n for n, p in model.named_parameters() if p.device == torch.device("meta")]

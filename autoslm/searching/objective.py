@@ -129,12 +129,13 @@ class Objective:
         report_low: Any = None,
         trial_number: int = 0,
         identity: tuple[list[Any], str] | None = None,
-        incumbent: bool = True,
+        incumbent: float | None = 0.0,
     ) -> TrialOutcome:
         """Run one candidate. `baseline` is None for the baseline itself (no budget check, no pruning).
         `identity`: what `identify(steps)` returned, when the caller already validated the policy.
-        `incumbent`: whether the study already holds a candidate within budget. Without one, no quality rule prunes:
-        a tight budget's first feasible candidate is worth finishing however poor (it is the best found so far)."""
+        `incumbent`: the low-fidelity perplexity of the best candidate within budget so far. None (none yet): no
+        quality rule prunes -- a tight budget's first feasible candidate is worth finishing however poor. A number:
+        the hard rule prunes only what is also worse than it (it cannot win). 0.0 (unknown): the hard rule alone."""
         planned, policy_hash = identity or self.identify(steps)
         out = TrialOutcome(steps=steps, policy_hash=policy_hash, seed=self.seed)
         work = Path(self.run_dir) / "trials" / f"{trial_number:04d}"
@@ -165,10 +166,10 @@ class Objective:
             low = runtime.evaluate(model, lm.tokenizer, work, self.fidelity_low, reference=reference)
             out.low_ppl = low.ppl
             out.seconds["quality_low"] = time.perf_counter() - t0
-            if baseline is not None and incumbent:
+            if baseline is not None and incumbent is not None:
                 if report_low is not None and report_low(low.ppl):
                     raise Pruned(f"low-fidelity perplexity {low.ppl:.1f} is not promising")
-                if low.ppl > self.prune_factor * baseline["low_ppl"]:
+                if low.ppl > max(self.prune_factor * baseline["low_ppl"], incumbent):
                     raise Pruned(
                         f"low-fidelity perplexity {low.ppl:.1f} > {self.prune_factor:g}x the baseline's "
                         f"{baseline['low_ppl']:.1f}"

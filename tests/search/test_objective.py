@@ -19,13 +19,15 @@ def _objective(tmp_path: Path) -> Objective:
 
 
 def test_first_feasible_candidate_is_scored_in_full_however_poor(tmp_path: Path) -> None:
-    out = _objective(tmp_path).evaluate_policy(POLICY, BASELINE, trial_number=1, incumbent=False)
+    out = _objective(tmp_path).evaluate_policy(POLICY, BASELINE, trial_number=1, incumbent=None)
     assert out.status == "complete" and out.feasible, out.reason
     assert out.low_ppl is not None and out.low_ppl > 3 * BASELINE["low_ppl"]  # the hard rule would have pruned it
     assert 1 < out.ppl < 1e6 and out.quality["ppl"] == out.ppl
 
 
-def test_with_an_incumbent_the_hard_rule_prunes(tmp_path: Path) -> None:
-    out = _objective(tmp_path).evaluate_policy(POLICY, BASELINE, trial_number=1, incumbent=True)
+def test_with_an_incumbent_the_hard_rule_prunes_what_cannot_beat_it(tmp_path: Path) -> None:
+    better = _objective(tmp_path).evaluate_policy(POLICY, BASELINE, trial_number=1, incumbent=1e12)
+    assert better.status == "complete", better.reason  # worse than 3x the baseline, better than the incumbent
+    out = _objective(tmp_path).evaluate_policy(POLICY, BASELINE, trial_number=2, incumbent=1.0)
     assert out.status == "pruned" and "3x the baseline" in (out.reason or "")
     assert out.quality == {}  # full quality never computed

@@ -74,7 +74,7 @@ def make_trial_function(job: BackendJob) -> Any:
 
         out = objective.evaluate_policy(
             steps, job.baseline, report_low=report_low, trial_number=trial.number, identity=identity,
-            incumbent=has_incumbent(study),
+            incumbent=incumbent_low_ppl(study),
         )  # fmt: skip
         record(trial, out)
         if out.status == "failed":
@@ -86,14 +86,17 @@ def make_trial_function(job: BackendJob) -> Any:
     return run
 
 
-def has_incumbent(study: Any) -> bool:
-    """Whether a trial of the study finished complete within budget (the only kind the hard pruning rule may beat)."""
+def incumbent_low_ppl(study: Any) -> float | None:
+    """The lowest low-fidelity perplexity of the study's complete trials within budget; None when there is none
+    (see `Objective.evaluate_policy`: what the hard pruning rule compares with)."""
     import optuna
 
-    return any(
-        t.user_attrs.get("status") == "complete" and t.user_attrs.get("feasible")
+    lows = [
+        float(t.user_attrs["low_ppl"])
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    )
+        if t.user_attrs.get("status") == "complete" and t.user_attrs.get("feasible") and t.user_attrs.get("low_ppl")
+    ]
+    return min(lows) if lows else None
 
 
 def _same_policy(study: Any, trial: Any, h: str, wait_s: float = 2.0, max_wait_s: float = 7200.0) -> Any:

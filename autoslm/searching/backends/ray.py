@@ -10,9 +10,9 @@ The searcher subclass keeps the engine's contract: identical policies are answer
 echoes the cached trial number), each outcome is recorded exactly as the Optuna backend records it (user attributes,
 constraints, failure reasons), and progress events are the same. A worker or node that dies mid-trial makes Tune
 retry the trial (FailureConfig.max_failures); when retries are exhausted the trial is failed with the reason.
-Pruning uses the objective's own hard rule (low-fidelity perplexity > 3x the baseline's, once the study holds a
-candidate within budget: the searcher says so in the trial's config); Optuna's median pruner needs the study inside
-the worker, which a remote node does not have.
+Pruning uses the objective's own hard rule (low-fidelity perplexity > 3x the baseline's and worse than the best
+candidate within budget so far, whose figure the searcher puts in the trial's config); Optuna's median pruner
+needs the study inside the worker, which a remote node does not have.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _trainable(config: dict[str, Any], objective: Any, baseline: dict[str, Any])
     workers.mkdir(parents=True, exist_ok=True)
     (workers / f"{number:04d}.pid").write_text(str(os.getpid()))
     steps = policy.steps(objective.space, {k: v for k, v in config.items() if k not in META})
-    out = objective.evaluate_policy(steps, baseline, trial_number=number, incumbent=bool(config.get("__incumbent__")))
+    out = objective.evaluate_policy(steps, baseline, trial_number=number, incumbent=config.get("__incumbent__"))
     # JSON strings: Tune flattens nested dicts in results
     tune.report({"objective": out.ppl, "outcome": json.dumps(asdict(out)), "node": json.dumps(node)})
 
@@ -117,9 +117,9 @@ def _define_searcher() -> type:
                 ),
                 None,
             )
-            from autoslm.searching.backends.optuna import has_incumbent
+            from autoslm.searching.backends.optuna import incumbent_low_ppl
 
-            incumbent = has_incumbent(self._ot_study)
+            incumbent = incumbent_low_ppl(self._ot_study)
             return {**params, "__trial__": ot.number, "__cached__": cached, "__incumbent__": incumbent}
 
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
