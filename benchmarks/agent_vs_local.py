@@ -49,7 +49,7 @@ def main() -> None:
             try:
                 requests.get(f"{url}/health", timeout=1)
                 break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.2)
         local, remote = get_target("local"), get_target(url, token=token)
         runs: dict[str, list] = {"local": [], "agent": []}

@@ -8,7 +8,9 @@
    written relative to the F32 baseline with the Q8_0/F32 ratio measured in step 1. One autoslm search each
    (space `llamacpp`, `--trials`, stopped after `--timeout` seconds).
 3. Each search's best is measured again beside the presets (three more interleaved rounds) so the decode comparison
-   is made in one run. Printed: policy, size, decode ms, ppl, KLD.
+   is made in one run. Printed: policy, size, decode ms, ppl, KLD. Then each best is timed against the preset of
+   its budget (Q4_K_M for (a), Q8_0 for (b)) with both models in one process, alternating for 8 rounds: the decode
+   ratio a close call would be judged on.
 """
 
 from __future__ import annotations
@@ -109,10 +111,23 @@ def main() -> None:
         kld = "-" if row["kld"] is None else f"{row['kld']:.4f}"
         print(f"{row['policy'][:71]:<72}{row['size_mb']:>9.1f}{statistics.median(row['decode']):>11.2f}"
               f"{row['ppl']:>9.3f}{kld:>9}")  # fmt: skip
+    # the decode verdict against the preset at each budget, paired: both models in one process, timed alternately
+    references = {"a": "Q4_K_M", "b": "Q8_0"}
+    pairs = {}
+    for key, ref in references.items():
+        name = f"autoslm ({key})"
+        if name in rows:
+            pm = target.measure_pair(rows[name]["dir"], rows[ref]["dir"], rounds=8, settings=settings)
+            pairs[key] = {"reference": ref, "decode_ratio": pm.ratios["decode_ms"],
+                          "rounds": pm.pair_ratios["decode_ms"]}  # fmt: skip
+            spread = sorted(pm.pair_ratios["decode_ms"])
+            print(f"paired, 8 rounds in one process: autoslm ({key}) decodes at {pm.ratios['decode_ms']:.3f}x {ref}'s "
+                  f"time (rounds {spread[0]:.3f}..{spread[-1]:.3f})")  # fmt: skip
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
     if args.json:
         out = {k: {**{x: y for x, y in v.items() if x != "dir"}} for k, v in rows.items()}
-        args.json.write_text(json.dumps({"rows": out, "searches": searches, "budgets": budgets}, indent=2))
+        summary = {"rows": out, "searches": searches, "budgets": budgets, "pairs": pairs}
+        args.json.write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

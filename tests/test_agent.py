@@ -44,7 +44,7 @@ def _start(port: int, *extra: str) -> subprocess.Popen:
         try:
             if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
                 return proc
-        except requests.ConnectionError:
+        except requests.RequestException:  # refused, or bound but not serving yet
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"agent did not start: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")

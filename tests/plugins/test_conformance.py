@@ -35,6 +35,9 @@ class TestDistill(TechniqueConformance):
 
 class TestDynamicInt8(TechniqueConformance):
     technique = "quant.dynamic_int8"
+    # include_lm_head=True on a tied model stores an int8 lm_head beside the fp32 embedding: the checkpoint grows
+    # (+27% on tiny-llama, whose embedding is most of it; documented in docs/techniques.md)
+    may_grow_params = True
     example_params = [{"smooth_alpha": 0.5, "keep_fp32": 2}]
     invalid_params = [{"smooth_alpha": 2.0}]
     fast_params = {"calibration_samples": 2, "calibration_seq_len": 32}
@@ -42,6 +45,7 @@ class TestDynamicInt8(TechniqueConformance):
 
 class TestWeightOnly(TechniqueConformance):
     technique = "quant.weight_only"
+    may_grow_params = True  # as dynamic int8: a quantized copy of the tied lm_head beside the embedding
     example_params = [{"bits": 8, "group_size": 32}]
     invalid_params = [{"bits": 3}, {"algorithm": "magic"}]
     fast_params = {"calibration_samples": 2, "calibration_seq_len": 32}
