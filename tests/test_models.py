@@ -17,7 +17,7 @@ def test_parse_spec_kinds(tmp_path: Path) -> None:
     assert models.parse_spec("tiny-llama").kind == "tiny"
     assert models.parse_spec("HuggingFaceTB/SmolLM2-135M").kind == "hub"
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "config.json").write_text("{}")
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "llama"}')
     assert models.parse_spec(str(tmp_path / "m")).kind == "dir"
     gguf = tmp_path / "x.gguf"
     gguf.write_bytes(b"GGUF")

@@ -26,7 +26,10 @@ def test_budget_absolute_and_relative() -> None:
         ("decode_ms<0.6", "malformed"),
         ("latency<=3", "unknown"),
         ("decode_ms<=abc", "malformed"),
-        ("decode_ms<=0", "must be positive"),
+        ("decode_ms<=0", "must be a positive, finite number"),
+        ("decode_ms<=1e999", "must be a positive, finite number"),
+        (",,,", "has an empty term"),
+        ("decode_ms<=0.5x,,memory_mb<=400", "has an empty term"),
         ("decode_ms<=1,decode_ms<=2", "twice"),
     ],
 )
