@@ -1,6 +1,7 @@
 """autoslm's llama.cpp search against llama.cpp's own presets, on this machine, at two budgets.
 
     python benchmarks/llamacpp_presets.py [--model smollm2-135m] [--trials 30] [--timeout 780] [--json out.json]
+    python benchmarks/llamacpp_presets.py --reuse WORKDIR --from out.json   # measure a previous run's files again
 
 1. The presets (F32 export, Q8_0, Q6_K, Q4_K_M, Q4_0, IQ4_NL, Q3_K_M) are built, measured twice in fresh processes
    (interleaved) and scored at full fidelity in llama.cpp (perplexity, KLD to the F32 export).
@@ -22,6 +23,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from autoslm.quiet import quiet_libraries
 
@@ -34,7 +36,11 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--timeout", type=float, default=780.0, help="seconds per search")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--reuse", type=Path, help="a previous run's work folder: skip building and searching")
+    ap.add_argument("--from", dest="previous", type=Path, help="with --reuse: that run's --json (policies, quality)")
     args = ap.parse_args()
+    if args.reuse:
+        return remeasure(args)
     quiet_libraries()
     import autoslm
     from autoslm.evaluate import Fidelity
@@ -103,18 +109,28 @@ def main() -> None:
                 "kld": (result.best.quality or {}).get("kld_mean"),
                 "decode": [],
             }
-    for row in rows.values():
+    final(rows, target, settings, args.json, {"searches": searches, "budgets": budgets})
+
+
+def final(rows: dict[str, dict], target: Any, settings: Any, out: Path | None, summary: dict[str, Any]) -> None:
+    """Every checkpoint measured three more times side by side (interleaved), the table, then each search's best
+    paired with the preset of its budget in one process."""
+    items = list(rows.values())
+    for row in items:
         row["decode"] = []
-    measure_all(3)  # everything again, side by side
+    for r in range(3):
+        for row in items if r % 2 == 0 else reversed(items):
+            m = target.measure(row["dir"], settings)
+            row["decode"].append(m.decode_ms)
+            row["size_mb"] = m.size_mb
     print(f"\n{'policy':<72}{'size MB':>9}{'decode ms':>11}{'ppl':>9}{'KLD':>9}")
     for row in rows.values():
         kld = "-" if row["kld"] is None else f"{row['kld']:.4f}"
         print(f"{row['policy'][:71]:<72}{row['size_mb']:>9.1f}{statistics.median(row['decode']):>11.2f}"
               f"{row['ppl']:>9.3f}{kld:>9}")  # fmt: skip
     # the decode verdict against the preset at each budget, paired: both models in one process, timed alternately
-    references = {"a": "Q4_K_M", "b": "Q8_0"}
     pairs = {}
-    for key, ref in references.items():
+    for key, ref in {"a": "Q4_K_M", "b": "Q8_0"}.items():
         name = f"autoslm ({key})"
         if name in rows:
             pm = target.measure_pair(rows[name]["dir"], rows[ref]["dir"], rounds=8, settings=settings)
@@ -124,10 +140,25 @@ def main() -> None:
             print(f"paired, 8 rounds in one process: autoslm ({key}) decodes at {pm.ratios['decode_ms']:.3f}x {ref}'s "
                   f"time (rounds {spread[0]:.3f}..{spread[-1]:.3f})")  # fmt: skip
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
-    if args.json:
-        out = {k: {**{x: y for x, y in v.items() if x != "dir"}} for k, v in rows.items()}
-        summary = {"rows": out, "searches": searches, "budgets": budgets, "pairs": pairs}
-        args.json.write_text(json.dumps(summary, indent=2))
+    if out:
+        rows_out = {k: {x: y for x, y in v.items() if x != "dir"} for k, v in rows.items()}
+        out.write_text(json.dumps({"rows": rows_out, **summary, "pairs": pairs}, indent=2))
+
+
+def remeasure(args: argparse.Namespace) -> None:
+    """--reuse: the presets and the searches' winners of a previous run (its work folder and --json), measured
+    again as the end of a run does."""
+    from autoslm.targets import MeasureSettings, get_target
+
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (re-measuring {args.reuse})", flush=True)
+    previous = json.loads(args.previous.read_text())
+    rows = {}
+    for name, row in previous["rows"].items():
+        key = name.removeprefix("autoslm (").removesuffix(")")
+        directory = args.reuse / (f"search-{key}" / Path("checkpoint") if name.startswith("autoslm") else Path(name))
+        rows[name] = {**row, "dir": directory}
+    summary = {k: previous[k] for k in ("searches", "budgets") if k in previous}
+    final(rows, get_target("local"), MeasureSettings(runtime="llama.cpp"), args.json, summary)
 
 
 if __name__ == "__main__":
