@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,10 +51,33 @@ def save_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     modules = _save_weights(model, directory)
+    mark_config(directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     names = [p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST]
     return write_manifest(directory, names, **({"modules": modules} if modules else {}), **meta)
+
+
+ALLOW_UNVERIFIED = "AUTOSLM_ALLOW_UNVERIFIED"
+MARKER = "autoslm_checkpoint"  # a key autoslm adds to the config.json of every checkpoint it writes
+
+
+def written_by_autoslm(directory: Path) -> bool:
+    """Whether the folder's config.json carries autoslm's marker (so a missing manifest means a damaged folder)."""
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and MARKER in config
+
+
+def mark_config(directory: Path) -> None:
+    """Add autoslm's marker to the folder's config.json (transformers keeps unknown keys as config attributes)."""
+    path = Path(directory) / "config.json"
+    if path.is_file():
+        config = json.loads(path.read_text())
+        config[MARKER] = FORMAT_VERSION
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def write_manifest(directory: Path, names: list[str], **meta: Any) -> Path:
@@ -146,6 +170,12 @@ def verify_dir(directory: Path) -> dict[str, Any] | None:
     """Check every file listed in the manifest; return the manifest (None for a plain Hugging Face directory)."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
+        if written_by_autoslm(directory) and not os.environ.get(ALLOW_UNVERIFIED):
+            raise ChecksumError(
+                f"checkpoint '{directory}' was written by autoslm but its {MANIFEST} is missing, so its files cannot "
+                f"be verified (deleted after a change?): restore it or re-export the checkpoint; to load it anyway "
+                f"pass --allow-unverified (or set {ALLOW_UNVERIFIED}=1)"
+            )
         return None
     try:
         manifest = json.loads(path.read_text())

@@ -45,6 +45,10 @@ ModelOpt = Annotated[
 RuntimeOpt = Annotated[
     str, typer.Option(help="what runs the model: torch (eager PyTorch) or llama.cpp (GGUF); see `autoslm plugins`")
 ]
+UnverifiedOpt = Annotated[
+    bool,
+    typer.Option(help="load an autoslm checkpoint whose manifest (checksums) is missing, e.g. deleted after a change"),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of a table")]
 TargetOpt = Annotated[
     str, typer.Option(help="where to measure: local (this CPU) or http://HOST:PORT of a running `autoslm agent`")
@@ -103,6 +107,7 @@ def eval_cmd(
     ppl_tokens: Annotated[int | None, typer.Option(help="held-out tokens for perplexity (overrides fidelity)")] = None,
     items: Annotated[int | None, typer.Option(help="items per zero-shot task (overrides fidelity)")] = None,
     runtime: RuntimeOpt = "torch",
+    allow_unverified: UnverifiedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Held-out perplexity (Persuasion + Northanger Abbey) and two zero-shot tasks (hyperbaton, last-word cloze).
@@ -111,6 +116,7 @@ def eval_cmd(
 
     Example:  autoslm eval --model smollm2-135m
     """
+    _allow_unverified(allow_unverified)
     from autoslm.evaluate import Fidelity
 
     fid = Fidelity.preset(fidelity)
@@ -163,6 +169,7 @@ def profile(
     target: TargetOpt = "local",
     target_token: TargetTokenOpt = None,
     runtime: RuntimeOpt = "torch",
+    allow_unverified: UnverifiedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure latency and memory on this machine's CPU in a fresh process, or on a device running `autoslm agent`.
@@ -178,6 +185,7 @@ def profile(
         _positive(flag, value)
     if decode_tokens < 2:
         raise UserError(f"--decode-tokens must be at least 2 (got {decode_tokens})")
+    _allow_unverified(allow_unverified)
     from autoslm.runtimes import get_runtime
     from autoslm.targets import MeasureSettings, get_target
 
@@ -378,6 +386,14 @@ def agent(
         highlight=False,
     )
     serve(service, host=host, port=port, sock=sock)
+
+
+def _allow_unverified(allow: bool) -> None:
+    """--allow-unverified: load an autoslm checkpoint whose manifest is missing (measuring processes inherit it)."""
+    if allow:
+        from autoslm.checkpoint import ALLOW_UNVERIFIED
+
+        os.environ[ALLOW_UNVERIFIED] = "1"
 
 
 def _positive(flag: str, value: int) -> None:

@@ -335,7 +335,10 @@ def _broken_copy(src: Path, dst: Path, **files: bytes | None) -> Path:
     from autoslm.checkpoint import MANIFEST
 
     shutil.copytree(src, dst)
-    (dst / MANIFEST).unlink()  # a plain Hugging Face folder
+    (dst / MANIFEST).unlink()  # a plain Hugging Face folder: no manifest, no autoslm marker
+    config = json.loads((dst / "config.json").read_text())
+    config.pop("autoslm_checkpoint")
+    (dst / "config.json").write_text(json.dumps(config))
     for name, data in files.items():
         name = name.replace("__", ".")
         if data is None:
@@ -476,6 +479,24 @@ def test_damaged_cache_entries_are_rebuilt(tmp_path: Path, monkeypatch: pytest.M
     (entry / "config.json").unlink()
     models.VERIFIED.clear()
     assert models.load_model("tiny-llama").fingerprint == expected
+
+
+# --- 11. an autoslm checkpoint without its manifest -----------------------------------------------------------------
+
+
+def test_checkpoint_whose_manifest_was_deleted_is_refused_unless_allowed(tiny_dir: Path, tmp_path: Path) -> None:
+    from autoslm.checkpoint import MANIFEST, load_model
+
+    tampered = shutil.copytree(tiny_dir, tmp_path / "tampered")
+    weights = bytearray((tampered / "model.safetensors").read_bytes())
+    weights[-64] ^= 0x01
+    (tampered / "model.safetensors").write_bytes(bytes(weights))
+    (tampered / MANIFEST).unlink()  # ... and the evidence removed
+    with pytest.raises(ChecksumError, match=r"written by autoslm but its autoslm-manifest\.json is missing"):
+        load_model(tampered)
+    _one_line_error(run_cli("eval", "--model", str(tampered), "--fidelity", "low"), "--allow-unverified")
+    allowed = run_cli("eval", "--model", str(tampered), "--fidelity", "low", "--allow-unverified", "--json")
+    assert allowed.returncode == 0 and json.loads(allowed.stdout)["ppl"] > 0, allowed.stderr
 
 
 # --- 12. recipes ------------------------------------------------------------------------------------------------------
