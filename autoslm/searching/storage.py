@@ -35,7 +35,7 @@ def make_storage(url: str) -> Any:
             raise UserError(f"cannot read the study journal '{url}': {_reason(exc)}; move it away or fix it") from exc
         return storage
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     _check_sqlite_file(url)
     for attempt in range(5):  # processes joining a fresh database race to create Optuna's schema: retry
@@ -49,17 +49,20 @@ def make_storage(url: str) -> Any:
             )
             storage.get_all_studies()
             return storage
-        except OperationalError as exc:
-            if attempt == 4 or "malformed" in str(exc) or "not a database" in str(exc):
-                raise UserError(f"cannot open the study storage '{url}': {_reason(exc)}") from exc
+        except (ImportError, ArgumentError) as exc:  # a missing driver, an unknown dialect, a malformed URL
+            raise UserError(f"--storage '{url}': {_reason(exc)} (is its database driver installed?)") from exc
+        except SQLAlchemyError as exc:
+            # processes joining a fresh database race to create Optuna's schema (duplicate table, lock): retry;
+            # a file that is not a database, or a corrupt one, does not get better
+            hopeless = any(s in str(exc) for s in ("malformed", "not a database", "no such table", "disk I/O"))
+            if attempt == 4 or hopeless:
+                raise UserError(
+                    f"cannot read the study storage '{url}': {_reason(exc)}; it is not a readable autoslm/Optuna "
+                    "study (move the file away or choose another --out)"
+                ) from exc
             time.sleep(1.0 + attempt)
-        except (ImportError, ModuleNotFoundError) as exc:
-            raise UserError(f"--storage '{url}': its database driver is not installed ({_reason(exc)})") from exc
-        except Exception as exc:  # sqlalchemy's DatabaseError, ArgumentError, NoSuchModuleError, optuna's own...
-            raise UserError(
-                f"cannot read the study storage '{url}': {_reason(exc)}; it is not an autoslm/Optuna study "
-                "(move the file away or choose another --out)"
-            ) from exc
+        except Exception as exc:  # optuna's own checks of the schema version, and the like
+            raise UserError(f"cannot read the study storage '{url}': {_reason(exc)}") from exc
     raise AssertionError("unreachable")
 
 
