@@ -20,7 +20,7 @@ updated and the checkpoint reloads with `transformers.AutoModelForCausalLM.from_
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -36,6 +36,7 @@ class WidthConfig(TechniqueConfig):
     round_to: int = Field(8, ge=1, description="keep the channel count a multiple of this (kernel friendly)")
     calibration_samples: int = Field(8, ge=1)
     calibration_seq_len: int = Field(256, ge=8)
+    version: ClassVar[int] = 2  # 2: kept channels rounded to the nearest multiple of round_to (1: rounded down)
 
 
 class WidthPrune(Technique):
@@ -140,8 +141,10 @@ class WidthPrune(Technique):
 
 
 def _round_keep(total: int, ratio: float, multiple: int) -> int:
+    """Channels kept: `total * (1 - ratio)` rounded to the nearest multiple of `multiple` (at least one multiple).
+    Version 1 rounded down, so with `round_to: 256` a ratio of 0.001 removed 256 of 1536 channels."""
     keep = total - round(total * ratio)
-    keep = max(multiple, (keep // multiple) * multiple) if total >= multiple else max(1, keep)
+    keep = max(multiple, round(keep / multiple) * multiple) if total >= multiple else max(1, keep)
     return min(total, keep)
 
 
