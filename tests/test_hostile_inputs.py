@@ -60,6 +60,9 @@ def agent():
                 break
         except requests.RequestException:  # refused, or bound but not serving yet
             time.sleep(0.2)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"the agent did not start: {proc.stderr.read().decode()[-1000:] if proc.stderr else ''}")
     yield url, proc
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
