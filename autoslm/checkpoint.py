@@ -310,6 +310,8 @@ def load_tokenizer(directory: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_dir(directory: Path, *, dtype: str | torch.dtype = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_dir(
+    directory: Path, *, dtype: str | torch.dtype = "auto", verify: bool = True
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load model + tokenizer from a checkpoint or Hugging Face directory (safetensors only, never pickle)."""
-    return load_model(directory, dtype=dtype), load_tokenizer(directory)
+    return load_model(directory, dtype=dtype, verify=verify), load_tokenizer(directory)

@@ -28,11 +28,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-# a table written to a file or a pipe keeps every column: 160 columns there (COLUMNS still wins), the terminal's
-# width on a terminal
-_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
-console = Console(width=_WIDTH)
-err = Console(stderr=True, width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 160)
+
+
+def _width(stream: object) -> int | None:
+    """A table written to a file or a pipe keeps every column: 160 columns there (COLUMNS still wins), the
+    terminal's width on a terminal."""
+    return None if getattr(stream, "isatty", lambda: False)() or os.environ.get("COLUMNS") else 160
+
+
+console = Console(width=_width(sys.stdout))
+err = Console(stderr=True, width=_width(sys.stderr))
 
 ModelOpt = Annotated[
     str,

@@ -156,7 +156,8 @@ def load_model(spec: str | ModelSpec, *, dtype: str | torch.dtype = "auto") -> L
     from autoslm import checkpoint
 
     try:
-        model, tokenizer = checkpoint.load_dir(directory, dtype=dtype)
+        # a cache entry `resolve` just checked against its manifest is not hashed a second time
+        model, tokenizer = checkpoint.load_dir(directory, dtype=dtype, verify=directory not in VERIFIED)
     except UserError:
         raise
     except Exception as exc:  # truncated or wrong-shape weights, a config transformers refuses: the user's files

@@ -33,6 +33,10 @@ from autoslm.technique import Technique, check_technique_class
 GROUP = "autoslm"
 
 
+DIST_NAME = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$"  # a distribution name pip accepts (PEP 508)
+VERSION = r"^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,63}$"  # a distribution version, as recipes and manifests record it
+
+
 @dataclass
 class PluginInfo:
     """One plugin as `autoslm plugins` shows it."""
@@ -268,8 +272,6 @@ class Registry:
         self.load()
         if name not in self.codecs:
             import re
-
-            from autoslm.recipe import DIST_NAME, VERSION
 
             note = self.failed_note(dist) if dist else ""
             if note:

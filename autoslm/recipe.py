@@ -15,12 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from autoslm.errors import UserError
+from autoslm.plugins import DIST_NAME, VERSION
 
 SCHEMA_VERSION = 1
-
-
-DIST_NAME = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$"  # a distribution name pip accepts (PEP 508)
-VERSION = r"^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,63}$"
 
 
 class RecipeStep(BaseModel):
@@ -180,12 +177,13 @@ def _check_limits(recipe: Recipe, base: Any) -> None:
     """Each step's numbers within what its technique can do to this base model (`blocks: 99` on 30 blocks)."""
     from autoslm.models import model_info
     from autoslm.plugins import get_registry
+    from autoslm.technique import outside
 
     info = model_info(base.model)
     for step in recipe.steps:
         for param, (low, high) in get_registry().techniques[step.technique].cls.limits(info).items():
             value = step.params.get(param)
-            if isinstance(value, int | float) and not isinstance(value, bool) and not low <= value <= high:
+            if outside((low, high), value):
                 raise UserError(
                     f"recipe step '{step.technique}': {param}={value} is outside what model "
                     f"'{base.spec.raw}' allows ({low}..{high}); fix the recipe"

@@ -121,6 +121,12 @@ class Technique:
         raise NotImplementedError
 
 
+def outside(bounds: tuple[float, float], value: Any) -> bool:
+    """Whether `value` is a number outside a technique's `limits` entry `bounds` (non-numbers are not judged)."""
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    return numeric and not bounds[0] <= value <= bounds[1]
+
+
 def check_technique_class(cls: Any) -> None:
     """Raise ValueError when a registered object is not a usable Technique subclass."""
     if not (isinstance(cls, type) and issubclass(cls, Technique)):

@@ -448,10 +448,8 @@ def test_yaml_bomb_and_huge_files_are_refused_fast(tmp_path: Path) -> None:
         lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
     bomb = "\n".join(lines) + "\n"
     (tmp_path / "bomb.yaml").write_text(bomb)
-    t0 = time.perf_counter()
-    with pytest.raises(UserError, match="aliases"):
+    with pytest.raises(UserError, match="aliases"):  # refused while composing: nothing is expanded (9**9 items)
         read_yaml(tmp_path / "bomb.yaml", "search space")
-    assert time.perf_counter() - t0 < 5  # refused while parsing, never expanded (9**9 items)
     (tmp_path / "huge.yaml").write_text("x: " + "y" * (30 << 20))
     with pytest.raises(UserError, match="at most"):
         read_yaml(tmp_path / "huge.yaml", "search space")

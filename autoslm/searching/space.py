@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from autoslm.errors import UserError
 from autoslm.space import Categorical, Float, Int
+from autoslm.technique import outside
 from autoslm.yamlfile import read_yaml
 
 
@@ -184,8 +185,7 @@ def _clamp(dim: Dim, bounds: tuple[float, float] | None) -> Dim:
 
 def _check_fixed(bounds: tuple[float, float] | None, value: Any, where: str) -> None:
     """A fixed number outside what the technique can do to this model fails here, not in every trial."""
-    numeric = isinstance(value, int | float) and not isinstance(value, bool)
-    if bounds is not None and numeric and not bounds[0] <= value <= bounds[1]:
+    if bounds is not None and outside(bounds, value):
         raise UserError(f"{where}: {value} is outside what this model allows ({bounds[0]}..{bounds[1]})")
 
 
