@@ -149,12 +149,13 @@ def test_existing_run_needs_resume(tmp_path: Path) -> None:
 
 
 def test_close_calls_are_timed_again_beside_the_baseline(tmp_path: Path) -> None:
-    # pruning 0 blocks keeps the model: about 1.0x of the baseline against a 1.0x limit, within a 50% margin
+    # pruning 0 blocks keeps the model: about 1.0x of the baseline against a 1.0x limit, within a 90% margin (one
+    # reading of a 6 ms/token model on a busy 2-core CI machine once came out over 1.5x the baseline's)
     space = tmp_path / "space.yaml"
     space.write_text("techniques:\n  prune.depth:\n    blocks: 0\n")
     out = tmp_path / "run"
     result = search(model="tiny-llama", budget="decode_ms<=1x", space=str(space), trials=2, out=out,
-                    fidelity="low", sampler="random", recheck_rounds=3, recheck_margin=0.5)  # fmt: skip
+                    fidelity="low", sampler="random", recheck_rounds=3, recheck_margin=0.9)  # fmt: skip
     measured = [r for r in result.trials if r.cached_from is None and r.metrics]
     assert measured and all(r.recheck and r.recheck["rounds"] == 3 for r in measured)
     for r in measured:  # timed in one process with the baseline, alternating: three ratios of the same model
