@@ -41,6 +41,32 @@ def weights_size_mb(directory: Path) -> float:
     return sum(p.stat().st_size for p in Path(directory).iterdir() if p.suffix in (".safetensors", ".gguf")) / 2**20
 
 
+def weights_bpw(directory: Path) -> float | None:
+    """Bits per weight: the weight tensors' bytes x 8 over the number of weights they hold. A GGUF says both itself
+    (llama.cpp's own figure); a safetensors checkpoint holds its bytes and its manifest the model's logical weight
+    count (quantized layers count every weight, however packed). None when neither is known."""
+    import struct
+
+    directory = Path(directory)
+    gguf_file = directory / "model.gguf"
+    if gguf_file.is_file():
+        import gguf
+
+        tensors = gguf.GGUFReader(gguf_file).tensors
+        values = sum(int(t.n_elements) for t in tensors)
+        return 8 * sum(int(t.n_bytes) for t in tensors) / values if values else None
+    st = directory / "model.safetensors"
+    manifest = directory / MANIFEST
+    if not st.is_file() or not manifest.is_file():
+        return None
+    parameters = json.loads(manifest.read_text()).get("parameters")
+    if not isinstance(parameters, int) or parameters <= 0:
+        return None
+    with open(st, "rb") as f:
+        header = struct.unpack("<Q", f.read(8))[0]
+    return 8 * (st.stat().st_size - 8 - header) / parameters
+
+
 def save_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, directory: Path, **meta: Any) -> Path:
     """Save `model` (safetensors) and tokenizer, then write the manifest of file checksums.
 
@@ -55,6 +81,9 @@ def save_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, 
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     names = [p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST]
+    from autoslm.models import count_parameters
+
+    meta.setdefault("parameters", count_parameters(model))  # bits per weight are measured against it
     return write_manifest(directory, names, **({"modules": modules} if modules else {}), **meta)
 
 

@@ -29,6 +29,7 @@ BUILTIN: tuple[Metric, ...] = (
     Metric("prefill_ms", "ms", "median ms for one forward pass over the prompt", timing=True),
     Metric("memory_mb", "MB", "peak resident memory of the loaded model while in use"),
     Metric("size_mb", "MB", "weight files on disk"),
+    Metric("bpw", "bits", "bits per weight: the weight tensors' bytes x 8 / the weights they hold"),
 )
 
 # The Pareto set's axes: quality, then the two costs a user feels most.

@@ -68,8 +68,16 @@ def apply_steps(model: Any, steps: list[Step], ctx: ApplyContext) -> Any:
 
 
 def apply_planned(model: Any, planned: list[PlannedStep], ctx: ApplyContext) -> Any:
-    """Apply steps `plan` already validated, in order; returns the compressed model."""
+    """Apply steps `plan` already validated, in order; returns the compressed model. Each step's config is first
+    replaced by what its technique's `resolve` derives from the model (see `resolved_steps`)."""
     for p in planned:
+        technique = p.entry.cls()
+        p.config = technique.resolve(model, p.config, ctx)
         log.info("applying %s %s", p.name, p.config.model_dump())
-        model = p.entry.cls().apply(model, p.config, ctx)
+        model = technique.apply(model, p.config, ctx)
     return model
+
+
+def resolved_steps(planned: list[PlannedStep]) -> list[dict[str, Any]]:
+    """The steps as applied (after `resolve`), in the form a recipe and a trial record keep."""
+    return [{"technique": p.name, "params": p.config.model_dump(mode="json")} for p in planned]

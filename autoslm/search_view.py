@@ -23,7 +23,15 @@ def policy_text(steps: list[dict[str, Any]]) -> str:
 
 
 def _short(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    """A parameter for a table cell; a long mapping (a per-tensor assignment) as a count of each value."""
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, dict) and len(v) > 4:
+        from collections import Counter
+
+        counts = Counter(map(str, v.values())).most_common()
+        return f"{{{len(v)} entries: {', '.join(f'{value} x{n}' for value, n in counts)}}}"
+    return str(v)
 
 
 class SearchView:
@@ -50,6 +58,21 @@ class SearchView:
     def __exit__(self, *exc: Any) -> None:
         self.progress.stop()
 
+    def _references(self, payload: dict[str, Any]) -> None:
+        """The presets the budget names, as measured here, and the limits they set."""
+        refs = payload["baseline"].get("references") or {}
+        for name, ref in refs.items():
+            m = ref["metrics"]
+            limits = [f"{lim.metric}<={lim.absolute(payload['baseline']['metrics'], {name: m}):.4g}"
+                      for lim in payload["budget"].limits if lim.reference == name]  # fmt: skip
+            self.progress.console.print(
+                f"preset {name} ({policy_text(ref['steps'])}): ppl {ref['ppl']:.2f}, decode {m['decode_ms']:.1f} "
+                f"ms/token, size {m['size_mb']:.1f} MB"
+                + (f", {m['bpw']:.2f} bpw" if "bpw" in m else "")
+                + (f"  ·  {', '.join(limits)}" if limits else ""),
+                highlight=False,
+            )
+
     def event(self, kind: str, payload: Any) -> None:
         if kind == "space":
             table = Table(title=f"search space '{payload.name}'", show_header=True)
@@ -71,6 +94,12 @@ class SearchView:
                 f"baseline: ppl {self.baseline['ppl']:.2f}, decode {m['decode_ms']:.1f} ms/token, "
                 f"memory {m['memory_mb']:.0f} MB, size {m['size_mb']:.0f} MB  ·  budget {payload['budget']}"
             )
+            self._references(payload)
+            self.progress.update(self.task, description="searching")
+        elif kind == "reference_start":
+            self.progress.update(self.task, description=f"measuring preset {payload['name']}")
+        elif kind == "references":
+            self._references(payload)
             self.progress.update(self.task, description="searching")
         elif kind == "trial":
             row, best = payload["trial"], payload["best"]

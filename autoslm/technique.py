@@ -11,6 +11,8 @@ A technique is a small class with:
   limits(info)          optional hard bounds for this model: {parameter: (low, high)}; spaces are clamped to them
   presets               named settings worth trying on their own ({"Q4_K_M": {"type": "Q4_K_M"}}): the search's
                         warm start tries each one its space allows, after the defaults
+  resolve(model, config, ctx) -> config  optional: parameters derived from the model just before `apply` (a
+                        per-tensor assignment from searched fractions); the recipe records what it returns
   apply(model, config, ctx) -> model   deterministic for a given ctx.seed
 """
 
@@ -20,6 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -61,6 +64,7 @@ class ApplyContext:
     calibration_samples: int = 32
     calibration_seq_len: int = 256
     teacher_factory: Callable[[], Any] | None = None
+    run_dir: Path | None = None  # a search's run directory: a technique may keep what it measured there
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("autoslm.technique"))
 
     def calibration(self, samples: int | None = None, seq_len: int | None = None) -> torch.Tensor:
@@ -115,6 +119,13 @@ class Technique:
                 f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors(include_url=False)
             )
             raise UserError(f"invalid parameters for technique '{cls.name}': {problems}") from exc
+
+    def resolve(self, model: Any, config: Any, ctx: ApplyContext) -> TechniqueConfig:
+        """Parameters derived from the model as the earlier steps left it, just before `apply` (e.g. searched
+        fractions turned into an explicit per-tensor assignment from a sensitivity table). The search records the
+        returned config in the trial and the recipe, so a replay never derives again; given a config that is already
+        explicit, return it (after checking it fits the model). Default: the config unchanged."""
+        return config
 
     def apply(self, model: Any, config: Any, ctx: ApplyContext) -> Any:
         """Return the compressed model (may modify `model` in place). Must be deterministic for ctx.seed."""

@@ -57,6 +57,8 @@ class GgufQuant(Technique):
         "Q3_K_M+imatrix": {"type": "Q3_K_M", "imatrix": True},
         "IQ4_NL+imatrix": {"type": "IQ4_NL", "imatrix": True},
         "Q5_K_M+imatrix": {"type": "Q5_K_M", "imatrix": True},
+        "Q8_0": {"type": "Q8_0"},  # the default: named so that a budget can say decode_ms<=Q8_0
+        "Q4_K_S+imatrix": {"type": "Q4_K_S", "imatrix": True},
     }
 
     @classmethod

@@ -27,13 +27,20 @@ from autoslm.targets.measure import alternate, measure_loaded, prompt_ids
 GGUF = "model.gguf"
 # llama.cpp's whole-model types (llama_ftype) and tensor types (ggml_type) by their usual names
 FTYPES = {
-    "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q5_0": 8, "Q3_K_M": 12, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16,
-    "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25, "BF16": 32,
+    "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_M": 12, "Q4_K_S": 14,
+    "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25, "BF16": 32,
 }  # fmt: skip
 TENSOR_TYPES = {
     "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q3_K": 11, "Q4_K": 12,
-    "Q5_K": 13, "Q6_K": 14, "IQ4_NL": 20, "BF16": 30,
+    "Q5_K": 13, "Q6_K": 14, "IQ4_NL": 20, "BF16": 30, "Q2_K": 10,
 }  # fmt: skip
+# bits per weight of each tensor type (block bytes x 8 / block values)
+TYPE_BITS = {
+    "F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.5625, "Q5_1": 6.0, "Q5_0": 5.5, "Q5_K": 5.5,
+    "Q4_1": 5.0, "Q4_0": 4.5, "Q4_K": 4.5, "IQ4_NL": 4.5, "Q3_K": 3.4375, "Q2_K": 2.625,
+}  # fmt: skip
+# a k-quant needs rows of a multiple of 256 values; for other rows llama.cpp falls back to these (its own table)
+K_FALLBACK = {"Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
@@ -72,7 +79,7 @@ class LlamaCppRuntime(Runtime):
             steps = [p for p in planned if getattr(p.entry.cls, "runtime", None) == self.name]
             if steps:
                 f32 = export_gguf(scratch, scratch / "f32.gguf")
-                config = steps[-1].config.model_dump()
+                config = quantize_settings(steps[-1].config)
                 imatrix = None
                 if config.get("imatrix"):
                     imatrix = cached_importance_matrix(
@@ -158,6 +165,13 @@ class LlamaCppRuntime(Runtime):
             }
             runs = {name: _runner(llm, decode_prompt, prefill_prompt, settings) for name, llm in llms.items()}
             return alternate(runs["baseline"], runs["candidate"], settings, rounds)
+
+
+def quantize_settings(config: Any) -> dict[str, Any]:
+    """What `quantize` takes from a llama.cpp technique's Config: its `quantize_settings()` when it has one (a
+    technique whose parameters are not llama.cpp's own, e.g. quant.mixed), else its fields (quant.gguf)."""
+    settings = getattr(config, "quantize_settings", None)
+    return settings() if callable(settings) else config.model_dump()
 
 
 @contextlib.contextmanager
@@ -334,14 +348,11 @@ def cached_importance_matrix(model: Any, tokenizer: Any, samples: int, seq_len: 
 def importance_matrix(model: Any, tokenizer: Any, samples: int, seq_len: int) -> dict[str, Any]:
     """What llama.cpp's imatrix tool computes, from the candidate in torch: for each weight (by its GGUF name), the
     mean over calibration tokens of the squared input of each of its columns."""
-    import gguf
-    import torch
-
     from autoslm import data
     from autoslm.calibration import capture_inputs, run_windows
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(model.config.num_hidden_layers))
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    names = gguf_linear_names(model)
+    linears = {n: model.get_submodule(n) for n in names}
     sums: dict[str, Any] = {}
 
     def record(name: str, x: Any) -> None:
@@ -351,12 +362,70 @@ def importance_matrix(model: Any, tokenizer: Any, samples: int, seq_len: int) ->
     windows = data.token_windows(tokenizer, "calibration", seq_len=seq_len, count=samples, seed=0)
     with capture_inputs(linears, record):
         tokens = run_windows(model, windows)
+    return {f"{names[name]}.weight": (total / tokens).float().numpy() for name, total in sums.items()}
+
+
+def gguf_linear_names(model: Any) -> dict[str, str]:
+    """The torch model's linear layers that become GGUF tensors: module name -> GGUF tensor name without
+    `.weight` (`model.layers.3.self_attn.v_proj` -> `blk.3.attn_v`)."""
+    import gguf
+    import torch
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(model.config.num_hidden_layers))
     out = {}
-    for name, total in sums.items():
-        gguf_name = names.get_name(name + ".weight", try_suffixes=(".weight",))
-        if gguf_name:
-            out[gguf_name] = (total / tokens).float().numpy()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            found = names.get_name(name + ".weight", try_suffixes=(".weight",))
+            if found:
+                out[name] = found.removesuffix(".weight")
     return out
+
+
+def fake_quantize(weight: Any, kind: str, imatrix: Any = None) -> Any:
+    """`weight` (rows, columns) as llama.cpp stores it in `kind` and reads it back: the same rounding
+    (`ggml_quantize_chunk` from llama.cpp's own library, weighted by `imatrix` per column when given), dequantized
+    by the gguf package. Rows are quantized independently, so the q/k row order GGUF export uses does not matter."""
+    import ctypes
+
+    import gguf
+    import numpy as np
+    import torch
+
+    lib = _ggml()
+    qtype = TENSOR_TYPES[kind]
+    w = np.ascontiguousarray(weight.detach().float().cpu().numpy())
+    rows, columns = w.shape
+    if kind in K_TYPES and columns % 256:
+        raise ValueError(f"{kind} needs rows of a multiple of 256 values, not {columns}")
+    row_bytes = lib.ggml_row_size(qtype, columns)
+    buf = np.empty(rows * row_bytes, dtype=np.uint8)
+    im = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
+    done = lib.ggml_quantize_chunk(qtype, w.ctypes.data, buf.ctypes.data, 0, rows, columns,
+                                   None if im is None else im.ctypes.data_as(ctypes.c_void_p))  # fmt: skip
+    if done != rows * row_bytes:
+        raise RuntimeError(f"ggml_quantize_chunk wrote {done} bytes, expected {rows * row_bytes}")
+    out = gguf.quants.dequantize(buf.reshape(rows, row_bytes), gguf.GGMLQuantizationType(qtype))
+    return torch.from_numpy(np.ascontiguousarray(out.reshape(rows, columns))).to(weight.dtype)
+
+
+_GGML: list[Any] = []
+
+
+def _ggml() -> Any:
+    """llama.cpp's ggml base library (shipped inside llama-cpp-python), with the two functions fake_quantize uses."""
+    import ctypes
+
+    import llama_cpp
+
+    if not _GGML:
+        lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+        lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+        lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                            ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]  # fmt: skip
+        lib.ggml_row_size.restype = ctypes.c_size_t
+        lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
+        _GGML.append(lib)
+    return _GGML[0]
 
 
 def quantize(src: Path, dst: Path, config: dict[str, Any], imatrix: dict[str, Any] | None = None) -> Path:
@@ -380,7 +449,7 @@ def quantize(src: Path, dst: Path, config: dict[str, Any], imatrix: dict[str, An
     if overrides:
         array = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
         for i, (tensor, kind) in enumerate(overrides):
-            pattern = f"\\.{tensor}\\.weight$".encode()
+            pattern = _override_pattern(tensor).encode()
             keep.append(pattern)
             array[i].pattern, array[i].type = pattern, TENSOR_TYPES[kind]
         array[len(overrides)].pattern = None
@@ -410,7 +479,14 @@ def quantize(src: Path, dst: Path, config: dict[str, Any], imatrix: dict[str, An
     return dst
 
 
-K_TYPES = {"Q6_K", "Q5_K", "Q4_K", "Q3_K"}
+K_TYPES = set(K_FALLBACK)
+
+
+def _override_pattern(tensor: str) -> str:
+    """A tensor class (`attn_v`: that tensor in every block) or one tensor (`blk.3.attn_v`) as llama.cpp's regex."""
+    import re
+
+    return f"^{re.escape(tensor)}\\.weight$" if "." in tensor else f"\\.{tensor}\\.weight$"
 
 
 def _check_block_sizes(src: Path, config: dict[str, Any]) -> None:
@@ -423,8 +499,8 @@ def _check_block_sizes(src: Path, config: dict[str, Any]) -> None:
     if not wanted:
         return
     for t in gguf.GGUFReader(src).tensors:
-        kind = t.name.split(".")[-2]
-        if kind in wanted and int(t.shape[0]) % 256:
+        kind = next((k for k in (t.name.removesuffix(".weight"), t.name.split(".")[-2]) if k in wanted), None)
+        if kind and int(t.shape[0]) % 256:
             raise UserError(
                 f"quant.gguf: {kind} type {wanted[kind]} needs rows of a multiple of 256 values; {t.name} has rows "
                 f"of {int(t.shape[0])}: use Q8_0, Q5_0 or Q4_0 for it"

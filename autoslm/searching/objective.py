@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autoslm.evaluate import Fidelity
+from autoslm.pipeline import resolved_steps
 from autoslm.searching.budget import Budget
 from autoslm.searching.space import SearchSpace
 
@@ -119,7 +120,9 @@ class Objective:
 
         base = self.base()
         lm = _fresh_copy(base)
-        ctx = ApplyContext(tokenizer=lm.tokenizer, seed=self.seed, teacher_factory=lambda: base.model)
+        ctx = ApplyContext(
+            tokenizer=lm.tokenizer, seed=self.seed, teacher_factory=lambda: base.model, run_dir=Path(self.run_dir)
+        )
         return apply_planned(lm.model, planned or plan([Step(**s) for s in steps]), ctx), lm
 
     def evaluate_policy(
@@ -130,18 +133,21 @@ class Objective:
         trial_number: int = 0,
         identity: tuple[list[Any], str] | None = None,
         incumbent: float | None = 0.0,
+        judge: bool = True,
     ) -> TrialOutcome:
         """Run one candidate. `baseline` is None for the baseline itself (no budget check, no pruning).
         `identity`: what `identify(steps)` returned, when the caller already validated the policy.
         `incumbent`: the low-fidelity perplexity of the best candidate within budget so far. None (none yet): no
         quality rule prunes -- a tight budget's first feasible candidate is worth finishing however poor. A number:
-        the hard rule prunes only what is also worse than it (it cannot win). 0.0 (unknown): the hard rule alone."""
+        the hard rule prunes only what is also worse than it (it cannot win). 0.0 (unknown): the hard rule alone.
+        `judge=False` (a budget's reference preset): measured and evaluated in full, never judged or pruned."""
         planned, policy_hash = identity or self.identify(steps)
         out = TrialOutcome(steps=steps, policy_hash=policy_hash, seed=self.seed)
         work = Path(self.run_dir) / "trials" / f"{trial_number:04d}"
         try:
             t0 = time.perf_counter()
             model, lm = self.apply_policy(steps, planned)
+            out.steps = resolved_steps(planned)  # as applied: parameters a technique derived are recorded too
             out.seconds["apply"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             shutil.rmtree(work, ignore_errors=True)
@@ -149,12 +155,12 @@ class Objective:
             target = self.get_target()
             out.metrics = target.measure(work, self.measure_settings()).metrics()
             out.checkpoint = str(work)
-            if baseline is not None:
-                out.violations = self.budget.violations(out.metrics, baseline["metrics"])
+            if baseline is not None and judge:
+                out.violations = self.violations(out.metrics, baseline)
                 if self.is_close_call(out.violations):
                     self._recheck(out, target, work, baseline)
             out.seconds["measure"] = time.perf_counter() - t0
-            if baseline is not None:
+            if baseline is not None and judge:
                 out.feasible = all(v <= 0 for v in out.violations.values())
                 if not out.feasible:
                     out.status = "infeasible"
@@ -166,7 +172,7 @@ class Objective:
             low = runtime.evaluate(model, lm.tokenizer, work, self.fidelity_low, reference=reference)
             out.low_ppl = low.ppl
             out.seconds["quality_low"] = time.perf_counter() - t0
-            if baseline is not None and incumbent is not None:
+            if baseline is not None and judge and incumbent is not None:
                 if report_low is not None and report_low(low.ppl):
                     raise Pruned(f"low-fidelity perplexity {low.ppl:.1f} is not promising")
                 if low.ppl > max(self.prune_factor * baseline["low_ppl"], incumbent):
@@ -191,6 +197,12 @@ class Objective:
             (Path(self.run_dir) / "logs").mkdir(parents=True, exist_ok=True)
             (Path(self.run_dir) / "logs" / f"trial-{trial_number:04d}.txt").write_text(traceback.format_exc())
             return out
+
+    def violations(self, metrics: dict[str, float], baseline: dict[str, Any]) -> dict[str, float]:
+        """The budget's verdict: against the baseline's metrics and the reference presets measured beside it."""
+        from autoslm.searching.references import reference_metrics
+
+        return self.budget.violations(metrics, baseline["metrics"], reference_metrics(baseline))
 
     def is_close_call(self, violations: dict[str, float]) -> bool:
         """The verdict hangs on timing noise: the worst timing violation lies within the margin of its limit, and
@@ -218,11 +230,11 @@ class Objective:
         pair = target.measure_pair(work, self.baseline_checkpoint(), self.recheck_rounds, self.measure_settings())
         first = dict(out.metrics)
         out.metrics = {**first, **{m: r * baseline["metrics"][m] for m, r in pair.ratios.items()}}
-        out.violations = self.budget.violations(out.metrics, baseline["metrics"])
+        out.violations = self.violations(out.metrics, baseline)
         out.recheck = {
             "rounds": self.recheck_rounds,
             "first": first,
-            "first_violations": self.budget.violations(first, baseline["metrics"]),
+            "first_violations": self.violations(first, baseline),
             **pair.model_dump(exclude={"rounds"}),
         }
 

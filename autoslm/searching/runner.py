@@ -2,7 +2,7 @@
 
 run_dir/
   study.db          the Optuna study (resumable; opens in optuna-dashboard)
-  baseline.json     the uncompressed model's measurement and quality
+  baseline.json     the uncompressed model's measurement and quality (and the presets a budget names: references)
   baseline/         the uncompressed checkpoint, re-measured beside close calls (see --recheck-rounds)
   trials.json       every trial's TrialRecord: policy, metrics, constraints, status, reason
   recipe.yaml       the best feasible policy, every parameter explicit       (export.py)
@@ -51,6 +51,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     from autoslm.models import model_info
     from autoslm.searching.backends import BackendJob, get_backend
     from autoslm.searching.objective import Objective
+    from autoslm.searching.references import measure_references, preset_steps
     from autoslm.searching.samplers import make_sampler
     from autoslm.searching.space import load_space
     from autoslm.searching.storage import make_storage
@@ -120,8 +121,15 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     if changed_plugins:
         _emit(progress, "warning", f"plugins changed since this study began ({'; '.join(changed_plugins)}): "
               "their earlier trials stay as measured; identical policies are evaluated again, not reused")  # fmt: skip
+    for name in settings.limits.references:  # a misspelt preset: one line before any work
+        preset_steps(name, settings.runtime)
     baseline = _baseline(objective, study, run_dir, device, progress)
     _emit(progress, "baseline", {"baseline": baseline, "budget": settings.limits})
+    if any(name not in (baseline.get("references") or {}) for name in settings.limits.references):
+        measure_references(objective, baseline, settings.limits.references, progress)
+        study.set_user_attr("baseline", baseline)
+        (run_dir / "baseline.json").write_text(json.dumps(baseline, indent=2))
+        _emit(progress, "references", {"baseline": baseline, "budget": settings.limits})
 
     if settings.warm_start and not study.get_trials(deepcopy=False):
         from autoslm.searching.warm_start import warm_start_policies
@@ -158,6 +166,12 @@ def _baseline(objective: Any, study: Any, run_dir: Path, device: dict[str, Any],
         out = objective.evaluate_policy([], None, trial_number=9999)
         if out.status != "complete":
             raise RuntimeError(f"the baseline model could not be measured: {out.reason}")
+        unmeasured = [lim.metric for lim in objective.budget.limits if lim.metric not in out.metrics]
+        if unmeasured:
+            raise UserError(
+                f"budget metric(s) {', '.join(unmeasured)} are not measured for the {objective.runtime} runtime on "
+                f"{objective.target}: budget on {', '.join(sorted(out.metrics))}"
+            )
         baseline = {"metrics": out.metrics, "ppl": out.ppl, "low_ppl": out.low_ppl, "quality": out.quality}
         baseline["device"] = device
         study.set_user_attr("baseline", baseline)

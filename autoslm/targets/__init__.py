@@ -43,6 +43,7 @@ class Measurement(BaseModel):
     prompt_tokens: int
     memory_mb: float = Field(description="peak resident memory of the loaded model while in use")
     size_mb: float = Field(description="weight files on disk")
+    bpw: float | None = Field(None, description="bits per weight of the weight tensors")
     load_s: float
     target: dict[str, str | int] = Field(description="fingerprint of the device that measured")
 

@@ -168,6 +168,7 @@ def measure_loaded(
         "prompt_tokens": settings.prompt_tokens,
         "memory_mb": max(0.0, peak - base),
         "size_mb": checkpoint.weights_size_mb(Path(directory)),
+        "bpw": checkpoint.weights_bpw(Path(directory)),
         "load_s": load_s,
         "target": {**machine_fingerprint(settings.threads), **(target or {})},
     }

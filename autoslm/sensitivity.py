@@ -1,0 +1,213 @@
+"""Sensitivity: how much the model's next-token distribution moves when one weight tensor alone is perturbed (for
+example quantized to a low-bit type), for every tensor -- the structure a per-tensor precision search works from.
+
+`measure` computes, for each tensor, the mean KL divergence (nats per token) between the unchanged model's and the
+perturbed model's next-token distributions on calibration windows. The input of every decoder block is recorded
+once, so a tensor of block i costs a forward pass through blocks i..N only (about half a model on average); a model
+whose blocks cannot be replayed that way is run whole. `SensitivityTable` holds the figures with what they cost, is
+stored as JSON in the run directory and drawn as a heat map (blocks x tensor classes) in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+_BLOCK = re.compile(r"^blk\.(?P<block>\d+)\.(?P<cls>.+)$")
+
+
+@dataclass
+class SensitivityTable:
+    """Per tensor: KL divergence when only it is perturbed (`probe` says how), and its number of values."""
+
+    probe: str
+    tokens: int
+    seconds: float
+    fingerprint: str
+    kld: dict[str, float] = field(default_factory=dict)
+    numel: dict[str, int] = field(default_factory=dict)
+
+    def density(self, name: str) -> float:
+        """KL divergence per million values: what raising (or lowering) this tensor buys (costs) per bit spent."""
+        return self.kld[name] / max(self.numel[name], 1) * 1e6
+
+    def ranked(self) -> list[str]:
+        """Tensor names, most sensitive per value first (ties by name: the order is deterministic)."""
+        return sorted(self.kld, key=lambda n: (-self.density(n), n))
+
+    def grid(self) -> tuple[list[int], list[str], list[list[float | None]]]:
+        """(blocks, tensor classes, kld[block][class]) for the tensors named blk.N.CLASS."""
+        cells: dict[tuple[int, str], float] = {}
+        for name, value in self.kld.items():
+            m = _BLOCK.match(name)
+            if m:
+                cells[(int(m["block"]), m["cls"])] = value
+        blocks = sorted({b for b, _ in cells})
+        classes = sorted({c for _, c in cells}, key=_class_order)
+        return blocks, classes, [[cells.get((b, c)) for c in classes] for b in blocks]
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> SensitivityTable:
+        raw = json.loads(Path(path).read_text())
+        return cls(**{k: raw[k] for k in ("probe", "tokens", "seconds", "fingerprint", "kld", "numel")})
+
+
+_CLASS_ORDER = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def _class_order(name: str) -> tuple[int, str]:
+    return (_CLASS_ORDER.index(name) if name in _CLASS_ORDER else len(_CLASS_ORDER), name)
+
+
+def measure(
+    model: Any,
+    windows: Any,
+    tensors: dict[str, str],
+    perturb: Callable[[str, Any], Any],
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
+    """KL divergence per tensor. `tensors`: module name -> the name to report it under; `perturb(name, weight)`
+    returns the weight to try in its place (the original is restored afterwards, also on error)."""
+    import torch
+
+    with torch.inference_mode():
+        reference = torch.log_softmax(model(input_ids=windows, use_cache=False).logits.float(), -1)
+        replay = _BlockReplay.record(model, windows, reference)
+        out: dict[str, float] = {}
+        for i, (module_name, key) in enumerate(tensors.items()):
+            module = model.get_submodule(module_name)
+            original = module.weight.data
+            module.weight.data = perturb(key, original)
+            try:
+                logits = replay.logits_from(module_name) if replay else model(input_ids=windows, use_cache=False).logits
+            finally:
+                module.weight.data = original
+            log_q = torch.log_softmax(logits.float(), -1)
+            out[key] = float((reference.exp() * (reference - log_q)).sum(-1).mean())
+            if progress is not None:
+                progress(i + 1, len(tensors))
+        return out
+
+
+class _BlockReplay:
+    """The input of every decoder block, recorded on one forward pass, so that the model's output after a change in
+    block i is computed from block i onwards. Used only when replaying from block 0 reproduces the model's logits."""
+
+    def __init__(self, model: Any, blocks: Any, prefix: str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]):
+        self.model, self.blocks, self.prefix, self.calls = model, blocks, prefix, calls
+
+    @classmethod
+    def record(cls, model: Any, windows: Any, reference: Any) -> _BlockReplay | None:
+        import torch
+
+        inner = getattr(model, "model", None)
+        blocks = getattr(inner, "layers", None)
+        if not isinstance(blocks, torch.nn.ModuleList) or not hasattr(inner, "norm") or not hasattr(model, "lm_head"):
+            return None
+        if getattr(model.config, "final_logit_softcapping", None):
+            return None
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        handles = [
+            b.register_forward_pre_hook(lambda _m, a, k: calls.append((a, dict(k))), with_kwargs=True) for b in blocks
+        ]
+        try:
+            model(input_ids=windows, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        prefix = next(n for n, m in model.named_modules() if m is blocks)
+        replay = cls(model, blocks, prefix, calls)
+        if len(calls) != len(blocks):
+            return None
+        same = torch.allclose(torch.log_softmax(replay.run(0).float(), -1), reference, atol=1e-4, rtol=1e-4)
+        return replay if same else None
+
+    def logits_from(self, module_name: str) -> Any:
+        rest = module_name.removeprefix(self.prefix + ".")
+        first = int(rest.split(".")[0]) if rest != module_name and rest.split(".")[0].isdigit() else 0
+        return self.run(first)
+
+    def run(self, first: int) -> Any:
+        args, kwargs = self.calls[first]
+        hidden = args[0] if args else kwargs["hidden_states"]
+        for block, (a, k) in zip(self.blocks[first:], self.calls[first:], strict=True):
+            out = block(hidden, *a[1:], **k) if a else block(**{**k, "hidden_states": hidden})
+            hidden = out[0] if isinstance(out, tuple) else out
+        return self.model.lm_head(self.model.model.norm(hidden))
+
+
+def tensor_table(
+    model: Any,
+    windows: Any,
+    tensors: dict[str, str],
+    perturb: Callable[[str, Any], Any],
+    probe: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> SensitivityTable:
+    """`measure`, timed and packed with each tensor's size and the model's fingerprint."""
+    from autoslm.models import fingerprint
+
+    t0 = time.perf_counter()
+    kld = measure(model, windows, tensors, perturb, progress)
+    numel = {key: int(model.get_submodule(name).weight.numel()) for name, key in tensors.items()}
+    return SensitivityTable(
+        probe=probe,
+        tokens=int(windows.numel()),
+        seconds=round(time.perf_counter() - t0, 2),
+        fingerprint=fingerprint(model),
+        kld=kld,
+        numel=numel,
+    )
+
+
+def heatmap(
+    table: SensitivityTable, path: Path, chosen: dict[str, str] | None = None, order: Callable[[str], Any] = str
+) -> Path:
+    """The table as a picture: blocks down, tensor classes across, colour = log10 KL divergence; with `chosen`
+    (tensor -> type) a second panel shows the assignment a search picked, its legend sorted by `order`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    blocks, classes, grid = table.grid()
+    values = np.array([[np.nan if v is None else np.log10(max(v, 1e-9)) for v in row] for row in grid])
+    panels = 2 if chosen else 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels + 1.2, 0.22 * len(blocks) + 1.8), dpi=110)
+    axes = np.atleast_1d(axes)
+    im = axes[0].imshow(values, aspect="auto", cmap="magma")
+    axes[0].set_title(f"sensitivity: log10 KLD with one tensor at {table.probe}", fontsize=9)
+    fig.colorbar(im, ax=axes[0], fraction=0.05)
+    if chosen:
+        types = sorted({chosen.get(f"blk.{b}.{c}", "-") for b in blocks for c in classes}, key=order)
+        codes = np.array([[types.index(chosen.get(f"blk.{b}.{c}", "-")) for c in classes] for b in blocks])
+        cmap = plt.get_cmap("viridis", len(types))
+        im2 = axes[1].imshow(codes, aspect="auto", cmap=cmap, vmin=-0.5, vmax=len(types) - 0.5)
+        bar = fig.colorbar(im2, ax=axes[1], fraction=0.05, ticks=range(len(types)))
+        bar.ax.set_yticklabels(types, fontsize=8)
+        axes[1].set_title("chosen type per tensor", fontsize=9)
+    for ax in axes:
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(blocks)), [str(b) for b in blocks], fontsize=7)
+        ax.set_ylabel("block")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["SensitivityTable", "heatmap", "measure", "tensor_table"]

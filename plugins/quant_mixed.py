@@ -1,0 +1,243 @@
+"""quant.mixed: a llama.cpp type for every weight tensor, chosen from a measured sensitivity table.
+
+A model of 30 blocks x 7 tensors cannot be searched tensor by tensor in 30 trials, so the search sees five
+numbers and the technique turns them into an explicit assignment:
+
+  base             the type of every block tensor not raised or lowered (Q4_K, Q4_0, Q3_K, ...)
+  raise_fraction   the share of the block weights (by number of values), most sensitive per value first, that gets
+  raise_type         this higher type (Q6_K, Q8_0, ...)
+  lower_fraction   the share, least sensitive first, that gets
+  lower_type         this lower type
+  token_embd_type / output_type / imatrix   as in quant.gguf
+
+Sensitivity: for each block tensor, the KL divergence of the next-token distribution on calibration text when only
+that tensor is quantized to Q4_0 (llama.cpp's own rounding, `fake_quantize`), measured in torch on the model as the
+earlier steps left it (`autoslm.sensitivity`), once per distinct model: cached in the process and in the run
+directory (`RUN/sensitivity/<fingerprint>.json`, drawn in the report). SmolLM2-135M: 210 tensors in ~2-3 min here.
+
+`resolve` writes the assignment into `tensors` (every block tensor -> its type), which the recipe records: a replay
+quantizes exactly those types and never measures sensitivity again. A k-quant type on a tensor whose rows are not a
+multiple of 256 values becomes llama.cpp's own fallback for it (Q4_K -> Q5_0, Q3_K -> IQ4_NL, ...), written in the
+assignment as such.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+import autoslm
+from autoslm import ApplyContext, Categorical, Float, Stage, Technique, TechniqueConfig
+from autoslm.errors import UserError
+
+BlockType = Literal["Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "Q4_0", "IQ4_NL", "Q3_K", "Q2_K"]
+TensorType = Literal["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "Q4_0", "IQ4_NL", "Q3_K", "Q2_K"]
+# the whole-model type handed to llama.cpp beside the per-tensor assignment (it decides only what is not assigned)
+FTYPE = {"Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K": "Q5_K_M", "Q5_0": "Q5_0", "Q4_K": "Q4_K_M", "Q4_0": "Q4_0",
+         "IQ4_NL": "IQ4_NL", "Q3_K": "Q3_K_M", "Q2_K": "Q2_K"}  # fmt: skip
+PROBE = "Q4_0"  # the type sensitivity is measured at: valid for every row length llama.cpp takes (multiples of 32)
+_TENSOR = re.compile(r"^blk\.\d{1,4}\.[a-z_]{1,32}$")
+TABLES: dict[str, Any] = {}  # fingerprint:samples:seq_len -> SensitivityTable, this process
+
+
+class MixedPrecisionConfig(TechniqueConfig):
+    base: BlockType = "Q4_K"
+    raise_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of block weights raised, most sensitive")
+    raise_type: BlockType = "Q6_K"
+    lower_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of block weights lowered, least sensitive")
+    lower_type: BlockType = "Q3_K"
+    token_embd_type: TensorType | None = Field(None, description="token_embd.weight (None: llama.cpp's choice)")
+    output_type: TensorType | None = Field(None, description="output.weight (None: llama.cpp's choice)")
+    imatrix: bool = False
+    imatrix_samples: int = Field(16, ge=1, le=512)
+    imatrix_seq_len: int = Field(256, ge=8, le=4096)
+    sensitivity_samples: int = Field(4, ge=1, le=64, description="calibration windows for the sensitivity table")
+    sensitivity_seq_len: int = Field(128, ge=8, le=2048)
+    tensors: dict[str, TensorType] = Field(
+        default_factory=dict, description="the assignment, block tensor -> type (written by the search)"
+    )
+
+    @field_validator("tensors")
+    @classmethod
+    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        bad = [name for name in value if not _TENSOR.match(name)]
+        if bad:
+            raise ValueError(f"tensor names must look like blk.N.attn_v (block tensors), not {bad[:3]}")
+        return dict(sorted(value.items(), key=lambda kv: _sort_key(kv[0])))
+
+    @model_validator(mode="after")
+    def _shares(self) -> MixedPrecisionConfig:
+        if self.raise_fraction + self.lower_fraction > 1.0 + 1e-9:
+            raise ValueError("raise_fraction + lower_fraction must not exceed 1")
+        return self
+
+    def quantize_settings(self) -> dict[str, Any]:
+        """The llama.cpp runtime's quantize() settings: every assigned tensor as an override."""
+        return {
+            "type": FTYPE[self.base],
+            "output_type": self.output_type,
+            "token_embd_type": self.token_embd_type,
+            "overrides": dict(self.tensors),
+            "imatrix": self.imatrix,
+            "imatrix_samples": self.imatrix_samples,
+            "imatrix_seq_len": self.imatrix_seq_len,
+        }
+
+
+def _sort_key(name: str) -> tuple[int, str]:
+    parts = name.split(".")
+    return (int(parts[1]), parts[2]) if len(parts) == 3 and parts[1].isdigit() else (-1, name)
+
+
+def block_tensors(model: Any) -> dict[str, tuple[str, int, int]]:
+    """The model's block weight tensors as GGUF names: name -> (torch module, values, row length)."""
+    from autoslm.runtimes.llamacpp import gguf_linear_names
+
+    out = {}
+    for module_name, name in gguf_linear_names(model).items():
+        if name.startswith("blk."):
+            weight = model.get_submodule(module_name).weight
+            out[name] = (module_name, int(weight.numel()), int(weight.shape[1]))
+    return dict(sorted(out.items(), key=lambda kv: _sort_key(kv[0])))
+
+
+def assign(table: Any, config: MixedPrecisionConfig, rows: dict[str, int]) -> dict[str, str]:
+    """Every tensor of `table` -> its type: the most sensitive (per value) `raise_fraction` of the values at
+    `raise_type`, the least sensitive `lower_fraction` at `lower_type`, the rest at `base`; then a k-quant on rows
+    that are not a multiple of 256 (`rows`: tensor -> row length) replaced by llama.cpp's fallback for it.
+    Deterministic: a function of the table and the config only."""
+    from autoslm.runtimes.llamacpp import K_FALLBACK
+
+    ranked = table.ranked()
+    total = sum(table.numel[n] for n in ranked)
+    raised = _prefix(ranked, table.numel, config.raise_fraction * total)
+    lowered = _prefix([n for n in reversed(ranked) if n not in raised], table.numel, config.lower_fraction * total)
+    out = {}
+    for name in sorted(ranked, key=_sort_key):
+        kind = config.raise_type if name in raised else config.lower_type if name in lowered else config.base
+        if kind in K_FALLBACK and rows[name] % 256:
+            kind = K_FALLBACK[kind]
+        out[name] = kind
+    return out
+
+
+def _prefix(names: list[str], numel: dict[str, int], target: float) -> set[str]:
+    """The leading names whose values add up to `target` (a tensor is taken when at least half of it fits)."""
+    chosen, used = set(), 0
+    for name in names:
+        if used + numel[name] / 2 > target:
+            break
+        chosen.add(name)
+        used += numel[name]
+    return chosen
+
+
+def sensitivity_table(model: Any, ctx: ApplyContext, samples: int, seq_len: int) -> Any:
+    """The model's sensitivity table: from this process's cache, the run directory, or measured (and stored)."""
+    from autoslm import sensitivity
+    from autoslm.models import fingerprint
+    from autoslm.runtimes.llamacpp import fake_quantize
+
+    fp = fingerprint(model)
+    key = f"{fp}:{samples}:{seq_len}"
+    if key in TABLES:
+        return TABLES[key]
+    path = Path(ctx.run_dir) / "sensitivity" / f"{fp[:16]}-{samples}x{seq_len}.json" if ctx.run_dir else None
+    table = None
+    if path is not None and path.is_file():
+        try:
+            table = sensitivity.SensitivityTable.load(path)
+        except (ValueError, KeyError, TypeError):
+            table = None  # damaged (a crash while writing): measure again
+        if table is not None and (table.fingerprint != fp or table.probe != PROBE):
+            table = None
+    if table is None:
+        tensors = {module: name for name, (module, _, _) in block_tensors(model).items()}
+        windows = ctx.calibration(samples=samples, seq_len=seq_len)
+        ctx.logger.info("quant.mixed: measuring the sensitivity of %d tensors at %s", len(tensors), PROBE)
+        table = sensitivity.tensor_table(model, windows, tensors, lambda _n, w: fake_quantize(w, PROBE), PROBE)
+        if path is not None:
+            table.save(path)
+    if len(TABLES) >= 4:
+        TABLES.pop(next(iter(TABLES)))
+    TABLES[key] = table
+    return table
+
+
+class MixedPrecision(Technique):
+    name = "quant.mixed"
+    stage = Stage.EXPORT
+    runtime = "llama.cpp"
+    description = "llama.cpp type per weight tensor from a measured sensitivity table (base, raise/lower shares)"
+    requires_calibration = True
+    incompatible_with = ("quant.gguf",)
+    Config = MixedPrecisionConfig
+
+    @classmethod
+    def space(cls, info: dict[str, int], target: dict[str, Any] | None = None) -> dict[str, Any]:
+        embd = ("Q8_0", "Q6_K", "Q4_K") if info.get("hidden_size", 256) % 256 == 0 else ("Q8_0", "Q5_0", "Q4_0")
+        return {
+            "base": Categorical(choices=("Q5_K", "Q4_K", "Q4_0", "IQ4_NL", "Q3_K")),
+            "raise_fraction": Float(low=0.0, high=0.5),
+            "raise_type": Categorical(choices=("Q5_K", "Q6_K", "Q8_0")),
+            "lower_fraction": Float(low=0.0, high=0.5),
+            "lower_type": Categorical(choices=("Q4_0", "Q3_K", "Q2_K")),
+            "token_embd_type": Categorical(choices=(None, *embd)),
+            "imatrix": Categorical(choices=(False, True)),
+        }
+
+    def resolve(self, model: Any, config: MixedPrecisionConfig, ctx: ApplyContext) -> MixedPrecisionConfig:
+        tensors = block_tensors(model)
+        rows = {name: row for name, (_, _, row) in tensors.items()}
+        if config.tensors:
+            _check_assignment(config.tensors, rows)
+            return config
+        if config.raise_fraction == 0 and config.lower_fraction == 0:
+            table = _Uniform(tensors)  # nothing to rank: no sensitivity needed
+        else:
+            table = sensitivity_table(model, ctx, config.sensitivity_samples, config.sensitivity_seq_len)
+            if set(table.kld) != set(tensors):
+                raise RuntimeError("the sensitivity table does not name this model's tensors")
+        return config.model_copy(update={"tensors": assign(table, config, rows)})
+
+    def apply(self, model: Any, config: MixedPrecisionConfig, ctx: ApplyContext) -> Any:
+        return model  # the llama.cpp runtime quantizes the GGUF it writes, tensor by tensor (quantize_settings)
+
+
+class _Uniform:
+    """A table in which no tensor is more sensitive than another (all at base: the ranking is never used)."""
+
+    def __init__(self, tensors: dict[str, tuple[str, int, int]]):
+        self.numel = {name: n for name, (_, n, _) in tensors.items()}
+
+    def ranked(self) -> list[str]:
+        return sorted(self.numel, key=_sort_key)
+
+
+def _check_assignment(tensors: dict[str, str], rows: dict[str, int]) -> None:
+    """A recorded assignment must name this model's tensors, with types their rows allow."""
+    from autoslm.runtimes.llamacpp import K_TYPES
+
+    unknown = sorted(set(tensors) - set(rows), key=_sort_key)
+    if unknown:
+        blocks = 1 + max((_sort_key(n)[0] for n in rows), default=-1)
+        raise UserError(
+            f"quant.mixed: the assignment names {len(unknown)} tensor(s) this model does not have "
+            f"({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}); this model has blocks blk.0 to "
+            f"blk.{blocks - 1} with tensors {', '.join(sorted({n.split('.')[2] for n in rows}))}: was the recipe made "
+            "for another model, or after other pruning steps?"
+        )
+    for name, kind in tensors.items():
+        if kind in K_TYPES and rows[name] % 256:
+            raise UserError(
+                f"quant.mixed: {name} cannot be {kind}: its rows hold {rows[name]} values, not a multiple of 256; "
+                "use Q8_0, Q5_0, Q4_0 or IQ4_NL for it"
+            )
+
+
+@autoslm.hookimpl
+def register_techniques(register: Any) -> None:
+    register(MixedPrecision)
