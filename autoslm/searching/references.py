@@ -4,7 +4,8 @@ A name is a technique's preset (`Technique.presets`) for the search's runtime: t
 before a `+` (`Q4_K_M` finds quant.gguf's `Q4_K_M+imatrix`: the suffix changes quality, not size or speed). Each
 reference is built, measured on the target and evaluated at the start of the study, right after the baseline, so
 the limit it sets comes from the same machine as the candidates it judges; stored with the baseline (`baseline.json`
--> `references`), shown in the report and plotted beside the trials.
+-> `references`), shown in the report and plotted beside the trials; their checkpoints are kept in
+RUN/references/NAME for side-by-side comparisons with the winner.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def preset_steps(name: str, runtime: str) -> list[dict[str, Any]]:
 def measure_references(objective: Any, baseline: dict[str, Any], names: tuple[str, ...], progress: Any = None) -> None:
     """Measure each named preset not yet in `baseline["references"]` (in place): its policy, metrics and quality."""
     import shutil
+    from pathlib import Path
 
     refs = baseline.setdefault("references", {})
     for i, name in enumerate(names):
@@ -53,9 +55,12 @@ def measure_references(objective: Any, baseline: dict[str, Any], names: tuple[st
         if progress is not None:
             progress("reference_start", {"name": name, "steps": steps})
         out = objective.evaluate_policy(steps, baseline, trial_number=9990 - i, judge=False)
-        shutil.rmtree(out.checkpoint or "", ignore_errors=True)
         if out.status != "complete":
             raise RuntimeError(f"preset {name} could not be measured: {out.reason}")
+        keep = Path(objective.run_dir) / "references" / name  # kept: compare with the winner (autoslm eval/profile)
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(out.checkpoint or "", keep)
         refs[name] = {"steps": out.steps, "metrics": out.metrics, "ppl": out.ppl, "low_ppl": out.low_ppl,
                       "quality": out.quality}  # fmt: skip
 

@@ -4,6 +4,8 @@ run_dir/
   study.db          the Optuna study (resumable; opens in optuna-dashboard)
   baseline.json     the uncompressed model's measurement and quality (and the presets a budget names: references)
   baseline/         the uncompressed checkpoint, re-measured beside close calls (see --recheck-rounds)
+  references/NAME/  the checkpoint of each preset the budget names (size_mb<=Q4_K_M), measured after the baseline
+  sensitivity/      tables a technique measured (quant.mixed: per-tensor sensitivity), drawn in the report
   trials.json       every trial's TrialRecord: policy, metrics, constraints, status, reason
   recipe.yaml       the best feasible policy, every parameter explicit       (export.py)
   checkpoint/       its compressed checkpoint (safetensors + manifest)      (export.py)

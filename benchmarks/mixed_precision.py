@@ -1,0 +1,133 @@
+"""autoslm's per-tensor mixed precision (quant.mixed) against llama.cpp's uniform presets, on this machine.
+
+    python benchmarks/mixed_precision.py [--model smollm2-135m] [--trials 30] [--timeout 1200] [--json out.json]
+
+Three searches in the `mixed-precision` space (quant.mixed alone: base type, share raised / lowered by measured
+sensitivity, embedding type, importance matrix), full fidelity, seed 0:
+  (a) size_mb<=Q4_K_M   the budget names the preset: the search builds and measures Q4_K_M (with an importance
+                        matrix, quant.gguf's preset) first, on this machine, and takes its file size as the limit
+  (b) size_mb<=Q3_K_M   the same against Q3_K_M
+  (c) bpw<=4.5          bits per weight; afterwards the uniform types near that size (Q4_0, IQ4_NL, Q4_K_S, each
+                        with an importance matrix) are measured in the same run directory for the table
+Each winner is compared with its preset(s): perplexity and KLD on the same held-out windows (KLD to the same F32
+reference), size, bpw, and decode time paired in one process (8 alternating rounds, the close-call machinery).
+Plain Q4_K_M / Q3_K_M (no importance matrix: llama.cpp's default) are scored too. The sensitivity table is measured
+by the first search and reused by the others (same weights, same process): its cost is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from autoslm.quiet import quiet_libraries
+
+SEARCHES = {"a": ("size_mb<=Q4_K_M", ["Q4_K_M"]), "b": ("size_mb<=Q3_K_M", ["Q3_K_M"]), "c": ("bpw<=4.5", [])}
+UNIFORM_C = {"Q4_0+imatrix": {"type": "Q4_0", "imatrix": True}, "IQ4_NL+imatrix": {"type": "IQ4_NL", "imatrix": True},
+             "Q4_K_S+imatrix": {"type": "Q4_K_S", "imatrix": True}}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--trials", type=int, default=30)
+    ap.add_argument("--timeout", type=float, default=1200.0, help="seconds per search")
+    ap.add_argument("--only", default="abc", help="which searches to run (letters of a, b, c)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    quiet_libraries()
+    import autoslm
+    from autoslm.searching.budget import Budget
+    from autoslm.searching.objective import Objective
+    from autoslm.targets import MeasureSettings, get_target
+
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (nothing else was started by this script)", flush=True)
+    target, settings = get_target("local"), MeasureSettings(runtime="llama.cpp")
+    work = Path(tempfile.mkdtemp(prefix="autoslm-mixed-"))
+    summary: dict[str, Any] = {}
+    for key in args.only:
+        budget, plain = SEARCHES[key]
+        run_dir = work / f"search-{key}"
+        t0 = time.perf_counter()
+        result = autoslm.search(model=args.model, runtime="llama.cpp", space="mixed-precision", budget=budget,
+                                trials=args.trials, out=str(run_dir), timeout_s=args.timeout, fidelity="full",
+                                seed=0)  # fmt: skip
+        minutes = (time.perf_counter() - t0) / 60
+        done = [r for r in result.trials if r.counted]
+        evaluated = [r for r in done if r.cached_from is None]
+        feasible = [r for r in done if r.status == "complete" and r.feasible]
+        tables = sorted((run_dir / "sensitivity").glob("*.json"))
+        sens = json.loads(tables[0].read_text()) if tables else None
+        row: dict[str, Any] = {
+            "budget": budget,
+            "trials": len(done),
+            "feasible": len(feasible),
+            "minutes": round(minutes, 2),
+            "median_trial_s": statistics.median(sum(r.seconds.values()) for r in evaluated) if evaluated else None,
+            "sensitivity_s": sens["seconds"] if sens else None,
+            "sensitivity_tensors": len(sens["kld"]) if sens else None,
+        }
+        cost = "reused from the first search" if key != args.only[0] else f"{row['sensitivity_s']} s"
+        print(f"\nsearch ({key}) {budget}: {len(done)} trials ({len(feasible)} within budget) in {minutes:.1f} min, "
+              f"median trial {row['median_trial_s']:.1f} s; sensitivity table ({row['sensitivity_tensors']} "
+              f"tensors) {cost}", flush=True)  # fmt: skip
+        baseline = result.baseline
+        objective = Objective(model=args.model, space=None, budget=Budget(), run_dir=str(run_dir), seed=0,
+                              runtime="llama.cpp")  # type: ignore[arg-type]  # fmt: skip
+        objective.fidelity_full = _full()
+        candidates: dict[str, dict[str, Any]] = {}
+        for name, ref in (baseline.get("references") or {}).items():
+            candidates[f"preset {name} (+imatrix)"] = _row(ref, run_dir / "references" / name)
+        extra = {f"{p} (no imatrix)": {"type": p} for p in plain} | (UNIFORM_C if key == "c" else {})
+        for i, (name, params) in enumerate(extra.items()):
+            out = objective.evaluate_policy([{"technique": "quant.gguf", "params": params}], baseline,
+                                            trial_number=9900 - i, judge=False)  # fmt: skip
+            candidates[f"preset {name}"] = _row(vars(out), Path(out.checkpoint or ""))
+        if result.best is not None:
+            from autoslm.search_view import policy_text
+
+            best = _row(result.best.model_dump(), result.checkpoint_path)
+            best["policy"] = policy_text(result.best.steps)
+            candidates["autoslm mix"] = best
+            for name, cand in candidates.items():
+                if name == "autoslm mix":
+                    continue
+                pm = target.measure_pair(best["dir"], cand["dir"], rounds=8, settings=settings)
+                cand["mix_decode_ratio"] = pm.ratios["decode_ms"]
+                cand["mix_decode_rounds"] = pm.pair_ratios["decode_ms"]
+        print(f"{'':<34}{'size MB':>9}{'bpw':>7}{'ppl':>10}{'KLD':>9}{'mix decode / this':>19}")
+        for name, cand in candidates.items():
+            ratio = cand.get("mix_decode_ratio")
+            spread = sorted(cand.get("mix_decode_rounds") or [0])
+            print(f"{name:<34}{cand['size_mb']:>9.2f}{cand['bpw']:>7.3f}{cand['ppl']:>10.3f}{cand['kld']:>9.4f}"
+                  + (f"{ratio:>9.3f}x ({spread[0]:.2f}-{spread[-1]:.2f})" if ratio else ""), flush=True)  # fmt: skip
+        if "autoslm mix" in candidates:
+            print(f"autoslm mix: {candidates['autoslm mix']['policy']}")
+        row["rows"] = {k: {x: y for x, y in v.items() if x != "dir"} for k, v in candidates.items()}
+        summary[key] = row
+    print(f"\nload average at end: {os.getloadavg()[0]:.2f}; work folder {work}")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2, default=str))
+
+
+def _full() -> Any:
+    from autoslm.evaluate import Fidelity
+
+    return Fidelity.preset("full")
+
+
+def _row(record: dict[str, Any], directory: Path | None) -> dict[str, Any]:
+    m = record["metrics"]
+    kld = (record.get("quality") or {}).get("kld_mean", float("nan"))
+    return {"dir": directory, "size_mb": m["size_mb"], "bpw": m.get("bpw", float("nan")), "ppl": record["ppl"],
+            "kld": kld, "decode_ms": m["decode_ms"]}  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
