@@ -239,7 +239,10 @@ def _search(ctx: typer.Context, resume: bool, **options: object) -> None:
     `autoslm search --storage URL --study NAME` processes (SQLite, journal:PATH, postgresql://...) that split one
     study's trials. A remote device measures through `autoslm agent` (--target http://HOST:PORT).
 
-    Example:  autoslm search --model smollm2-135m --budget "decode_ms<=0.7x" --trials 12
+    Examples:  autoslm search --model smollm2-135m --budget "decode_ms<=0.7x" --trials 12
+               autoslm search --runtime llama.cpp --space mixed-precision --budget "size_mb<=Q4_K_M" --trials 30
+    (the second gives each weight tensor its own llama.cpp type, at most as large as llama.cpp's Q4_K_M measured
+    first on this machine)
     """
     from typer._click.core import ParameterSource
 

@@ -78,6 +78,17 @@ def apply_planned(model: Any, planned: list[PlannedStep], ctx: ApplyContext) -> 
     return model
 
 
-def resolved_steps(planned: list[PlannedStep]) -> list[dict[str, Any]]:
-    """The steps as applied (after `resolve`), in the form a recipe and a trial record keep."""
-    return [{"technique": p.name, "params": p.config.model_dump(mode="json")} for p in planned]
+def resolved_steps(
+    steps: list[dict[str, Any]], before: list[TechniqueConfig], planned: list[PlannedStep]
+) -> list[dict[str, Any]]:
+    """`steps` as applied: each step's parameters plus those its technique's `resolve` derived (the configs were
+    `before` before `apply_planned` ran), in the form a recipe and a trial record keep."""
+    out = []
+    for step, old, p in zip(steps, before, planned, strict=True):
+        if p.config is old:
+            out.append(step)
+            continue
+        was, now = old.model_dump(mode="json"), p.config.model_dump(mode="json")
+        derived = {k: v for k, v in now.items() if was.get(k) != v}
+        out.append({**step, "params": {**step.get("params", {}), **derived}})
+    return out

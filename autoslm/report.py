@@ -99,6 +99,7 @@ def plot(run: dict[str, Any], path: Path) -> Path:
             c="tab:gray", label="pruned (low-fidelity perplexity)", zorder=3,
         )  # fmt: skip
     ys = [r.ppl for r in scored] + [r.low_ppl for r in pruned] + ([base["ppl"]] if base else [])
+    ys += [ref["ppl"] for ref in ((base or {}).get("references") or {}).values()]
     top = max(ys) * 1.25 if ys else 1.0
     if over:
         ax.scatter(
@@ -131,9 +132,17 @@ def plot(run: dict[str, Any], path: Path) -> Path:
             [base["metrics"]["decode_ms"]], [base["ppl"]], marker="*", s=260, c="gold", edgecolors="k", zorder=4,
             label=f"baseline ({base['ppl']:.2f} ppl, {base['metrics']['decode_ms']:.1f} ms)",
         )  # fmt: skip
+        refs = base.get("references") or {}
+        for i, (name, ref) in enumerate(refs.items()):
+            ax.scatter(
+                [ref["metrics"]["decode_ms"]], [ref["ppl"]], marker="D", s=70, c="white", edgecolors="tab:purple",
+                linewidths=1.6, zorder=4, label="presets the budget names" if i == 0 else None,
+            )  # fmt: skip
+            ax.annotate(name, (ref["metrics"]["decode_ms"], ref["ppl"]), textcoords="offset points", xytext=(6, 6),
+                        fontsize=8, color="tab:purple")  # fmt: skip
         for lim in run["budget"].limits:
             if lim.metric == "decode_ms":
-                x = lim.absolute(base["metrics"])
+                x = lim.absolute(base["metrics"], {n: r["metrics"] for n, r in refs.items()})
                 ax.axvline(x, color="tab:red", ls="--", lw=1.2, label=f"budget {lim}")
     if best:
         ax.scatter(
@@ -170,6 +179,69 @@ def technique_usage(rows: list[TrialRecord], top: int = 5) -> list[tuple[str, in
     good = Counter(s["technique"] for r in feasible for s in r.steps)
     every = Counter(s["technique"] for r in rows if r.metrics for s in r.steps)
     return sorted(((t, good[t], every[t]) for t in every), key=lambda x: (-x[1], -x[2], x[0]))
+
+
+def _presets_html(base: dict[str, Any] | None, best: Any, policy_text: Any) -> str:
+    """The presets a budget names (measured after the baseline), beside the chosen policy."""
+    refs = (base or {}).get("references") or {}
+    if not refs:
+        return ""
+    rows = [(f"preset {n}", r["steps"], r["ppl"], r.get("quality"), r["metrics"]) for n, r in refs.items()]
+    if best:
+        rows.append((f"chosen (trial {best.number})", best.steps, best.ppl, best.quality, best.metrics))
+    cells = ""
+    for name, steps, ppl, quality, m in rows:
+        bpw = f"{m['bpw']:.3f}" if "bpw" in m else "-"
+        cells += (
+            f"<tr><td>{html.escape(name)}</td><td>{html.escape(policy_text(steps))}</td><td>{ppl:.3f}</td>"
+            f"<td>{_kld(quality)}</td><td>{m['decode_ms']:.2f}</td><td>{m['size_mb']:.2f}</td><td>{bpw}</td></tr>"
+        )
+    return (
+        "<h2>Presets the budget names</h2><p>Built, measured and evaluated on the same target at the start of the "
+        "search (checkpoints in <code>references/</code>).</p><table><tr><th></th><th>policy</th><th>ppl</th>"
+        f"<th>KLD mean / p99</th><th>decode ms</th><th>size MB</th><th>bpw</th></tr>{cells}</table>"
+    )
+
+
+def assignment(steps: list[dict[str, Any]]) -> dict[str, str] | None:
+    """A per-tensor assignment in a policy: a parameter mapping block tensors (blk.N.NAME) to values."""
+    for step in steps:
+        for value in step.get("params", {}).values():
+            if isinstance(value, dict) and value and all(str(k).startswith("blk.") for k in value):
+                return {str(k): str(v) for k, v in value.items()}
+    return None
+
+
+def _sensitivity_html(run_dir: Path, best: Any) -> str:
+    """The sensitivity table a technique measured (RUN/sensitivity/), as a heat map, with the chosen assignment."""
+    from autoslm.sensitivity import SensitivityTable, heatmap
+
+    tables = []
+    for path in sorted((run_dir / "sensitivity").glob("*.json")):
+        try:
+            tables.append(SensitivityTable.load(path))
+        except (ValueError, KeyError, TypeError, OSError):
+            continue
+    if not tables:
+        return ""
+    chosen = assignment(best.steps) if best else None
+    table = next((t for t in tables if chosen and set(t.kld) == set(chosen)), tables[0])
+    png = heatmap(table, run_dir / "sensitivity.png", chosen if chosen and set(chosen) == set(table.kld) else None,
+                  order=_bits_order)  # fmt: skip
+    image = base64.b64encode(png.read_bytes()).decode()
+    return (
+        f"<h2>Sensitivity</h2><p>KL divergence of the next-token distribution when only one tensor is at "
+        f"{html.escape(table.probe)}, over {table.tokens} calibration tokens; {len(table.kld)} tensors measured in "
+        f"{table.seconds:.0f} s. Right: the type the chosen policy gives each tensor.</p>"
+        f'<img alt="sensitivity heat map" src="data:image/png;base64,{image}">'
+    )
+
+
+def _bits_order(kind: str) -> tuple[float, str]:
+    """Types from fewest to most bits (llama.cpp's types by their bits per weight; others by name)."""
+    from autoslm.runtimes.llamacpp import TYPE_BITS
+
+    return (TYPE_BITS.get(kind, 99.0), kind)
 
 
 def write(run_dir: Path, storage: str | None = None, study_name: str | None = None) -> tuple[Path, Path]:
@@ -221,6 +293,8 @@ def write(run_dir: Path, storage: str | None = None, study_name: str | None = No
         if base
         else "<p>Baseline not measured yet.</p>"
     )
+    presets = _presets_html(base, best, policy_text)
+    sensitivity = _sensitivity_html(run_dir, best)
     esc = {k: html.escape(str(settings.get(k))) for k in ("model", "budget", "space")}
     dashboard = html.escape(f"optuna-dashboard sqlite:///{(run_dir / 'study.db').resolve()}")
     meta = html.escape(json.dumps({"settings": settings, "best": best.number if best else None}))
@@ -239,6 +313,8 @@ code {{ background: #f4f4f4; padding: 1px 4px; }}
 {baseline}
 {chosen}
 <img alt="perplexity vs decode ms" src="data:image/png;base64,{image}">
+{presets}
+{sensitivity}
 <h2>Techniques in the good policies</h2>
 <table><tr><th>technique</th><th>in the 5 best feasible</th><th>in all measured trials</th></tr>{usage}</table>
 <h2>Trials</h2>
@@ -255,4 +331,4 @@ code {{ background: #f4f4f4; padding: 1px 4px; }}
     return out, png
 
 
-__all__ = ["load_run", "plot", "technique_usage", "write"]
+__all__ = ["assignment", "load_run", "plot", "technique_usage", "write"]

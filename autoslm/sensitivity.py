@@ -84,6 +84,7 @@ def measure(
 
     with torch.inference_mode():
         reference = torch.log_softmax(model(input_ids=windows, use_cache=False).logits.float(), -1)
+        probs = reference.exp()
         replay = _BlockReplay.record(model, windows, reference)
         out: dict[str, float] = {}
         for i, (module_name, key) in enumerate(tensors.items()):
@@ -95,7 +96,8 @@ def measure(
             finally:
                 module.weight.data = original
             log_q = torch.log_softmax(logits.float(), -1)
-            out[key] = float((reference.exp() * (reference - log_q)).sum(-1).mean())
+            # >= 0 in exact arithmetic; float32 rounding leaves about -1e-8 where nothing changed
+            out[key] = max(0.0, float((probs * (reference - log_q)).sum(-1).mean()))
             if progress is not None:
                 progress(i + 1, len(tensors))
         return out

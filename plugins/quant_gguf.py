@@ -63,9 +63,9 @@ class GgufQuant(Technique):
 
     @classmethod
     def space(cls, info: dict[str, int], target: dict[str, Any] | None = None) -> dict[str, Any]:
-        # k-quants pack rows in blocks of 256; a tensor with other row lengths only takes the 32-blocks types
-        # (SmolLM2's 576-wide embedding: llama.cpp fails on a Q4_K override there)
-        embd = ("Q8_0", "Q6_K", "Q4_K") if info.get("hidden_size", 256) % 256 == 0 else ("Q8_0", "Q5_0", "Q4_0")
+        from autoslm.runtimes.llamacpp import embedding_types
+
+        embd = embedding_types(info.get("hidden_size", 256))
         return {
             "type": Categorical(choices=("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_NL", "Q3_K_M")),
             "token_embd_type": Categorical(choices=(None, *embd)),

@@ -143,9 +143,11 @@ def sensitivity_table(model: Any, ctx: ApplyContext, samples: int, seq_len: int)
 
     fp = fingerprint(model)
     key = f"{fp}:{samples}:{seq_len}"
-    if key in TABLES:
-        return TABLES[key]
     path = Path(ctx.run_dir) / "sensitivity" / f"{fp[:16]}-{samples}x{seq_len}.json" if ctx.run_dir else None
+    if key in TABLES:
+        if path is not None and not path.is_file():
+            TABLES[key].save(path)  # measured for another run in this process: this run's report shows it too
+        return TABLES[key]
     table = None
     if path is not None and path.is_file():
         try:
@@ -178,7 +180,9 @@ class MixedPrecision(Technique):
 
     @classmethod
     def space(cls, info: dict[str, int], target: dict[str, Any] | None = None) -> dict[str, Any]:
-        embd = ("Q8_0", "Q6_K", "Q4_K") if info.get("hidden_size", 256) % 256 == 0 else ("Q8_0", "Q5_0", "Q4_0")
+        from autoslm.runtimes.llamacpp import embedding_types
+
+        embd = embedding_types(info.get("hidden_size", 256))
         return {
             "base": Categorical(choices=("Q5_K", "Q4_K", "Q4_0", "IQ4_NL", "Q3_K")),
             "raise_fraction": Float(low=0.0, high=0.5),

@@ -146,8 +146,9 @@ class Objective:
         work = Path(self.run_dir) / "trials" / f"{trial_number:04d}"
         try:
             t0 = time.perf_counter()
+            before = [p.config for p in planned]
             model, lm = self.apply_policy(steps, planned)
-            out.steps = resolved_steps(planned)  # as applied: parameters a technique derived are recorded too
+            out.steps = resolved_steps(steps, before, planned)  # parameters a technique derived are recorded too
             out.seconds["apply"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             shutil.rmtree(work, ignore_errors=True)

@@ -71,6 +71,8 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
             f"run directory '{run_dir}' holds a previous search's outputs ({', '.join(outputs)}) but no study.db: "
             "they would be overwritten; choose another --out (or move them away)"
         )
+    for name in settings.limits.references:  # a misspelt preset: one line before any work
+        preset_steps(name, settings.runtime)
     device = _check_target(settings)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -123,8 +125,6 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     if changed_plugins:
         _emit(progress, "warning", f"plugins changed since this study began ({'; '.join(changed_plugins)}): "
               "their earlier trials stay as measured; identical policies are evaluated again, not reused")  # fmt: skip
-    for name in settings.limits.references:  # a misspelt preset: one line before any work
-        preset_steps(name, settings.runtime)
     baseline = _baseline(objective, study, run_dir, device, progress)
     _emit(progress, "baseline", {"baseline": baseline, "budget": settings.limits})
     if any(name not in (baseline.get("references") or {}) for name in settings.limits.references):

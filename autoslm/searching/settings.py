@@ -29,12 +29,15 @@ class SearchSettings(BaseModel):
     model: str = Field("smollm2-135m", description="smollm2-135m | tiny-llama | MODEL_DIR | FILE.gguf | owner/name")
     budget: str = Field(
         "decode_ms<=0.7x",
-        description="hard limits, absolute or relative to the baseline: 'decode_ms<=0.7x,memory_mb<=500'",
+        description="hard limits, absolute, relative to the baseline or to a named preset measured first: "
+        "'decode_ms<=0.7x,memory_mb<=500', 'size_mb<=Q4_K_M', 'bpw<=4.5' (metrics: decode_ms, decode_p90_ms, "
+        "prefill_ms, memory_mb, size_mb, bpw)",
     )
     space: str | None = Field(
         None,
-        description="search space: a shipped one (search_spaces/: default, llamacpp, quant-only, prune-quant, tiny, "
-        "tiny-llamacpp) or a YAML file; unset: the runtime's own (default for torch, llamacpp for llama.cpp)",
+        description="search space: a shipped one (search_spaces/: default, llamacpp, mixed-precision, quant-only, "
+        "prune-quant, tiny, tiny-llamacpp, tiny-mixed) or a YAML file; unset: the runtime's own (default for "
+        "torch, llamacpp for llama.cpp)",
     )
     trials: int = Field(12, ge=1, le=100_000, description="candidate policies to evaluate (the baseline is extra)")
     out: str = Field("runs/search", description="run directory (study.db, recipe.yaml, checkpoint/)")

@@ -87,6 +87,9 @@ def test_cast_bf16(fresh_tiny, tmp_path: Path) -> None:
     reloaded = checkpoint.load_model(tmp_path / "bf16")
     assert next(reloaded.parameters()).dtype == torch.bfloat16
     assert checkpoint.weights_size_mb(tmp_path / "bf16") == pytest.approx(12.76 / 2, rel=0.05)
+    checkpoint.save_dir(fresh_tiny.model.float(), fresh_tiny.tokenizer, tmp_path / "fp32")
+    assert checkpoint.weights_bpw(tmp_path / "fp32") == pytest.approx(32.0, rel=1e-3)  # bits per weight
+    assert checkpoint.weights_bpw(tmp_path / "bf16") == pytest.approx(16.0, rel=1e-3)
 
 
 def test_missing_codec_plugin_is_explained(dyn, fresh_tiny, tmp_path: Path, monkeypatch) -> None:

@@ -96,6 +96,7 @@ def test_llamacpp_quantization_shrinks_the_file_and_keeps_the_model(fresh_tiny, 
     from gguf import GGUFReader
 
     types = {t.name: t.tensor_type.name for t in GGUFReader(mixed / GGUF).tensors}
+    assert 8.5 <= checkpoint.weights_bpw(q8) < 9  # Q8_0 blocks: 34 bytes per 32 weights; norms in F32
     assert types["blk.0.attn_v.weight"] == "Q8_0" and types["blk.0.attn_q.weight"] == "Q4_0"
     assert types["token_embd.weight"] == "Q8_0"
 
@@ -117,6 +118,7 @@ def test_measure_and_evaluate_in_llamacpp(fresh_tiny, tmp_path: Path) -> None:
     m = get_target("local").measure(directory, settings)
     assert m.decode_ms > 0 and m.prefill_ms > 0 and m.memory_mb > 0
     assert m.size_mb == pytest.approx((directory / GGUF).stat().st_size / 2**20)
+    assert m.bpw == pytest.approx(32.0, rel=1e-3)  # an F32 export: every tensor at 32 bits per weight
     assert m.target["runtime"] == "llama.cpp"
     pair = get_target("local").measure_pair(directory, directory, 2, settings)
     assert pair.how == "one process" and 0.5 < pair.ratios["decode_ms"] < 2.0

@@ -20,12 +20,39 @@ def test_budget_absolute_and_relative() -> None:
     assert str(b) == "decode_ms<=0.6x,memory_mb<=250"
 
 
+def test_budget_relative_to_named_presets() -> None:
+    b = Budget.parse("size_mb<=Q4_K_M, decode_ms<=0.9xQ8_0, bpw<=4.5")
+    assert str(b) == "size_mb<=Q4_K_M,decode_ms<=0.9xQ8_0,bpw<=4.5" and b.references == ("Q4_K_M", "Q8_0")
+    assert str(Budget.parse(str(b))) == str(b)  # stored settings parse back to the same budget
+    base = {"size_mb": 500.0, "decode_ms": 40.0, "bpw": 32.0}
+    refs = {"Q4_K_M": {"size_mb": 100.0, "decode_ms": 10.0}, "Q8_0": {"size_mb": 140.0, "decode_ms": 8.0}}
+    v = b.violations({"size_mb": 100.0, "decode_ms": 9.0, "bpw": 4.0}, base, refs)
+    assert v["size_mb"] == 0.0 and v["decode_ms"] == pytest.approx(9.0 / 7.2 - 1) and v["bpw"] < 0
+    with pytest.raises(KeyError, match="needs the measurement of preset Q4_K_M"):
+        b.violations({"size_mb": 1.0, "decode_ms": 1.0, "bpw": 1.0}, base)
+
+
+def test_preset_names_resolve_to_one_step_policies() -> None:
+    from autoslm.searching.references import preset_steps
+
+    assert preset_steps("Q4_K_M", "llama.cpp") == [
+        {"technique": "quant.gguf", "params": {"type": "Q4_K_M", "imatrix": True}}
+    ]  # the part before '+': size and speed do not depend on the importance matrix
+    assert preset_steps("Q8_0", "llama.cpp")[0]["params"] == {"type": "Q8_0"}
+    with pytest.raises(UserError, match="no technique of the torch runtime provides: use one of"):
+        preset_steps("Q4_K_M", "torch")
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
+        ("size_mb<=400Q4_K_M", "malformed"),
+        ("size_mb<=Q4_K_M+imatrix", "malformed"),
+        ("size_mb<=0xQ4_K_M", "must be a positive"),
+        ("size_mb<=" + "Q" * 70, "malformed"),
         ("decode_ms<0.6", "malformed"),
         ("latency<=3", "unknown"),
-        ("decode_ms<=abc", "malformed"),
+        ("decode_ms<=a.bc", "malformed"),  # (a word alone names a preset: refused by the search if unknown)
         ("decode_ms<=0", "must be a positive, finite number"),
         ("decode_ms<=1e999", "must be a positive, finite number"),
         (",,,", "has an empty term"),

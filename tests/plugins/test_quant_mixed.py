@@ -1,0 +1,167 @@
+"""quant.mixed and what it stands on: llama.cpp's rounding reproduced in torch, the sensitivity table, the
+deterministic per-tensor assignment, refusal of assignments that do not fit the model, and a mixed-precision search
+whose recipe lists every tensor and replays byte-identically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import autoslm
+from autoslm import checkpoint, sensitivity
+from autoslm.errors import UserError
+from autoslm.pipeline import Step, apply_planned, plan
+from autoslm.runtimes import get_runtime
+from autoslm.runtimes.llamacpp import GGUF, fake_quantize, gguf_linear_names
+from autoslm.technique import ApplyContext
+
+pytest.importorskip("llama_cpp")
+
+
+def _mixed():
+    from autoslm.plugins import get_registry
+
+    cls = get_registry().technique("quant.mixed").cls
+    return cls, cls.Config
+
+
+def _table(numel: dict[str, int], kld: dict[str, float]) -> sensitivity.SensitivityTable:
+    return sensitivity.SensitivityTable(probe="Q4_0", tokens=1, seconds=0.0, fingerprint="x", kld=kld, numel=numel)
+
+
+def test_fake_quantize_is_llamacpps_own_rounding(fresh_tiny, tmp_path: Path) -> None:
+    """The weights llama.cpp writes for Q4_0 / Q8_0, read back, equal fake_quantize of the torch weights exactly."""
+    import gguf
+
+    steps = [{"technique": "quant.gguf", "params": {"type": "Q4_0", "overrides": {"attn_v": "Q8_0"}}}]
+    planned = plan([Step(**s) for s in steps])
+    get_runtime("llama.cpp").save(fresh_tiny.model, fresh_tiny.tokenizer, tmp_path / "c", planned)
+    stored = {t.name: t for t in gguf.GGUFReader(tmp_path / "c" / GGUF).tensors}
+    for module, kind in (("model.layers.1.mlp.down_proj", "Q4_0"), ("model.layers.1.self_attn.v_proj", "Q8_0")):
+        name = gguf_linear_names(fresh_tiny.model)[module] + ".weight"
+        t, weight = stored[name], fresh_tiny.model.get_submodule(module).weight
+        assert t.tensor_type.name == kind
+        theirs = gguf.quants.dequantize(t.data, t.tensor_type).reshape(weight.shape)
+        ours = fake_quantize(weight, kind).numpy()
+        assert np.array_equal(ours, theirs), name
+        assert not np.array_equal(ours, weight.detach().numpy())
+    with pytest.raises(ValueError, match="multiple of 256"):
+        fake_quantize(torch.zeros(4, 64), "Q4_K")
+
+
+def test_sensitivity_replays_blocks_exactly_and_ranks_low_bits_worse(tiny) -> None:
+    from autoslm import data
+
+    model = tiny.model
+    windows = data.token_windows(tiny.tokenizer, "calibration", seq_len=32, count=2, seed=0)
+    names = {m: n for m, n in gguf_linear_names(model).items() if n.startswith("blk.")}
+    before = [p.clone() for p in model.parameters()]
+    q4 = sensitivity.measure(model, windows, names, lambda _n, w: fake_quantize(w, "Q4_0"))
+    q8 = sensitivity.measure(model, windows, names, lambda _n, w: fake_quantize(w, "Q8_0"))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # weights restored
+    assert set(q4) == set(names.values()) and len(q4) == 4 * 7
+    assert all(v >= 0 for v in q4.values()) and sum(q4.values()) > 10 * sum(q8.values()) > 0
+    with torch.inference_mode():
+        reference = torch.log_softmax(model(input_ids=windows, use_cache=False).logits.float(), -1)
+    assert sensitivity._BlockReplay.record(model, windows, reference) is not None  # the fast path is the one used
+    slow = dict(q4)
+    original = sensitivity._BlockReplay.record
+    try:
+        sensitivity._BlockReplay.record = classmethod(lambda cls, *a: None)  # type: ignore[method-assign]
+        slow = sensitivity.measure(model, windows, names, lambda _n, w: fake_quantize(w, "Q4_0"))
+    finally:
+        sensitivity._BlockReplay.record = original  # type: ignore[method-assign]
+    assert slow.keys() == q4.keys()
+    assert all(abs(slow[k] - q4[k]) <= 1e-5 + 1e-3 * slow[k] for k in slow)  # from block i on == whole model
+
+
+def test_assignment_is_a_function_of_the_table_and_the_parameters() -> None:
+    from autoslm_plugins.quant_mixed import assign
+
+    _, Config = _mixed()
+    numel = {f"blk.{b}.{c}": n for b in range(4) for c, n in (("attn_v", 100), ("ffn_down", 300))}
+    kld = {name: (i % 5 + 1) * 0.01 * numel[name] for i, name in enumerate(sorted(numel))}
+    rows = dict.fromkeys(numel, 256)
+    table = _table(numel, kld)
+    config = Config(base="Q4_K", raise_fraction=0.25, raise_type="Q8_0", lower_fraction=0.25, lower_type="Q2_K")
+    first = assign(table, config, rows)
+    assert first == assign(_table(dict(reversed(numel.items())), dict(reversed(kld.items()))), config, rows)
+    assert set(first) == set(numel)
+    ranked = table.ranked()
+    raised = [n for n in ranked if first[n] == "Q8_0"]
+    lowered = [n for n in ranked if first[n] == "Q2_K"]
+    assert raised == ranked[: len(raised)] and lowered == ranked[len(ranked) - len(lowered) :]  # by sensitivity
+    share = sum(numel[n] for n in raised) / sum(numel.values())
+    assert 0.15 <= share <= 0.35  # a quarter of the values, to the nearest tensor
+    assert all(v == "Q4_K" for v in assign(table, Config(base="Q4_K"), rows).values())
+    narrow = assign(table, config, dict.fromkeys(numel, 576))  # rows llama.cpp cannot pack as k-quants
+    assert {narrow[n] for n in raised} == {"Q8_0"} and {narrow[n] for n in lowered} == {"IQ4_NL"}
+    assert {narrow[n] for n in numel if n not in raised + lowered} == {"Q5_0"}  # llama.cpp's fallback for Q4_K
+
+
+def test_an_assignment_that_does_not_fit_the_model_is_refused(fresh_tiny) -> None:
+    cls, Config = _mixed()
+    ctx = ApplyContext(tokenizer=fresh_tiny.tokenizer)
+    with pytest.raises(UserError, match=r"blk\.99\.attn_v.*this model has blocks blk\.0 to blk\.3"):
+        cls().resolve(fresh_tiny.model, Config(tensors={"blk.99.attn_v": "Q8_0"}), ctx)
+    with pytest.raises(UserError, match=r"blk\.0\.attn_v cannot be Q4_K: its rows hold 64 values"):
+        cls().resolve(fresh_tiny.model, Config(tensors={"blk.0.attn_v": "Q4_K"}), ctx)
+    with pytest.raises(UserError, match=r"tensor names must look like blk\.N\.attn_v"):
+        plan([Step(technique="quant.mixed", params={"tensors": {"../../etc/passwd": "Q8_0"}})])
+    with pytest.raises(UserError, match="raise_fraction \\+ lower_fraction must not exceed 1"):
+        plan([Step(technique="quant.mixed", params={"raise_fraction": 0.7, "lower_fraction": 0.7})])
+    with pytest.raises(UserError, match="cannot be combined"):
+        plan([Step(technique="quant.mixed"), Step(technique="quant.gguf")])
+    given = Config(tensors={"blk.0.attn_v": "Q8_0"})
+    assert cls().resolve(fresh_tiny.model, given, ctx) is given  # explicit: used as recorded, nothing measured
+
+
+def test_resolve_writes_every_tensor_and_the_table_into_the_run_dir(fresh_tiny, tmp_path: Path) -> None:
+    planned = plan([Step(technique="quant.mixed", params={"base": "Q4_0", "raise_fraction": 0.3,
+                                                         "raise_type": "Q8_0", "sensitivity_samples": 2,
+                                                         "sensitivity_seq_len": 32})])  # fmt: skip
+    ctx = ApplyContext(tokenizer=fresh_tiny.tokenizer, run_dir=tmp_path)
+    apply_planned(fresh_tiny.model, planned, ctx)
+    tensors = planned[0].config.tensors
+    assert len(tensors) == 28 and set(tensors.values()) == {"Q4_0", "Q8_0"}
+    (table,) = (tmp_path / "sensitivity").glob("*.json")
+    stored = json.loads(table.read_text())
+    assert set(stored["kld"]) == set(tensors) and stored["probe"] == "Q4_0" and stored["tokens"] == 64
+    get_runtime("llama.cpp").save(fresh_tiny.model, fresh_tiny.tokenizer, tmp_path / "c", planned)
+    import gguf
+
+    reader = gguf.GGUFReader(tmp_path / "c" / GGUF)
+    written = {t.name.removesuffix(".weight"): t.tensor_type.name for t in reader.tensors}
+    assert all(written[name] == kind for name, kind in tensors.items())  # llama.cpp wrote exactly the assignment
+
+
+def test_mixed_search_against_a_named_preset_replays_byte_identically(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = autoslm.search(model="tiny-llama", runtime="llama.cpp", space="tiny-mixed", budget="size_mb<=Q4_0",
+                            trials=3, out=out, fidelity="low", sampler="random", seed=3)  # fmt: skip
+    ref = result.baseline["references"]["Q4_0"]
+    assert ref["steps"][0]["technique"] == "quant.gguf" and ref["steps"][0]["params"]["type"] == "Q4_0"
+    assert ref["metrics"]["size_mb"] < result.baseline["metrics"]["size_mb"] and ref["ppl"] > 0
+    assert (out / "references" / "Q4_0" / GGUF).is_file()
+    for r in result.trials:
+        if r.metrics:
+            assert (r.violations["size_mb"] <= 0) == (r.metrics["size_mb"] <= ref["metrics"]["size_mb"])
+    assert result.best is not None, [r.reason for r in result.trials]
+    recipe = (out / "recipe.yaml").read_text()
+    assert all(f"blk.{b}.{c}:" in recipe for b in range(4) for c in ("attn_q", "ffn_down"))
+    rebuilt = autoslm.apply_recipe(str(out / "recipe.yaml"), str(tmp_path / "again"))
+    assert checkpoint.sha256_file(rebuilt / GGUF) == checkpoint.sha256_file(out / "checkpoint" / GGUF)
+    page = (out / "report.html").read_text()
+    assert "Presets the budget names" in page and "<h2>Sensitivity</h2>" in page
+    assert (out / "sensitivity.png").stat().st_size > 1000
+
+
+def test_a_budget_naming_an_unknown_preset_is_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"budget names preset 'Q9_9', which no technique of the llama\.cpp runtime"):
+        autoslm.search(model="tiny-llama", runtime="llama.cpp", space="tiny-mixed", budget="size_mb<=Q9_9",
+                       trials=1, out=tmp_path / "run")  # fmt: skip
+    assert not (tmp_path / "run" / "baseline.json").exists()
