@@ -203,6 +203,33 @@ def _presets_html(base: dict[str, Any] | None, best: Any, policy_text: Any) -> s
     )
 
 
+def baseline_drift(run: dict[str, Any], path: Path) -> Path | None:
+    """The baseline's decode time over the search: measured at the start, then again beside every candidate timed
+    in one process with it (close calls and busy-machine trials). None when it was never measured again."""
+    base = run["baseline"]
+    again = [(r.number, r.recheck["baseline"]["decode_ms"]) for r in run["rows"]
+             if r.recheck and "decode_ms" in (r.recheck.get("baseline") or {})]  # fmt: skip
+    if not base or not again:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 2.8), dpi=110)
+    ax.axhline(base["metrics"]["decode_ms"], color="gold", lw=2, label="measured at the start (the budget's frame)")
+    ax.scatter([n for n, _ in again], [ms for _, ms in again], c="tab:blue", s=30, zorder=3,
+               label="measured again beside a candidate (median of the rounds)")  # fmt: skip
+    ax.set_xlabel("trial")
+    ax.set_ylabel("baseline decode ms")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def assignment(steps: list[dict[str, Any]]) -> dict[str, str] | None:
     """A per-tensor assignment in a policy: a parameter mapping block tensors (blk.N.NAME) to values."""
     for step in steps:
@@ -294,6 +321,16 @@ def write(run_dir: Path, storage: str | None = None, study_name: str | None = No
         else "<p>Baseline not measured yet.</p>"
     )
     presets = _presets_html(base, best, policy_text)
+    drift_png = baseline_drift(run, run_dir / "baseline-drift.png")
+    drift = (
+        "<h2>The baseline over time</h2><p>Its decode time measured again beside each candidate timed in one process "
+        "with it (close calls, and trials on a busy machine): how far the machine drifted from the figure the "
+        "budget was set from.</p>"
+        f'<img alt="baseline decode ms over the trials" src="data:image/png;base64,'
+        f'{base64.b64encode(drift_png.read_bytes()).decode()}">'
+        if drift_png
+        else ""
+    )
     sensitivity = _sensitivity_html(run_dir, best)
     esc = {k: html.escape(str(settings.get(k))) for k in ("model", "budget", "space")}
     dashboard = html.escape(f"optuna-dashboard sqlite:///{(run_dir / 'study.db').resolve()}")
@@ -315,6 +352,7 @@ code {{ background: #f4f4f4; padding: 1px 4px; }}
 <img alt="perplexity vs decode ms" src="data:image/png;base64,{image}">
 {presets}
 {sensitivity}
+{drift}
 <h2>Techniques in the good policies</h2>
 <table><tr><th>technique</th><th>in the 5 best feasible</th><th>in all measured trials</th></tr>{usage}</table>
 <h2>Trials</h2>

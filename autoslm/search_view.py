@@ -94,6 +94,16 @@ class SearchView:
                 f"baseline: ppl {self.baseline['ppl']:.2f}, decode {m['decode_ms']:.1f} ms/token, "
                 f"memory {m['memory_mb']:.0f} MB, size {m['size_mb']:.0f} MB  ·  budget {payload['budget']}"
             )
+            busy = self.baseline.get("interference") or {}
+            if busy.get("disturbed"):
+                from autoslm.targets.interference import describe
+
+                self.progress.console.print(
+                    f"[yellow]warning:[/yellow] the machine stayed busy while the baseline was timed ({describe(busy)},"
+                    f" {len(busy.get('attempts', []))} tries): timing verdicts are made beside the baseline in one "
+                    "process; better, stop the other work and --resume in a new --out",
+                    highlight=False,
+                )
             self._references(payload)
             self.progress.update(self.task, description="searching")
         elif kind == "reference_start":
@@ -138,13 +148,24 @@ class SearchView:
 
 
 def recheck_text(row: TrialRecord) -> str:
-    """' (close call: re-measured 2x beside the baseline, 0.68x)' for a trial decided on re-measurements."""
+    """' (close call: re-measured 2x beside the baseline, 0.68x)' for a trial decided on re-measurements, and
+    ' (machine busy: measured 3 times, ...)' for one whose measurement was disturbed."""
+    text = ""
+    figures = row.interference or {}
+    if figures.get("attempts"):
+        from autoslm.targets.interference import describe
+
+        settled = "settled" if not figures.get("disturbed") else f"still busy: {describe(figures)}"
+        text += f" (machine busy: measured {len(figures['attempts'])} times, {settled})"
     recheck = row.recheck
     if not recheck:
-        return ""
+        return text
     ratio = recheck.get("ratios", {}).get("decode_ms")
-    return f" (close call: re-measured {recheck['rounds']}x beside the baseline" + (
-        f", decode {ratio:.2f}x)" if ratio else ")"
+    why = "machine busy" if figures.get("disturbed") else "close call"
+    return (
+        text
+        + f" ({why}: re-measured {recheck['rounds']}x beside the baseline"
+        + (f", decode {ratio:.2f}x)" if ratio else ")")
     )
 
 

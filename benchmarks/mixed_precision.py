@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1200.0, help="seconds per search")
     ap.add_argument("--only", default="abc", help="which searches to run (letters of a, b, c)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--work", type=Path, help="work folder (default: a new one); a search found there resumes")
     args = ap.parse_args()
     quiet_libraries()
     import autoslm
@@ -49,16 +50,21 @@ def main() -> None:
 
     print(f"load average at start: {os.getloadavg()[0]:.2f} (nothing else was started by this script)", flush=True)
     target, settings = get_target("local"), MeasureSettings(runtime="llama.cpp")
-    work = Path(tempfile.mkdtemp(prefix="autoslm-mixed-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="autoslm-mixed-"))
     summary: dict[str, Any] = {}
     for key in args.only:
         budget, plain = SEARCHES[key]
         run_dir = work / f"search-{key}"
         t0 = time.perf_counter()
+        resumed = (run_dir / "study.db").is_file()
         result = autoslm.search(model=args.model, runtime="llama.cpp", space="mixed-precision", budget=budget,
                                 trials=args.trials, out=str(run_dir), timeout_s=args.timeout, fidelity="full",
-                                seed=0)  # fmt: skip
+                                seed=0, resume=resumed)  # fmt: skip
         minutes = (time.perf_counter() - t0) / 60
+        span = _trials_span(run_dir)  # first trial's start to last trial's end (sensitivity included)
+        if resumed:
+            print(f"(search ({key}) resumed from {run_dir}: its trials ran {span:.1f} min before)", flush=True)
+            minutes = span
         done = [r for r in result.trials if r.counted]
         evaluated = [r for r in done if r.cached_from is None]
         feasible = [r for r in done if r.status == "complete" and r.feasible]
@@ -69,14 +75,16 @@ def main() -> None:
             "trials": len(done),
             "feasible": len(feasible),
             "minutes": round(minutes, 2),
+            "trials_minutes": round(span, 2),
             "median_trial_s": statistics.median(sum(r.seconds.values()) for r in evaluated) if evaluated else None,
             "sensitivity_s": sens["seconds"] if sens else None,
             "sensitivity_tensors": len(sens["kld"]) if sens else None,
         }
         cost = "reused from the first search" if key != args.only[0] else f"{row['sensitivity_s']} s"
-        print(f"\nsearch ({key}) {budget}: {len(done)} trials ({len(feasible)} within budget) in {minutes:.1f} min, "
-              f"median trial {row['median_trial_s']:.1f} s; sensitivity table ({row['sensitivity_tensors']} "
-              f"tensors) {cost}", flush=True)  # fmt: skip
+        print(f"\nsearch ({key}) {budget}: {len(done)} trials ({len(feasible)} within budget) in {minutes:.1f} min "
+              f"({span:.1f} min from the first trial's start to the last one's end), median trial "
+              f"{row['median_trial_s']:.1f} s; sensitivity table ({row['sensitivity_tensors']} tensors) {cost}",
+              flush=True)  # fmt: skip
         baseline = result.baseline
         objective = Objective(model=args.model, space=None, budget=Budget(), run_dir=str(run_dir), seed=0,
                               runtime="llama.cpp")  # type: ignore[arg-type]  # fmt: skip
@@ -114,6 +122,17 @@ def main() -> None:
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}; work folder {work}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2, default=str))
+
+
+def _trials_span(run_dir: Path) -> float:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    trials = optuna.load_study(study_name="autoslm", storage=f"sqlite:///{run_dir / 'study.db'}").trials
+    done = [t for t in trials if t.datetime_complete]
+    if not done:
+        return 0.0
+    return (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds() / 60
 
 
 def _full() -> Any:

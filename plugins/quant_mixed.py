@@ -34,7 +34,10 @@ from autoslm import ApplyContext, Categorical, Float, Stage, Technique, Techniqu
 from autoslm.errors import UserError
 
 BlockType = Literal["Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "Q4_0", "IQ4_NL", "Q3_K", "Q2_K"]
-TensorType = Literal["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "Q4_0", "IQ4_NL", "Q3_K", "Q2_K"]
+# every type an assignment can hold, llama.cpp's fallbacks (Q5_1 for Q5_K on rows it cannot pack) included
+TensorType = Literal[
+    "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "IQ4_NL", "Q3_K", "Q2_K"
+]
 # the whole-model type handed to llama.cpp beside the per-tensor assignment (it decides only what is not assigned)
 FTYPE = {"Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K": "Q5_K_M", "Q5_0": "Q5_0", "Q4_K": "Q4_K_M", "Q4_0": "Q4_0",
          "IQ4_NL": "IQ4_NL", "Q3_K": "Q3_K_M", "Q2_K": "Q2_K"}  # fmt: skip
@@ -205,7 +208,8 @@ class MixedPrecision(Technique):
             table = sensitivity_table(model, ctx, config.sensitivity_samples, config.sensitivity_seq_len)
             if set(table.kld) != set(tensors):
                 raise RuntimeError("the sensitivity table does not name this model's tensors")
-        return config.model_copy(update={"tensors": assign(table, config, rows)})
+        # validated like any recorded config: what the recipe will hold must load back
+        return self.make_config({**config.model_dump(), "tensors": assign(table, config, rows)})
 
     def apply(self, model: Any, config: MixedPrecisionConfig, ctx: ApplyContext) -> Any:
         return model  # the llama.cpp runtime quantizes the GGUF it writes, tensor by tensor (quantize_settings)

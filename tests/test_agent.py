@@ -184,6 +184,9 @@ def test_remote_measurement_matches_local_schema(agent: str, tiny_ckpt: Path) ->
     assert m.size_mb == pytest.approx(local.size_mb)  # the same files arrived
     assert m.target["id"] == local.target["id"]  # same machine here: same device fingerprint
     assert remote.fingerprint()["agent"] == agent
+    # the device reports what else it did while timing, as a local measurement does
+    assert set(m.interference) >= {"other_cores", "steal", "load1", "spread", "disturbed"}
+    assert m.bpw == pytest.approx(local.bpw)
 
 
 def test_unreachable_agent_fails_fast_and_clearly(tiny_ckpt: Path) -> None:

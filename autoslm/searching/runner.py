@@ -118,6 +118,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         runtime=settings.runtime,
         recheck_rounds=settings.recheck_rounds,
         recheck_margin=settings.recheck_margin,
+        busy_retries=settings.busy_retries,
     )
     objective.space = load_space(settings.space_name, model_info(objective.base().model))
     _emit(progress, "space", objective.space)
@@ -175,6 +176,8 @@ def _baseline(objective: Any, study: Any, run_dir: Path, device: dict[str, Any],
                 f"{objective.target}: budget on {', '.join(sorted(out.metrics))}"
             )
         baseline = {"metrics": out.metrics, "ppl": out.ppl, "low_ppl": out.low_ppl, "quality": out.quality}
+        if out.interference:
+            baseline["interference"] = out.interference
         baseline["device"] = device
         study.set_user_attr("baseline", baseline)
         if objective.recheck_rounds > 0 and not (run_dir / "baseline").exists():

@@ -64,6 +64,14 @@ class SearchSettings(BaseModel):
     recheck_margin: float = Field(
         0.15, ge=0, lt=1, description="how near a limit is a close call, as a fraction of it (0.15 = within 15%)"
     )
+    busy_retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="a measurement disturbed by other work on the target (other processes' CPU or steal time while "
+        "it timed) is repeated up to this many times, waiting 5 s then doubling; if the target stays busy, timing "
+        "is judged beside the baseline in one process (with --recheck-rounds rounds)",
+    )
     target: str = Field("local", description="where to measure: local, or http://HOST:PORT of `autoslm agent`")
     runtime: str = Field("torch", description="what runs each candidate on the target (see `autoslm plugins`)")
     target_token: str | None = Field(None, exclude=True, repr=False, description="the agent's token (never stored)")

@@ -40,6 +40,9 @@ class TrialRecord(BaseModel):
     warm_start: bool = False
     node: dict[str, Any] | None = None
     recheck: dict[str, Any] | None = Field(None, description="a close call timed again beside the baseline")
+    interference: dict[str, Any] | None = Field(
+        None, description="the measurement's interference figures; `attempts` when it was disturbed and repeated"
+    )
 
     @classmethod
     def from_trial(cls, t: Any) -> TrialRecord:
@@ -67,6 +70,7 @@ class TrialRecord(BaseModel):
             warm_start=bool(attrs.get("warm_start")),
             node=attrs.get("node"),
             recheck=attrs.get("recheck"),
+            interference=attrs.get("interference"),
         )
 
     @property

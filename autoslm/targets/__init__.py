@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,6 +44,9 @@ class Measurement(BaseModel):
     memory_mb: float = Field(description="peak resident memory of the loaded model while in use")
     size_mb: float = Field(description="weight files on disk")
     bpw: float | None = Field(None, description="bits per weight of the weight tensors")
+    interference: dict[str, Any] | None = Field(
+        None, description="what else the device did while timing (targets/interference.py); None: not measured"
+    )
     load_s: float
     target: dict[str, str | int] = Field(description="fingerprint of the device that measured")
 

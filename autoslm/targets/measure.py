@@ -155,16 +155,20 @@ def measure_loaded(
     import time
 
     from autoslm import checkpoint
+    from autoslm.targets import interference
 
     base = rss_mb()
     t0 = time.perf_counter()
     with open_model() as model:
         load_s = time.perf_counter() - t0
         reset_ok = reset_peak_rss()
+        before = interference.sample()
         timing = timed_runs(runner(model), settings)
+        after = interference.sample()
         peak = peak_rss_mb() if reset_ok else max(rss_mb(), peak_rss_mb())
     return {
         **timing,
+        "interference": interference.figures(before, after, timing["decode_p90_ms"] / timing["decode_ms"]),
         "prompt_tokens": settings.prompt_tokens,
         "memory_mb": max(0.0, peak - base),
         "size_mb": checkpoint.weights_size_mb(Path(directory)),

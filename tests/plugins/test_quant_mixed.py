@@ -101,6 +101,10 @@ def test_assignment_is_a_function_of_the_table_and_the_parameters() -> None:
     narrow = assign(table, config, dict.fromkeys(numel, 576))  # rows llama.cpp cannot pack as k-quants
     assert {narrow[n] for n in raised} == {"Q8_0"} and {narrow[n] for n in lowered} == {"IQ4_NL"}
     assert {narrow[n] for n in numel if n not in raised + lowered} == {"Q5_0"}  # llama.cpp's fallback for Q4_K
+    every = Config(base="Q5_K", raise_fraction=0.3, raise_type="Q6_K", lower_fraction=0.3, lower_type="Q3_K")
+    fallbacks = assign(table, every, dict.fromkeys(numel, 576))
+    assert set(fallbacks.values()) == {"Q5_1", "Q8_0", "IQ4_NL"}
+    assert Config(tensors=fallbacks).tensors == fallbacks  # every fallback is a type a recipe can hold
 
 
 def test_an_assignment_that_does_not_fit_the_model_is_refused(fresh_tiny) -> None:

@@ -164,7 +164,9 @@ def test_close_calls_are_timed_again_beside_the_baseline(tmp_path: Path) -> None
         ms = r.recheck["ratios"]["decode_ms"] * result.baseline["metrics"]["decode_ms"]
         assert r.metrics["decode_ms"] == pytest.approx(ms)
     assert (out / "baseline" / "model.safetensors").is_file()
-    assert "close call: re-measured 3x beside the baseline" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "close call: re-measured 3x beside the baseline" in page
+    assert "The baseline over time" in page and (out / "baseline-drift.png").stat().st_size > 1000
 
 
 @pytest.mark.real

@@ -1,0 +1,88 @@
+"""Interference: what else the machine did while a measurement was timed.
+
+A timing taken while another job used the CPU says little about the candidate (a baseline measured at 252.8
+ms/token instead of ~40 ms made every verdict of one search noise). Around its timed runs a measurement reads
+`/proc/stat` (CPU time of the whole machine, and steal time a hypervisor took) and `/proc/self/stat` (its own CPU
+time), so it can report how many cores other processes used meanwhile, the share of time stolen, the load average
+and the spread of its own timed runs, and call itself disturbed past a threshold. The search re-measures a disturbed
+measurement (bounded, with back-off) and, when the machine stays busy, judges timing beside the baseline in one
+process (where load that comes and goes hits both alike) and says so. Linux only; elsewhere nothing is reported.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OTHER_CORES_LIMIT = 0.3  # cores other processes may use during a measurement before it counts as disturbed
+STEAL_LIMIT = 0.05  # share of CPU time a hypervisor may steal
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """Cumulative CPU clock ticks at one instant: the machine's busy and steal time, and this process's own."""
+
+    busy: int
+    steal: int
+    total: int
+    own: int
+    wall: float
+
+
+def sample() -> CpuSample | None:
+    """Read the counters (None where /proc is missing: not Linux)."""
+    import time
+
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        stat = Path("/proc/self/stat").read_text()
+    except (OSError, IndexError):
+        return None
+    if fields[0] != "cpu":
+        return None
+    ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks + [0] * (8 - len(ticks))
+    own = stat.rsplit(")", 1)[1].split()  # after "(comm)": state is field 3, utime/stime/cutime/cstime 14-17
+    return CpuSample(
+        busy=user + nice + system + irq + softirq,
+        steal=steal,
+        total=sum(ticks),
+        own=sum(int(v) for v in own[11:15]),
+        wall=time.monotonic(),
+    )
+
+
+def figures(before: CpuSample | None, after: CpuSample | None, spread: float | None = None) -> dict[str, Any] | None:
+    """What happened between two samples: cores used by other processes, steal share, load average, the timed runs'
+    spread (p90 / median), and whether that counts as disturbed."""
+    if before is None or after is None or after.wall <= before.wall:
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    seconds = after.wall - before.wall
+    other = max(0.0, ((after.busy - before.busy) - (after.own - before.own)) / hz / seconds)
+    steal = (after.steal - before.steal) / max(1, after.total - before.total)
+    out: dict[str, Any] = {
+        "other_cores": round(other, 3),
+        "steal": round(steal, 4),
+        "load1": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "seconds": round(seconds, 2),
+    }
+    if spread is not None:
+        out["spread"] = round(spread, 3)
+    out["disturbed"] = other > OTHER_CORES_LIMIT or steal > STEAL_LIMIT
+    return out
+
+
+def describe(figures: dict[str, Any] | None) -> str:
+    """One phrase for a console line or a report cell."""
+    if not figures:
+        return "no interference figures"
+    return (
+        f"other processes used {figures['other_cores']:.2f} cores, steal {figures['steal'] * 100:.0f}%, "
+        f"load {figures.get('load1')}"
+    )
+
+
+__all__ = ["OTHER_CORES_LIMIT", "STEAL_LIMIT", "CpuSample", "describe", "figures", "sample"]
