@@ -11,6 +11,7 @@ stored as JSON in the run directory and drawn as a heat map (blocks x tensor cla
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -53,7 +54,7 @@ class SensitivityTable:
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # workers of one search may write the same table at once
         tmp.write_text(json.dumps(asdict(self), indent=1))
         tmp.replace(path)
         return path
