@@ -44,12 +44,14 @@ def sample() -> CpuSample | None:
         return None
     ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
     user, nice, system, _idle, _iowait, irq, softirq, steal = ticks + [0] * (8 - len(ticks))
-    own = stat.rsplit(")", 1)[1].split()  # after "(comm)": state is field 3, utime/stime/cutime/cstime 14-17
+    # after "(comm)": state is field 3, utime/stime 14-15 (every thread of this process); the children's times
+    # (cutime/cstime) are left out: a child that finished meanwhile is other work, not this measurement's
+    own = stat.rsplit(")", 1)[1].split()
     return CpuSample(
         busy=user + nice + system + irq + softirq,
         steal=steal,
         total=sum(ticks),
-        own=sum(int(v) for v in own[11:15]),
+        own=int(own[11]) + int(own[12]),
         wall=time.monotonic(),
     )
 
