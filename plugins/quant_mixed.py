@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from autoslm_plugins.quant_gguf import TensorType  # every llama.cpp tensor type, the fallbacks included
 from pydantic import Field, field_validator, model_validator
 
 import autoslm
@@ -34,10 +35,7 @@ from autoslm import ApplyContext, Categorical, Float, Stage, Technique, Techniqu
 from autoslm.errors import UserError
 
 BlockType = Literal["Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "Q4_0", "IQ4_NL", "Q3_K", "Q2_K"]
-# every type an assignment can hold, llama.cpp's fallbacks (Q5_1 for Q5_K on rows it cannot pack) included
-TensorType = Literal[
-    "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "IQ4_NL", "Q3_K", "Q2_K"
-]
+
 # the whole-model type handed to llama.cpp beside the per-tensor assignment (it decides only what is not assigned)
 FTYPE = {"Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K": "Q5_K_M", "Q5_0": "Q5_0", "Q4_K": "Q4_K_M", "Q4_0": "Q4_0",
          "IQ4_NL": "IQ4_NL", "Q3_K": "Q3_K_M", "Q2_K": "Q2_K"}  # fmt: skip
