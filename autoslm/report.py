@@ -73,7 +73,7 @@ def plot(run: dict[str, Any], path: Path) -> Path:
 
     rows, base, best = run["rows"], run["baseline"], run["best"]
     scored = [r for r in rows if r.quality and r.metrics]
-    over = [r for r in rows if r.metrics and not r.quality and r.status == "infeasible"]
+    over = [r for r in rows if r.metrics and "decode_ms" in r.metrics and not r.quality and r.status == "infeasible"]
     pruned = [r for r in rows if r.metrics and not r.quality and r.low_ppl and r.status == "pruned"]
     fig, ax = plt.subplots(figsize=(9, 5.6), dpi=110)
     mem = [r.metrics["memory_mb"] for r in scored + over] + ([base["metrics"]["memory_mb"]] if base else [])
@@ -295,9 +295,9 @@ def write(run_dir: Path, storage: str | None = None, study_name: str | None = No
             html.escape(policy_text(r.steps) or "(none)"),
             ppl,
             _kld(r.quality),
-            f"{m['decode_ms']:.1f}{rel(m['decode_ms'], bm.get('decode_ms'))}" if m else "-",
-            f"{m['memory_mb']:.0f}" if m else "-",
-            f"{m['size_mb']:.0f}" if m else "-",
+            f"{m['decode_ms']:.1f}{rel(m['decode_ms'], bm.get('decode_ms'))}" if "decode_ms" in m else "-",
+            f"{m['memory_mb']:.0f}" if "memory_mb" in m else "-",  # a file over a size budget is not timed
+            f"{m['size_mb']:.0f}" if "size_mb" in m else "-",
             html.escape(r.status + (" (cached)" if r.cached_from is not None else "") + recheck_text(r)),
             html.escape(r.reason or ""),
         ]

@@ -196,9 +196,9 @@ def _table(rows: list[TrialRecord], bm: dict[str, float], base_ppl: float, title
             policy_text(r.steps),
             ppl,
             "-" if kld is None else f"{kld:.4f}",
-            f"{m['decode_ms']:.1f}",
-            f"{bm['decode_ms'] / m['decode_ms']:.2f}x",
-            f"{m['memory_mb']:.0f}",
-            f"{m['size_mb']:.0f}",
+            f"{m['decode_ms']:.1f}" if "decode_ms" in m else "-",  # a file over a size budget is not timed
+            f"{bm['decode_ms'] / m['decode_ms']:.2f}x" if "decode_ms" in m else "-",
+            f"{m['memory_mb']:.0f}" if "memory_mb" in m else "-",
+            f"{m['size_mb']:.0f}" if "size_mb" in m else "-",
         )
     return table

@@ -9,7 +9,8 @@ sensitivity, embedding type, importance matrix), full fidelity, seed 0:
   (b) size_mb<=Q3_K_M   the same against Q3_K_M
   (B) size_mb<=Q3_K_M,decode_ms<=Q3_K_M   as (b), and no slower than Q3_K_M (`--only aBc` runs it)
   (c) bpw<=4.5          bits per weight; afterwards the uniform types near that size (Q4_0, IQ4_NL, Q4_K_S, each
-                        with an importance matrix) are measured in the same run directory for the table
+                        with an importance matrix and the embedding at Q4_0 too: "at that size") are measured in the
+                        same run directory for the table
 Each winner is compared with its preset(s): perplexity and KLD on the same held-out windows (KLD to the same F32
 reference), size, bpw, and decode time paired in one process (8 alternating rounds, the close-call machinery).
 Plain Q4_K_M / Q3_K_M (no importance matrix: llama.cpp's default) are scored too. The sensitivity table is measured
@@ -36,8 +37,14 @@ SEARCHES = {
     "B": ("size_mb<=Q3_K_M,decode_ms<=Q3_K_M", ["Q3_K_M"]),
     "c": ("bpw<=4.5", []),
 }
-UNIFORM_C = {"Q4_0+imatrix": {"type": "Q4_0", "imatrix": True}, "IQ4_NL+imatrix": {"type": "IQ4_NL", "imatrix": True},
-             "Q4_K_S+imatrix": {"type": "Q4_K_S", "imatrix": True}}  # fmt: skip
+# at bpw<=4.5 the uniform types with their embedding at 4.5 bits too (llama.cpp's own choice for SmolLM2's tied
+# embedding is Q8_0: 5.35 bpw for "Q4_0"); Q4_K_S's 576-value rows fall back to Q5_0, so it stays above 4.5
+UNIFORM_C = {
+    "Q4_0+imatrix, embedding Q4_0": {"type": "Q4_0", "token_embd_type": "Q4_0", "imatrix": True},
+    "IQ4_NL+imatrix, embedding Q4_0": {"type": "IQ4_NL", "token_embd_type": "Q4_0", "imatrix": True},
+    "Q4_K_S+imatrix, embedding Q4_0": {"type": "Q4_K_S", "token_embd_type": "Q4_0", "imatrix": True},
+    "Q4_0+imatrix": {"type": "Q4_0", "imatrix": True},
+}
 
 
 def main() -> None:

@@ -68,3 +68,27 @@ def test_kld_to_a_reference_is_zero_for_the_same_model_and_grows_with_damage(fre
         fresh_tiny.model.model.norm.weight.mul_(30.0)
     damaged = evaluate(fresh_tiny.model, fresh_tiny.tokenizer, fid, reference=ref)
     assert damaged.kld_mean > 1e-4 and damaged.kld_p99 >= damaged.kld_mean
+
+
+def test_a_full_evaluation_built_on_the_low_one_gives_the_same_figures(fresh_tiny, tmp_path) -> None:
+    from autoslm.evaluate import Reference
+
+    low = Fidelity(ppl_tokens=512, seq_len=128, hyperbaton_items=10, cloze_items=6)
+    full = Fidelity(ppl_tokens=1024, seq_len=128, hyperbaton_items=24, cloze_items=14)
+    model, tok = fresh_tiny.model, fresh_tiny.tokenizer
+    ref = evaluate.evaluate(model, tok, full, keep_topk=8).reference
+    first = evaluate.evaluate(model, tok, low, reference=ref)
+    calls = []
+    counting = lambda **kw: calls.append(kw["input_ids"].shape) or model(**kw)  # noqa: E731
+    built = evaluate.evaluate(counting, tok, full, reference=ref, prior=first)
+    scratch = evaluate.evaluate(model, tok, full, reference=ref)
+    assert built.model_dump(exclude={"seconds"}) == pytest.approx(scratch.model_dump(exclude={"seconds"}), rel=1e-6)
+    assert built.kld_mean is not None and built.ppl_tokens == 1024 and built.cloze_items == 14
+    windows = [shape for shape in calls if shape[1] == 128]
+    assert sum(s[0] for s in windows) == 4  # the 4 windows the low evaluation did not see, not all 8
+    # a prior from another frame (another seed), or against another reference, is not built on
+    other = evaluate.evaluate(model, tok, low.model_copy(update={"seed": 1}), reference=ref)
+    assert evaluate.evaluate(model, tok, full, reference=ref, prior=other).ppl == pytest.approx(scratch.ppl, rel=1e-6)
+    stranger = Reference(indices=ref.indices.clone(), logprobs=ref.logprobs.clone())
+    again = evaluate.evaluate(model, tok, full, reference=stranger, prior=first)
+    assert again.kld_mean == pytest.approx(scratch.kld_mean, rel=1e-5)

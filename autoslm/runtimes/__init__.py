@@ -8,7 +8,7 @@ agent's on a remote device): decode and prefill timings, memory in use, size. Ru
     class MyRuntime(Runtime):
         name = "my-runtime"
         def save(self, model, tokenizer, directory, planned, **meta): ...    # what the runtime loads
-        def evaluate(self, model, tokenizer, directory, fidelity, reference=None, keep_topk=0): ...  # -> Quality
+        def evaluate(self, model, tokenizer, directory, fidelity, reference=None, keep_topk=0, prior=None): ...
         def measure(self, directory, settings): ...            # -> Measurement fields
         def measure_pair(self, candidate, baseline, settings, rounds): ...   # -> PairMeasurement fields
 
@@ -51,11 +51,14 @@ class Runtime(ABC):
 
     @abstractmethod
     def evaluate(
-        self, model: Any, tokenizer: Any, directory: Path, fidelity: Any, reference: Any = None, keep_topk: int = 0
-    ) -> Any:
+        self, model: Any, tokenizer: Any, directory: Path, fidelity: Any, reference: Any = None, keep_topk: int = 0,
+        prior: Any = None,
+    ) -> Any:  # fmt: skip
         """Quality (`autoslm.evaluate.Quality`) of the checkpoint `save` wrote, as this runtime computes it, on the
         held-out windows every runtime uses; KL divergence from `reference`; `keep_topk`: keep this model's top-k
-        next-token distribution (`Quality.reference`) to serve as a reference later."""
+        next-token distribution (`Quality.reference`) to serve as a reference later. `prior`: this checkpoint's
+        Quality at a smaller fidelity, whose figures may be reused (`autoslm.evaluate.evaluate`); a runtime may
+        ignore it."""
 
     def prepare(self, spec: str) -> Path:
         """A directory this runtime can measure and evaluate for a `--model` spec (`profile`, `eval`)."""

@@ -123,15 +123,16 @@ class LlamaCppRuntime(Runtime):
         return out
 
     def evaluate(
-        self, model: Any, tokenizer: Any, directory: Path, fidelity: Any, reference: Any = None, keep_topk: int = 0
-    ) -> Any:
+        self, model: Any, tokenizer: Any, directory: Path, fidelity: Any, reference: Any = None, keep_topk: int = 0,
+        prior: Any = None,
+    ) -> Any:  # fmt: skip
         from autoslm.evaluate import evaluate
 
         n_ctx = 2 * max(fidelity.seq_len, 512)  # two perplexity windows per call
         with open_gguf(Path(directory) / GGUF, n_ctx=32) as llm:
             lm = LlamaCppLM(llm, n_ctx=n_ctx)
             try:
-                return evaluate(lm, tokenizer, fidelity, reference=reference, keep_topk=keep_topk)
+                return evaluate(lm, tokenizer, fidelity, reference=reference, keep_topk=keep_topk, prior=prior)
             finally:
                 lm.close()
 

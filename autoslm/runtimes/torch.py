@@ -30,15 +30,16 @@ class TorchRuntime(Runtime):
         return checkpoint.save_dir(model, tokenizer, directory, **meta)
 
     def evaluate(
-        self, model: Any, tokenizer: Any, directory: Path, fidelity: Any, reference: Any = None, keep_topk: int = 0
-    ) -> Any:
+        self, model: Any, tokenizer: Any, directory: Path, fidelity: Any, reference: Any = None, keep_topk: int = 0,
+        prior: Any = None,
+    ) -> Any:  # fmt: skip
         """The model in memory is the one saved (the save/load round trip is exact); None: load it."""
         from autoslm import checkpoint
         from autoslm.evaluate import evaluate
 
         if model is None:
             model = checkpoint.load_model(Path(directory))
-        return evaluate(model, tokenizer, fidelity, reference=reference, keep_topk=keep_topk)
+        return evaluate(model, tokenizer, fidelity, reference=reference, keep_topk=keep_topk, prior=prior)
 
     def measure(self, directory: Path, settings: MeasureSettings) -> dict[str, Any]:
         return measure_checkpoint(directory, settings)

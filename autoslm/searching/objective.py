@@ -182,7 +182,7 @@ class Objective:
                     )
             t0 = time.perf_counter()
             keep = REFERENCE_TOPK if baseline is None else 0  # the baseline's distribution: the KLD reference
-            q = runtime.evaluate(model, lm.tokenizer, work, self.fidelity_full, reference=reference, keep_topk=keep)
+            q = evaluate_on(runtime, model, lm.tokenizer, work, self.fidelity_full, reference, keep, prior=low)
             if q.reference is not None:
                 q.reference.save(self.reference_path())
             out.seconds["quality"] = time.perf_counter() - t0
@@ -207,7 +207,10 @@ class Objective:
     def measure_and_judge(self, out: TrialOutcome, target: Any, work: Path, baseline: dict[str, Any] | None) -> None:
         """Measure the checkpoint in `work` (again while the target is busy) into `out.metrics`; with a `baseline`,
         judge it (`out.violations`), timing it again beside the baseline when the verdict is a close call or the
-        machine is busy (the candidate's measurement, or the baseline's, stayed disturbed)."""
+        machine is busy (the candidate's measurement, or the baseline's, stayed disturbed). A candidate whose files
+        already break a size or bits-per-weight limit is judged on them, without being timed."""
+        if baseline is not None and self._over_on_disk(out, work, baseline):
+            return
         measurement, out.interference = self.measure_steady(target, work)
         out.metrics = measurement.metrics()
         if baseline is None:
@@ -217,6 +220,25 @@ class Objective:
         out.violations = self.violations(out.metrics, baseline)
         if self.is_close_call(out.violations) or (busy and self._times(out.violations)):
             self._recheck(out, target, work, baseline)
+
+    def _over_on_disk(self, out: TrialOutcome, work: Path, baseline: dict[str, Any]) -> bool:
+        """Size and bits per weight are read from the files, as every target reports them (the agent measures the
+        same files): when they already break the budget, `out` gets them and their violations, and timing the
+        candidate (~10 s here) is skipped."""
+        from autoslm import checkpoint
+        from autoslm.searching.budget import Budget
+        from autoslm.searching.references import reference_metrics
+
+        files = {"size_mb": checkpoint.weights_size_mb, "bpw": checkpoint.weights_bpw}
+        limits = tuple(lim for lim in self.budget.limits if lim.metric in files) if self.budget else ()
+        figures = {m: files[m](work) for m in {lim.metric for lim in limits}}
+        if not limits or any(v is None for v in figures.values()):
+            return False
+        violations = Budget(limits=limits).violations(figures, baseline["metrics"], reference_metrics(baseline))
+        if max(violations.values()) <= 0:
+            return False
+        out.metrics, out.violations = figures, violations
+        return True
 
     def measure_steady(self, target: Any, work: Path) -> tuple[Any, dict[str, Any] | None]:
         """Measure; while the target says the measurement was disturbed (other processes used the CPU, the
@@ -329,3 +351,15 @@ def _fresh_copy(base: Any) -> Any:
         source_dir=base.source_dir,
         _fingerprint=base.fingerprint,
     )
+
+
+def evaluate_on(
+    runtime: Any, model: Any, tokenizer: Any, work: Path, fidelity: Any, reference: Any, keep_topk: int, prior: Any
+) -> Any:
+    """`runtime.evaluate`, handing it the low-fidelity evaluation to build on when it takes one (`prior`: the
+    built-in runtimes do; a plugin runtime written before `prior` existed is called without it)."""
+    import inspect
+
+    if "prior" in inspect.signature(runtime.evaluate).parameters:
+        return runtime.evaluate(model, tokenizer, work, fidelity, reference=reference, keep_topk=keep_topk, prior=prior)
+    return runtime.evaluate(model, tokenizer, work, fidelity, reference=reference, keep_topk=keep_topk)

@@ -169,3 +169,23 @@ def test_a_budget_naming_an_unknown_preset_is_refused_before_any_work(tmp_path: 
         autoslm.search(model="tiny-llama", runtime="llama.cpp", space="tiny-mixed", budget="size_mb<=Q9_9",
                        trials=1, out=tmp_path / "run")  # fmt: skip
     assert not (tmp_path / "run" / "baseline.json").exists()
+
+
+def test_a_share_is_spent_only_where_the_type_changes_the_bits() -> None:
+    from autoslm_plugins.quant_mixed import assign
+
+    _, Config = _mixed()
+    # SmolLM2's shapes: attn_v rows of 576 values (k-quants fall back), ffn_down rows of 1536; attn_v least sensitive
+    numel = {f"blk.{b}.{c}": 100 for b in range(4) for c in ("attn_v", "ffn_down")}
+    kld = {name: (0.001 if "attn_v" in name else 1.0) * (1 + int(name.split(".")[1])) for name in numel}
+    rows = {name: 576 if "attn_v" in name else 1536 for name in numel}
+    config = Config(base="Q4_0", lower_fraction=0.25, lower_type="Q3_K")
+    out = assign(_table(numel, kld), config, rows)
+    # Q3_K would be IQ4_NL on attn_v, no smaller than Q4_0: the quarter goes to the least sensitive ffn_down
+    assert {n for n, t in out.items() if t == "Q3_K"} == {"blk.0.ffn_down", "blk.1.ffn_down"}
+    assert {out[n] for n in numel if "attn_v" in n} == {"Q4_0"}
+    # raising to Q5_K (Q5_1 on 576-value rows) still raises attn_v: 6 bits > 4.5
+    up = assign(_table(numel, {n: 1 / v for n, v in kld.items()}), Config(base="Q4_0", raise_fraction=0.25,
+                raise_type="Q5_K"), rows)  # fmt: skip
+    assert {n for n, t in up.items() if t != "Q4_0"} == {"blk.0.attn_v", "blk.1.attn_v"}
+    assert {up["blk.0.attn_v"], up["blk.1.attn_v"]} == {"Q5_1"}

@@ -107,3 +107,22 @@ def test_pair_measurement_ratios_are_medians_of_rounds() -> None:
     pair = PairMeasurement.from_rounds(rounds_b, rounds_c, how="one process")
     assert pair.ratios == {"decode_ms": 0.6, "decode_p90_ms": 0.5, "prefill_ms": 1.2}
     assert pair.candidate["decode_ms"] == 6.0 and pair.baseline["decode_ms"] == 10.0 and pair.rounds == 3
+
+
+def test_a_file_over_a_size_budget_is_judged_without_being_timed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoslm import checkpoint
+
+    target = ScriptedTarget(baseline_ms=[], candidate_ms=[5.0])
+    budget = Budget.parse("decode_ms<=0.7x,size_mb<=0.00001x")  # 0.4 kB: no checkpoint is that small
+    out = _objective(tmp_path, target, monkeypatch, budget=budget).evaluate_policy(POLICY, BASELINE, trial_number=1)
+    assert target.calls == [] and out.status == "infeasible" and not out.quality
+    size = checkpoint.weights_size_mb(tmp_path / "trials" / "0001")
+    assert out.metrics == {"size_mb": size} and out.violations["size_mb"] == pytest.approx(size / 0.0004 - 1)
+    assert "decode_ms" not in out.violations and out.seconds["measure"] < out.seconds["apply"] + 60
+    # within the size limit: measured (timed) as usual, one call
+    roomy = ScriptedTarget(baseline_ms=[], candidate_ms=[5.0])
+    budget = Budget.parse("decode_ms<=0.7x,size_mb<=100x")
+    out = _objective(tmp_path, roomy, monkeypatch, budget=budget).evaluate_policy(POLICY, BASELINE, trial_number=2)
+    assert roomy.calls == ["candidate"] and out.feasible and out.metrics["decode_ms"] == 5.0
