@@ -65,6 +65,35 @@ class SensitivityTable:
         return cls(**{k: raw[k] for k in ("probe", "tokens", "seconds", "fingerprint", "kld", "numel")})
 
 
+def split(
+    table: SensitivityTable,
+    raise_fraction: float,
+    lower_fraction: float,
+    can_raise: Callable[[str], bool] = lambda _n: True,
+    can_lower: Callable[[str], bool] = lambda _n: True,
+) -> tuple[set[str], set[str]]:
+    """(raised, lowered): the most sensitive tensors (per value) holding `raise_fraction` of all the table's values,
+    among those `can_raise` accepts, and the least sensitive holding `lower_fraction`, among those `can_lower`
+    accepts and not raised. A tensor is taken while at least half of it fits in the share. Deterministic: a function
+    of the table and the arguments."""
+    ranked = table.ranked()
+    total = sum(table.numel[n] for n in ranked)
+    raised = _prefix([n for n in ranked if can_raise(n)], table.numel, raise_fraction * total)
+    down = [n for n in reversed(ranked) if n not in raised and can_lower(n)]
+    return raised, _prefix(down, table.numel, lower_fraction * total)
+
+
+def _prefix(names: list[str], numel: dict[str, int], target: float) -> set[str]:
+    chosen: set[str] = set()
+    used = 0
+    for name in names:
+        if used + numel[name] / 2 > target:
+            break
+        chosen.add(name)
+        used += numel[name]
+    return chosen
+
+
 _CLASS_ORDER = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
@@ -175,6 +204,51 @@ def tensor_table(
     )
 
 
+TABLES: dict[str, SensitivityTable] = {}  # fingerprint:probe:samples:seq_len -> table, this process
+
+
+def cached_table(
+    model: Any,
+    ctx: Any,
+    tensors: dict[str, str],
+    probe: str,
+    perturb: Callable[[str, Any], Any],
+    samples: int,
+    seq_len: int,
+) -> SensitivityTable:
+    """The model's table at `probe` over `samples` calibration windows (`ctx`: the technique's ApplyContext): from
+    this process's cache, from the run directory (`RUN/sensitivity/<fingerprint>-<probe>-SxL.json`), or measured
+    and stored there (the report draws it). A damaged or foreign file is measured again."""
+    from autoslm.models import fingerprint
+
+    fp = fingerprint(model)
+    key = f"{fp}:{probe}:{samples}:{seq_len}"
+    name = f"{fp[:16]}-{samples}x{seq_len}.json" if probe == "Q4_0" else f"{fp[:16]}-{probe}-{samples}x{seq_len}.json"
+    path = Path(ctx.run_dir) / "sensitivity" / name if ctx.run_dir else None
+    if key in TABLES:
+        if path is not None and not path.is_file():
+            TABLES[key].save(path)  # measured for another run in this process: this run's report shows it too
+        return TABLES[key]
+    table = None
+    if path is not None and path.is_file():
+        try:
+            table = SensitivityTable.load(path)
+        except (ValueError, KeyError, TypeError):
+            table = None  # damaged (a crash while writing): measure again
+        if table is not None and (table.fingerprint != fp or table.probe != probe):
+            table = None
+    if table is None:
+        windows = ctx.calibration(samples=samples, seq_len=seq_len)
+        ctx.logger.info("measuring the sensitivity of %d tensors at %s", len(tensors), probe)
+        table = tensor_table(model, windows, tensors, perturb, probe)
+        if path is not None:
+            table.save(path)
+    if len(TABLES) >= 4:
+        TABLES.pop(next(iter(TABLES)))
+    TABLES[key] = table
+    return table
+
+
 def heatmap(
     table: SensitivityTable, path: Path, chosen: dict[str, str] | None = None, order: Callable[[str], Any] = str
 ) -> Path:
@@ -213,4 +287,4 @@ def heatmap(
     return path
 
 
-__all__ = ["SensitivityTable", "heatmap", "measure", "tensor_table"]
+__all__ = ["SensitivityTable", "cached_table", "heatmap", "measure", "split", "tensor_table"]

@@ -18,14 +18,13 @@ directory (`RUN/sensitivity/<fingerprint>.json`, drawn in the report). SmolLM2-1
 
 `resolve` writes the assignment into `tensors` (every block tensor -> its type), which the recipe records: a replay
 quantizes exactly those types and never measures sensitivity again. A k-quant type on a tensor whose rows are not a
-multiple of 256 values becomes llama.cpp's own fallback for it (Q4_K -> Q5_0, Q3_K -> IQ4_NL, ...), written in the
+multiple of 256 values becomes llama.cpp's own fallback for it (Q4_K -> Q5_0, Q3_K -> Q4_0, ...), written in the
 assignment as such.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from autoslm_plugins.quant_gguf import TensorType  # every llama.cpp tensor type, the fallbacks included
@@ -42,7 +41,6 @@ FTYPE = {"Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K": "Q5_K_M", "Q5_0": "Q5_0", "Q4_K
          "IQ4_NL": "IQ4_NL", "Q3_K": "Q3_K_M", "Q2_K": "Q2_K"}  # fmt: skip
 PROBE = "Q4_0"  # the type sensitivity is measured at: valid for every row length llama.cpp takes (multiples of 32)
 _TENSOR = re.compile(r"^blk\.\d{1,4}\.[a-z_]{1,32}$")
-TABLES: dict[str, Any] = {}  # fingerprint:samples:seq_len -> SensitivityTable, this process
 
 
 class MixedPrecisionConfig(TechniqueConfig):
@@ -111,9 +109,10 @@ def assign(table: Any, config: MixedPrecisionConfig, rows: dict[str, int]) -> di
     `raise_type`, the least sensitive `lower_fraction` at `lower_type`, the rest at `base`; a k-quant on rows that
     are not a multiple of 256 (`rows`: tensor -> row length) becomes llama.cpp's fallback for it. A tensor is
     raised (lowered) only where that gives it more (fewer) bits than the base does after the fallbacks: on
-    SmolLM2, Q3_K lowers only ffn_down (1536-value rows); elsewhere it would fall back to IQ4_NL, no smaller than a
-    Q4_0 base, and spend the share on nothing. Deterministic: a function of the table and the config only."""
+    SmolLM2, Q3_K lowers only ffn_down (1536-value rows); elsewhere it would fall back to Q4_0, no smaller than a
+    Q4_0 or IQ4_NL base, and spend the share on nothing. Deterministic: a function of the table and the config only."""
     from autoslm.runtimes.llamacpp import K_FALLBACK, TYPE_BITS
+    from autoslm.sensitivity import split
 
     def fits(kind: str, name: str) -> str:
         return K_FALLBACK[kind] if kind in K_FALLBACK and rows[name] % 256 else kind
@@ -121,62 +120,23 @@ def assign(table: Any, config: MixedPrecisionConfig, rows: dict[str, int]) -> di
     def bits(kind: str, name: str) -> float:
         return TYPE_BITS[fits(kind, name)]
 
-    ranked = table.ranked()
-    total = sum(table.numel[n] for n in ranked)
-    up = [n for n in ranked if bits(config.raise_type, n) > bits(config.base, n)]
-    raised = _prefix(up, table.numel, config.raise_fraction * total)
-    down = [n for n in reversed(ranked) if n not in raised and bits(config.lower_type, n) < bits(config.base, n)]
-    lowered = _prefix(down, table.numel, config.lower_fraction * total)
+    up = lambda n: bits(config.raise_type, n) > bits(config.base, n)  # noqa: E731
+    down = lambda n: bits(config.lower_type, n) < bits(config.base, n)  # noqa: E731
+    raised, lowered = split(table, config.raise_fraction, config.lower_fraction, up, down)
     out = {}
-    for name in sorted(ranked, key=_sort_key):
+    for name in sorted(table.ranked(), key=_sort_key):
         kind = config.raise_type if name in raised else config.lower_type if name in lowered else config.base
         out[name] = fits(kind, name)
     return out
 
 
-def _prefix(names: list[str], numel: dict[str, int], target: float) -> set[str]:
-    """The leading names whose values add up to `target` (a tensor is taken when at least half of it fits)."""
-    chosen, used = set(), 0
-    for name in names:
-        if used + numel[name] / 2 > target:
-            break
-        chosen.add(name)
-        used += numel[name]
-    return chosen
-
-
 def sensitivity_table(model: Any, ctx: ApplyContext, samples: int, seq_len: int) -> Any:
-    """The model's sensitivity table: from this process's cache, the run directory, or measured (and stored)."""
+    """The model's sensitivity table at PROBE (llama.cpp's own rounding): cached, or measured and stored."""
     from autoslm import sensitivity
-    from autoslm.models import fingerprint
     from autoslm.runtimes.llamacpp import fake_quantize
 
-    fp = fingerprint(model)
-    key = f"{fp}:{samples}:{seq_len}"
-    path = Path(ctx.run_dir) / "sensitivity" / f"{fp[:16]}-{samples}x{seq_len}.json" if ctx.run_dir else None
-    if key in TABLES:
-        if path is not None and not path.is_file():
-            TABLES[key].save(path)  # measured for another run in this process: this run's report shows it too
-        return TABLES[key]
-    table = None
-    if path is not None and path.is_file():
-        try:
-            table = sensitivity.SensitivityTable.load(path)
-        except (ValueError, KeyError, TypeError):
-            table = None  # damaged (a crash while writing): measure again
-        if table is not None and (table.fingerprint != fp or table.probe != PROBE):
-            table = None
-    if table is None:
-        tensors = {module: name for name, (module, _, _) in block_tensors(model).items()}
-        windows = ctx.calibration(samples=samples, seq_len=seq_len)
-        ctx.logger.info("quant.mixed: measuring the sensitivity of %d tensors at %s", len(tensors), PROBE)
-        table = sensitivity.tensor_table(model, windows, tensors, lambda _n, w: fake_quantize(w, PROBE), PROBE)
-        if path is not None:
-            table.save(path)
-    if len(TABLES) >= 4:
-        TABLES.pop(next(iter(TABLES)))
-    TABLES[key] = table
-    return table
+    tensors = {module: name for name, (module, _, _) in block_tensors(model).items()}
+    return sensitivity.cached_table(model, ctx, tensors, PROBE, lambda _n, w: fake_quantize(w, PROBE), samples, seq_len)
 
 
 class MixedPrecision(Technique):
@@ -187,14 +147,15 @@ class MixedPrecision(Technique):
     requires_calibration = True
     incompatible_with = ("quant.gguf",)
     Config = MixedPrecisionConfig
-    # starting points for the warm start: every weight at 4.5 bits, and a sensitivity-balanced mix at about the
-    # same bits (the most sensitive 15% of the block weights one bit up, the least sensitive 20% one down), with
-    # llama.cpp's embedding type and with a 4.5-bit one (the embedding is a fifth of SmolLM2's weights)
+    # starting points for the warm start: every weight at 4.5 bits, and a sensitivity-balanced mix on Q4_0 (the
+    # fastest 4.5-bit kernels here) at about the same bits (the most sensitive 15% of the block weights one bit
+    # up, the least sensitive 20% one down), with llama.cpp's embedding type and with a 4.5-bit one (the embedding
+    # is a fifth of SmolLM2's weights)
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "IQ4_NL-everywhere+imatrix": {"base": "IQ4_NL", "token_embd_type": "Q4_0", "imatrix": True},
-        "balanced+imatrix": {"base": "IQ4_NL", "raise_fraction": 0.15, "raise_type": "Q5_0", "lower_fraction": 0.2,
+        "balanced+imatrix": {"base": "Q4_0", "raise_fraction": 0.15, "raise_type": "Q5_0", "lower_fraction": 0.2,
                              "lower_type": "Q3_K", "imatrix": True},
-        "balanced-small+imatrix": {"base": "IQ4_NL", "raise_fraction": 0.15, "raise_type": "Q5_0",
+        "balanced-small+imatrix": {"base": "Q4_0", "raise_fraction": 0.15, "raise_type": "Q5_0",
                                    "lower_fraction": 0.2, "lower_type": "Q3_K", "token_embd_type": "Q4_0",
                                    "imatrix": True},
     }  # fmt: skip

@@ -99,11 +99,11 @@ def test_assignment_is_a_function_of_the_table_and_the_parameters() -> None:
     assert 0.15 <= share <= 0.35  # a quarter of the values, to the nearest tensor
     assert all(v == "Q4_K" for v in assign(table, Config(base="Q4_K"), rows).values())
     narrow = assign(table, config, dict.fromkeys(numel, 576))  # rows llama.cpp cannot pack as k-quants
-    assert {narrow[n] for n in raised} == {"Q8_0"} and {narrow[n] for n in lowered} == {"IQ4_NL"}
+    assert {narrow[n] for n in raised} == {"Q8_0"} and {narrow[n] for n in lowered} == {"Q4_0"}
     assert {narrow[n] for n in numel if n not in raised + lowered} == {"Q5_0"}  # llama.cpp's fallback for Q4_K
     every = Config(base="Q5_K", raise_fraction=0.3, raise_type="Q6_K", lower_fraction=0.3, lower_type="Q3_K")
     fallbacks = assign(table, every, dict.fromkeys(numel, 576))
-    assert set(fallbacks.values()) == {"Q5_1", "Q8_0", "IQ4_NL"}
+    assert set(fallbacks.values()) == {"Q5_1", "Q8_0", "Q4_0"}
     assert Config(tensors=fallbacks).tensors == fallbacks  # every fallback is a type a recipe can hold
 
 
@@ -181,7 +181,7 @@ def test_a_share_is_spent_only_where_the_type_changes_the_bits() -> None:
     rows = {name: 576 if "attn_v" in name else 1536 for name in numel}
     config = Config(base="Q4_0", lower_fraction=0.25, lower_type="Q3_K")
     out = assign(_table(numel, kld), config, rows)
-    # Q3_K would be IQ4_NL on attn_v, no smaller than Q4_0: the quarter goes to the least sensitive ffn_down
+    # Q3_K would be Q4_0 on attn_v, no smaller than the Q4_0 base: the quarter goes to the least sensitive ffn_down
     assert {n for n, t in out.items() if t == "Q3_K"} == {"blk.0.ffn_down", "blk.1.ffn_down"}
     assert {out[n] for n in numel if "attn_v" in n} == {"Q4_0"}
     # raising to Q5_K (Q5_1 on 576-value rows) still raises attn_v: 6 bits > 4.5

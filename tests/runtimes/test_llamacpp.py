@@ -188,3 +188,17 @@ def test_real_model_f32_gguf_scores_like_torch_and_q8_is_smaller(smollm, tmp_pat
     q8 = rt.save(smollm.model, smollm.tokenizer, tmp_path / "q8", plan([Step(technique="quant.gguf")]))
     assert (q8 / GGUF).stat().st_size < 0.3 * (f32 / GGUF).stat().st_size
     assert rt.evaluate(None, smollm.tokenizer, q8, fid).ppl < 1.01 * ours.ppl
+
+
+@pytest.mark.parametrize(("ftype", "k_type"), [("Q2_K", "Q2_K"), ("Q3_K_M", "Q3_K"), ("Q4_K_S", "Q4_K"),
+                                               ("Q5_K_S", "Q5_K"), ("Q6_K", "Q6_K")])  # fmt: skip
+def test_k_fallback_is_what_llamacpp_itself_writes(fresh_tiny, tmp_path: Path, ftype: str, k_type: str) -> None:
+    """quant.mixed writes llama.cpp's fallbacks into its assignments: they must be the ones llama.cpp picks for a
+    k-quant on rows that are not a multiple of 256 (the tiny model's attn_q reads rows of 64 values)."""
+    from gguf import GGUFReader
+
+    from autoslm.runtimes.llamacpp import K_FALLBACK
+
+    _, out = _save(fresh_tiny, [{"technique": "quant.gguf", "params": {"type": ftype}}], tmp_path / ftype)
+    types = {t.name: t.tensor_type.name for t in GGUFReader(out / GGUF).tensors}
+    assert types["blk.1.attn_q.weight"] == K_FALLBACK[k_type]
