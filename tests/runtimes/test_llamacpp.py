@@ -197,8 +197,9 @@ def test_k_fallback_is_what_llamacpp_itself_writes(fresh_tiny, tmp_path: Path, f
     k-quant on rows that are not a multiple of 256 (the tiny model's attn_q reads rows of 64 values)."""
     from gguf import GGUFReader
 
-    from autoslm.runtimes.llamacpp import K_FALLBACK
+    from autoslm.runtimes.llamacpp import K_FALLBACK, f32_export, quantize
 
-    _, out = _save(fresh_tiny, [{"technique": "quant.gguf", "params": {"type": ftype}}], tmp_path / ftype)
-    types = {t.name: t.tensor_type.name for t in GGUFReader(out / GGUF).tensors}
+    (src,) = f32_export(fresh_tiny.model, fresh_tiny.tokenizer).glob("*.gguf")
+    out = quantize(src, tmp_path / "q.gguf", {"type": ftype})
+    types = {t.name: t.tensor_type.name for t in GGUFReader(out).tensors}
     assert types["blk.1.attn_q.weight"] == K_FALLBACK[k_type]
