@@ -1,6 +1,7 @@
 """quant.mixed_torch on the torch runtime: does the sensitivity table choose the right layers to keep precise?
 
-    python benchmarks/mixed_precision_torch.py [--model smollm2-135m] [--share 0.15] [--json out.json]
+    python benchmarks/mixed_precision_torch.py [--model smollm2-135m] [--share 0.15] [--families int8,w4]
+                                               [--json out.json]
 
 In one process, through the search's own objective (apply, save, measure in a fresh process, evaluate at full
 fidelity; KLD against the fp32 model's distribution on the same windows):
@@ -31,6 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--share", type=float, default=0.15)
+    ap.add_argument("--families", default="int8,w4", help="which uniform precisions to start from")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     quiet_libraries()
@@ -56,7 +58,8 @@ def main() -> None:
     rows: dict[str, dict[str, Any]] = {"fp32": _row(vars(baseline))}
     number = 1
     table = None
-    for base_type, up in (("int8", "fp32"), ("w4", "w8")):
+    families = [(b, u) for b, u in (("int8", "fp32"), ("w4", "w8")) if b in args.families.split(",")]
+    for base_type, up in families:
         settings = {f"{base_type} everywhere": step(base=base_type),
                     f"{base_type}, top {args.share:.0%} {up}": step(base=base_type, raise_fraction=args.share,
                                                                     raise_type=up)}  # fmt: skip

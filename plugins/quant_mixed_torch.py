@@ -150,14 +150,15 @@ class MixedPrecisionTorch(Technique):
         linears = block_linears(model)
         layers = config.layers or dict.fromkeys(linears, config.base)
         _check_assignment(layers, linears)
-        for bits, kind in ((4, "w4"), (8, "w8")):
-            names = [linears[n] for n, p in layers.items() if p == kind]
-            if names:
-                model = _weight_only(model, names, bits, config.group_size)
+        # torch.ao first: neural-compressor leaves `qconfig` attributes on the model that torch.ao would read
         dynamic = [linears[n] for n, p in layers.items() if p == "int8"]
         if dynamic:
             model = quantize_dynamic(model, dict.fromkeys(dynamic, per_channel_dynamic_qconfig), dtype=torch.qint8,
                                      inplace=True)  # fmt: skip
+        for bits, kind in ((4, "w4"), (8, "w8")):
+            names = [linears[n] for n, p in layers.items() if p == kind]
+            if names:
+                model = _weight_only(model, names, bits, config.group_size)
         return model.eval()
 
 

@@ -92,11 +92,11 @@ def test_an_assignment_that_does_not_fit_the_model_is_refused(fresh_tiny, layers
 
 def test_a_torch_mixed_search_replays_byte_identically(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = autoslm.search(model="tiny-llama", space="tiny-mixed-torch", budget="size_mb<=0.9x", trials=3, out=out,
+    result = autoslm.search(model="tiny-llama", space="tiny-mixed-torch", budget="size_mb<=0.99x", trials=3, out=out,
                             fidelity="low", sampler="random", seed=3)  # fmt: skip
-    assert result.best is not None, [r.reason for r in result.trials]
+    assert result.best is not None, [(r.status, r.reason, r.violations) for r in result.trials]
     recipe = (out / "recipe.yaml").read_text()
-    assert all(f"blk.{b}.{c}:" in recipe for b in range(4) for c in ("attn_q", "ffn_down"))
+    assert all(f"blk.{b}.{c}:" in recipe for b in range(4) for c in ("attn_q", "ffn_down"))  # every layer listed
     rebuilt = autoslm.apply_recipe(str(out / "recipe.yaml"), str(tmp_path / "again"))
     name = "model.safetensors"
     assert checkpoint.sha256_file(rebuilt / name) == checkpoint.sha256_file(out / "checkpoint" / name)
