@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
 
 HYPERBATON_PREFIX = "Here is the"
+PPL_BATCH = 2  # perplexity windows per forward pass; a reused prefix must end on a batch boundary
 
 
 class Fidelity(BaseModel):
@@ -145,14 +146,14 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def perplexity(model: Any, tokenizer: Any, fidelity: Fidelity | None = None, *, batch_size: int = 2) -> float:
+def perplexity(model: Any, tokenizer: Any, fidelity: Fidelity | None = None, *, batch_size: int = PPL_BATCH) -> float:
     """exp(mean next-token NLL) over `ppl_tokens` of held-out text in independent windows of `seq_len`."""
     nll, tokens, _, _ = _perplexity_kld(model, tokenizer, fidelity or Fidelity(), batch_size=batch_size)
     return math.exp(nll / tokens)
 
 
 def _perplexity_kld(
-    model: Any, tokenizer: Any, fid: Fidelity, *, batch_size: int = 2, reference: Reference | None = None,
+    model: Any, tokenizer: Any, fid: Fidelity, *, batch_size: int = PPL_BATCH, reference: Reference | None = None,
     keep_topk: int = 0, skip: int = 0,
 ) -> tuple[float, int, list[float], Reference | None]:  # fmt: skip
     """Total NLL and token count; per-position KLD from `reference` (when given); this model's top-`keep_topk`
@@ -287,7 +288,7 @@ def evaluate(
     start = time.perf_counter()
     n_windows = max(1, fid.ppl_tokens // fid.seq_len)
     before = prior._tally if prior is not None and not keep_topk else None
-    if before is None or not before.extends_to(fid, reference) or before.windows % 2:
+    if before is None or not before.extends_to(fid, reference) or before.windows % PPL_BATCH:
         before = Tally(frame=_frame(fid), reference=id(reference) if reference is not None else None, windows=0,
                        nll=0.0, tokens=0, kld=(), hyperbaton=(), cloze=())  # fmt: skip
     nll, tokens, kld, kept = _perplexity_kld(

@@ -20,6 +20,32 @@ from pathlib import Path
 from typing import Any
 
 _BLOCK = re.compile(r"^blk\.(?P<block>\d+)\.(?P<cls>.+)$")
+_BLOCK_NAME = re.compile(r"^blk\.\d{1,4}\.[a-z_]{1,32}$")
+
+
+def block_key(name: str) -> tuple[int, str]:
+    """Sort key of a block tensor name (blk.N.CLASS): by block number, then class; other names first."""
+    parts = name.split(".")
+    return (int(parts[1]), parts[2]) if len(parts) == 3 and parts[1].isdigit() else (-1, name)
+
+
+def block_assignment(value: dict[str, Any], what: str) -> dict[str, Any]:
+    """A per-tensor assignment (blk.N.CLASS -> value) in block order; ValueError naming `what` for other names."""
+    bad = [name for name in value if not _BLOCK_NAME.match(name)]
+    if bad:
+        raise ValueError(f"{what} names must look like blk.N.attn_v, not {bad[:3]}")
+    return dict(sorted(value.items(), key=lambda kv: block_key(kv[0])))
+
+
+def check_shares(raise_fraction: float, lower_fraction: float) -> None:
+    if raise_fraction + lower_fraction > 1.0 + 1e-9:
+        raise ValueError("raise_fraction + lower_fraction must not exceed 1")
+
+
+def describe_blocks(names: Any) -> str:
+    """'blocks blk.0 to blk.N with attn_k, attn_q, ...': what a model has, for an assignment that does not fit."""
+    last = max((block_key(n)[0] for n in names), default=-1)
+    return f"blocks blk.0 to blk.{last} with {', '.join(sorted({n.split('.')[2] for n in names}))}"
 
 
 @dataclass
@@ -287,4 +313,7 @@ def heatmap(
     return path
 
 
-__all__ = ["SensitivityTable", "cached_table", "heatmap", "measure", "split", "tensor_table"]
+__all__ = [
+    "SensitivityTable", "block_assignment", "block_key", "cached_table", "check_shares", "describe_blocks", "heatmap",
+    "measure", "split", "tensor_table",
+]  # fmt: skip

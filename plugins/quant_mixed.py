@@ -24,7 +24,6 @@ assignment as such.
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar, Literal
 
 from autoslm_plugins.quant_gguf import TensorType  # every llama.cpp tensor type, the fallbacks included
@@ -33,6 +32,7 @@ from pydantic import Field, field_validator, model_validator
 import autoslm
 from autoslm import ApplyContext, Categorical, Float, Stage, Technique, TechniqueConfig
 from autoslm.errors import UserError
+from autoslm.sensitivity import block_assignment, block_key, check_shares, describe_blocks
 
 BlockType = Literal["Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "Q4_0", "IQ4_NL", "Q3_K", "Q2_K"]
 
@@ -40,7 +40,6 @@ BlockType = Literal["Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "Q4_0", "IQ4_NL", "Q
 FTYPE = {"Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K": "Q5_K_M", "Q5_0": "Q5_0", "Q4_K": "Q4_K_M", "Q4_0": "Q4_0",
          "IQ4_NL": "IQ4_NL", "Q3_K": "Q3_K_M", "Q2_K": "Q2_K"}  # fmt: skip
 PROBE = "Q4_0"  # the type sensitivity is measured at: valid for every row length llama.cpp takes (multiples of 32)
-_TENSOR = re.compile(r"^blk\.\d{1,4}\.[a-z_]{1,32}$")
 
 
 class MixedPrecisionConfig(TechniqueConfig):
@@ -63,15 +62,11 @@ class MixedPrecisionConfig(TechniqueConfig):
     @field_validator("tensors")
     @classmethod
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
-        bad = [name for name in value if not _TENSOR.match(name)]
-        if bad:
-            raise ValueError(f"tensor names must look like blk.N.attn_v (block tensors), not {bad[:3]}")
-        return dict(sorted(value.items(), key=lambda kv: _sort_key(kv[0])))
+        return block_assignment(value, "tensor")
 
     @model_validator(mode="after")
     def _shares(self) -> MixedPrecisionConfig:
-        if self.raise_fraction + self.lower_fraction > 1.0 + 1e-9:
-            raise ValueError("raise_fraction + lower_fraction must not exceed 1")
+        check_shares(self.raise_fraction, self.lower_fraction)
         return self
 
     def quantize_settings(self) -> dict[str, Any]:
@@ -87,11 +82,6 @@ class MixedPrecisionConfig(TechniqueConfig):
         }
 
 
-def _sort_key(name: str) -> tuple[int, str]:
-    parts = name.split(".")
-    return (int(parts[1]), parts[2]) if len(parts) == 3 and parts[1].isdigit() else (-1, name)
-
-
 def block_tensors(model: Any) -> dict[str, tuple[str, int, int]]:
     """The model's block weight tensors as GGUF names: name -> (torch module, values, row length)."""
     from autoslm.runtimes.llamacpp import gguf_linear_names
@@ -101,7 +91,7 @@ def block_tensors(model: Any) -> dict[str, tuple[str, int, int]]:
         if name.startswith("blk."):
             weight = model.get_submodule(module_name).weight
             out[name] = (module_name, int(weight.numel()), int(weight.shape[1]))
-    return dict(sorted(out.items(), key=lambda kv: _sort_key(kv[0])))
+    return dict(sorted(out.items(), key=lambda kv: block_key(kv[0])))
 
 
 def assign(table: Any, config: MixedPrecisionConfig, rows: dict[str, int]) -> dict[str, str]:
@@ -124,7 +114,7 @@ def assign(table: Any, config: MixedPrecisionConfig, rows: dict[str, int]) -> di
     down = lambda n: bits(config.lower_type, n) < bits(config.base, n)  # noqa: E731
     raised, lowered = split(table, config.raise_fraction, config.lower_fraction, up, down)
     out = {}
-    for name in sorted(table.ranked(), key=_sort_key):
+    for name in sorted(table.ranked(), key=block_key):
         kind = config.raise_type if name in raised else config.lower_type if name in lowered else config.base
         out[name] = fits(kind, name)
     return out
@@ -201,21 +191,19 @@ class _Uniform:
         self.numel = {name: n for name, (_, n, _) in tensors.items()}
 
     def ranked(self) -> list[str]:
-        return sorted(self.numel, key=_sort_key)
+        return sorted(self.numel, key=block_key)
 
 
 def _check_assignment(tensors: dict[str, str], rows: dict[str, int]) -> None:
     """A recorded assignment must name this model's tensors, with types their rows allow."""
     from autoslm.runtimes.llamacpp import K_TYPES
 
-    unknown = sorted(set(tensors) - set(rows), key=_sort_key)
+    unknown = sorted(set(tensors) - set(rows), key=block_key)
     if unknown:
-        blocks = 1 + max((_sort_key(n)[0] for n in rows), default=-1)
         raise UserError(
             f"quant.mixed: the assignment names {len(unknown)} tensor(s) this model does not have "
-            f"({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}); this model has blocks blk.0 to "
-            f"blk.{blocks - 1} with tensors {', '.join(sorted({n.split('.')[2] for n in rows}))}: was the recipe made "
-            "for another model, or after other pruning steps?"
+            f"({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}); this model has {describe_blocks(rows)}:"
+            " was the recipe made for another model, or after other pruning steps?"
         )
     for name, kind in tensors.items():
         if kind in K_TYPES and rows[name] % 256:

@@ -29,11 +29,11 @@ from pydantic import Field, field_validator, model_validator
 import autoslm
 from autoslm import ApplyContext, Categorical, Float, Stage, Technique, TechniqueConfig
 from autoslm.errors import UserError
+from autoslm.sensitivity import block_assignment, block_key, check_shares, describe_blocks
 
 Precision = Literal["fp32", "w8", "int8", "w4"]
 RANK = {"w4": 0, "int8": 1, "w8": 2, "fp32": 3}  # how close to the fp32 layer each precision computes
 PROBE = "w4-g32"
-_TENSOR = re.compile(r"^blk\.\d{1,4}\.[a-z_]{1,32}$")
 
 
 class MixedTorchConfig(TechniqueConfig):
@@ -52,21 +52,12 @@ class MixedTorchConfig(TechniqueConfig):
     @field_validator("layers")
     @classmethod
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
-        bad = [name for name in value if not _TENSOR.match(name)]
-        if bad:
-            raise ValueError(f"layer names must look like blk.N.attn_v (block Linears), not {bad[:3]}")
-        return dict(sorted(value.items(), key=lambda kv: _sort_key(kv[0])))
+        return block_assignment(value, "layer")
 
     @model_validator(mode="after")
     def _shares(self) -> MixedTorchConfig:
-        if self.raise_fraction + self.lower_fraction > 1.0 + 1e-9:
-            raise ValueError("raise_fraction + lower_fraction must not exceed 1")
+        check_shares(self.raise_fraction, self.lower_fraction)
         return self
-
-
-def _sort_key(name: str) -> tuple[int, str]:
-    parts = name.split(".")
-    return (int(parts[1]), parts[2]) if len(parts) == 3 and parts[1].isdigit() else (-1, name)
 
 
 def block_linears(model: Any) -> dict[str, str]:
@@ -74,7 +65,7 @@ def block_linears(model: Any) -> dict[str, str]:
     from autoslm.runtimes.llamacpp import gguf_linear_names
 
     names = {gguf: module for module, gguf in gguf_linear_names(model).items() if gguf.startswith("blk.")}
-    return dict(sorted(names.items(), key=lambda kv: _sort_key(kv[0])))
+    return dict(sorted(names.items(), key=lambda kv: block_key(kv[0])))
 
 
 def assign(table: Any, config: MixedTorchConfig) -> dict[str, str]:
@@ -88,7 +79,7 @@ def assign(table: Any, config: MixedTorchConfig) -> dict[str, str]:
     raised, lowered = split(table, config.raise_fraction if up else 0.0, config.lower_fraction if down else 0.0)
     return {
         name: config.raise_type if name in raised else config.lower_type if name in lowered else config.base
-        for name in sorted(table.ranked(), key=_sort_key)
+        for name in sorted(table.ranked(), key=block_key)
     }
 
 
@@ -175,16 +166,14 @@ def _weight_only(model: Any, modules: list[str], bits: int, group_size: int) -> 
 
 def _check_assignment(layers: dict[str, str], linears: dict[str, str]) -> None:
     """A recorded assignment must name exactly this model's block Linears."""
-    unknown = sorted(set(layers) - set(linears), key=_sort_key)
-    missing = sorted(set(linears) - set(layers), key=_sort_key)
+    unknown = sorted(set(layers) - set(linears), key=block_key)
+    missing = sorted(set(linears) - set(layers), key=block_key)
     if unknown or missing:
-        blocks = 1 + max((_sort_key(n)[0] for n in linears), default=-1)
         what = f"names {len(unknown)} layer(s) this model does not have ({', '.join(unknown[:3])})" if unknown else (
             f"leaves out {len(missing)} of this model's layers ({', '.join(missing[:3])})")  # fmt: skip
         raise UserError(
-            f"quant.mixed_torch: the assignment {what}; this model has blocks blk.0 to blk.{blocks - 1} with "
-            f"{', '.join(sorted({n.split('.')[2] for n in linears}))}: was the recipe made for another model, or after "
-            "other pruning steps?"
+            f"quant.mixed_torch: the assignment {what}; this model has {describe_blocks(linears)}: was the recipe "
+            "made for another model, or after other pruning steps?"
         )
 
 
