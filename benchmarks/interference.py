@@ -8,9 +8,11 @@ Candidates: llama.cpp's presets of the model (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, 
 is the F32 GGUF; all measured by the local target in the llama.cpp runtime (a fresh process per measurement).
 Schemes, each judging every candidate against the budget, with a baseline measured at its own start:
   old  one measurement; close calls (within 15% of a limit) timed again beside the baseline (4 rounds)
-  new  as old, and a measurement that reports interference (other processes used > 0.3 cores, or steal > 5%,
-       while it timed: autoslm/targets/interference.py) is repeated up to 3 times, waiting 5, 10, 20 s; if the
-       machine stays busy, timing is judged beside the baseline in one process
+  new  the search's default (--busy-retries 3 --busy-wait 120): every timing (and a close call's paired one)
+       starts once other processes used < 0.3 cores for 3 s, waiting up to 120 s; a measurement that reports
+       interference anyway (other processes > 0.3 cores or steal > 5% while it timed:
+       autoslm/targets/interference.py) is repeated up to 3 times; if no quiet moment comes, timing is judged
+       beside the baseline in one process at once
 Conditions: idle (nothing else started), then `--loaded-runs` runs with a load: a process spinning one core,
 started and stopped at random (on 30-90 s, off 10-40 s, seeded). Printed: every verdict, the agreement of each
 scheme's loaded verdicts with the idle verdicts (the reference: both schemes' idle verdicts where they agree, else

@@ -162,15 +162,18 @@ def test_oversized_runtime_name_is_400(agent: str) -> None:
     assert r.status_code == 400 and "settings" in r.json()["error"] and len(r.text) < 2_000
 
 
-def test_bad_settings_are_400(agent: str, tiny_ckpt: Path) -> None:
+@pytest.mark.parametrize(
+    "bad", [{"threads": 0}, {"quiet_wait_s": 1e9}, {"quiet_wait_s": -1}, {"quiet_wait_s": "forever"}]
+)
+def test_bad_settings_are_400(agent: str, tiny_ckpt: Path, bad: dict) -> None:
     r = requests.post(
         f"{agent}/measure",
-        params={"settings": json.dumps({"threads": 0})},
+        params={"settings": json.dumps(bad)},
         data=b"x",
         headers={"Authorization": f"Bearer {TOKEN}"},
         timeout=30,
     )
-    assert r.status_code == 400 and "settings" in r.json()["error"]
+    assert r.status_code == 400 and "settings" in r.json()["error"]  # a device never waits longer than 300 s
 
 
 def test_remote_measurement_matches_local_schema(agent: str, tiny_ckpt: Path) -> None:
@@ -178,7 +181,7 @@ def test_remote_measurement_matches_local_schema(agent: str, tiny_ckpt: Path) ->
 
     settings = MeasureSettings(decode_tokens=8, repeats=1, prompt_tokens=16)
     remote = get_target(agent, token=TOKEN)
-    m = remote.measure(tiny_ckpt, settings)
+    m = remote.measure(tiny_ckpt, settings.model_copy(update={"quiet_wait_s": 60.0}))
     local = get_target("local").measure(tiny_ckpt, settings)
     assert m.decode_ms > 0 and m.memory_mb > 0
     assert m.size_mb == pytest.approx(local.size_mb)  # the same files arrived
@@ -186,6 +189,8 @@ def test_remote_measurement_matches_local_schema(agent: str, tiny_ckpt: Path) ->
     assert remote.fingerprint()["agent"] == agent
     # the device reports what else it did while timing, as a local measurement does
     assert set(m.interference) >= {"other_cores", "steal", "load1", "spread", "disturbed"}
+    assert isinstance(m.interference["quiet"], bool) and 0 < m.interference["waited_s"] <= 61  # it waited there
+    assert "quiet" not in local.interference  # asked not to wait (quiet_wait_s 0)
     assert m.bpw == pytest.approx(local.bpw)
 
 

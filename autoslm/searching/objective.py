@@ -74,7 +74,7 @@ class Objective:
     recheck_rounds: int = 4  # close calls: rounds of timing the candidate beside the baseline; 0 = never
     recheck_margin: float = 0.15  # a close call: the worst timing violation within +-15% of its limit
     busy_retries: int = 3  # a measurement the target calls disturbed is repeated up to this many times
-    busy_wait_s: float = 5.0  # before the first repeat; doubling each time
+    busy_wait_s: float = 120.0  # the longest a timed measurement waits for the machine to be quiet
     busy_streak: int = field(default=0, repr=False)  # trials in a row whose measurement never settled (this process)
 
     def get_target(self) -> Any:
@@ -219,7 +219,8 @@ class Objective:
         busy = any(bool((f or {}).get("disturbed")) for f in figures)
         out.violations = self.violations(out.metrics, baseline)
         if self.is_close_call(out.violations) or (busy and self._times(out.violations)):
-            self._recheck(out, target, work, baseline)
+            # a close call on a machine that settled waits for quiet again; a busy machine is paired at once
+            self._recheck(out, target, work, baseline, quiet_wait_s=0.0 if busy else self._quiet_wait_s())
 
     def _over_on_disk(self, out: TrialOutcome, work: Path, baseline: dict[str, Any]) -> bool:
         """Size and bits per weight are read from the files, as every target reports them (the agent measures the
@@ -241,24 +242,25 @@ class Objective:
         return True
 
     def measure_steady(self, target: Any, work: Path) -> tuple[Any, dict[str, Any] | None]:
-        """Measure; while the target says the measurement was disturbed (other processes used the CPU, the
-        hypervisor stole time: `targets/interference.py`), wait and measure again, `busy_retries` times at
-        most, the wait doubling from `busy_wait_s` (only when the budget limits a timing metric, and not after two
-        trials in a row that never settled). Returns the least disturbed measurement and its figures
-        (with `attempts`, every try's figures, when there was more than one; `disturbed` stays true when the
-        machine never settled)."""
-        from autoslm.metrics import timing_metrics
-
-        settings = self.measure_settings()
+        """Measure once the machine is quiet; while the target says the measurement was disturbed anyway (other
+        processes used the CPU, the hypervisor stole time: `targets/interference.py`), measure again, `busy_retries`
+        times at most. Only when the budget limits a timing metric, and not after two trials in a row that never
+        settled. The target waits for quiet itself, up to `busy_wait_s` (`MeasureSettings.quiet_wait_s`, so a
+        remote agent waits on its own device); a measurement that waited that long in vain is not repeated (the
+        machine is busy, not briefly disturbed), and one from a target that does not wait is repeated after a
+        back-off (5 s, doubling). Returns the least disturbed measurement and its figures (with `attempts`, every
+        try's figures, when there was more than one; `disturbed` stays true when the machine never settled)."""
+        patient = self._patient()
+        settings = self.measure_settings().model_copy(update={"quiet_wait_s": self._quiet_wait_s()})
         tries = [target.measure(work, settings)]
-        wait = self.busy_wait_s
-        timed = self.budget is not None and any(lim.metric in timing_metrics() for lim in self.budget.limits)
-        # memory and size do not depend on other work; after two trials in a row on a machine that never settled,
-        # stop waiting (each is judged beside the baseline) until a measurement comes back undisturbed
-        retries = self.busy_retries if timed and self.busy_streak < 2 else 0
-        while _disturbed(tries[-1]) and len(tries) <= retries:
-            time.sleep(wait)
-            wait *= 2
+        backoff = min(5.0, self.busy_wait_s)
+        while patient and _disturbed(tries[-1]) and len(tries) <= self.busy_retries:
+            gate = (tries[-1].interference or {}).get("quiet")
+            if gate is False:
+                break  # it waited busy_wait_s for a quiet moment and found none
+            if gate is None:  # the target does not wait for quiet: back off here
+                time.sleep(backoff)
+                backoff *= 2
             tries.append(target.measure(work, settings))
         chosen = min(tries, key=lambda m: (_disturbed(m), (m.interference or {}).get("other_cores", 0.0)))
         self.busy_streak = self.busy_streak + 1 if _disturbed(chosen) else 0
@@ -266,6 +268,20 @@ class Objective:
         if len(tries) > 1:
             figures = {**(figures or {}), "attempts": [m.interference for m in tries]}
         return chosen, figures
+
+    def _patient(self) -> bool:
+        """Whether to wait for a quiet machine and repeat disturbed measurements: the budget limits a timing metric
+        (memory and size do not depend on other work), `busy_retries` > 0, and not after two trials in a row on a
+        machine that never settled (each is then judged beside the baseline at once, until a measurement comes back
+        undisturbed)."""
+        from autoslm.metrics import timing_metrics
+
+        timed = self.budget is not None and any(lim.metric in timing_metrics() for lim in self.budget.limits)
+        return timed and self.busy_retries > 0 and self.busy_streak < 2
+
+    def _quiet_wait_s(self) -> float:
+        """How long the target may wait for quiet before timing (`MeasureSettings.quiet_wait_s`)."""
+        return self.busy_wait_s if self._patient() else 0.0
 
     def _times(self, violations: dict[str, float]) -> bool:
         """A re-timing beside the baseline could change the verdict: rechecks are on, the budget limits a timing
@@ -284,7 +300,9 @@ class Objective:
         timing = [v for m, v in violations.items() if m in timing_metrics()]
         return self._times(violations) and abs(max(timing)) <= self.recheck_margin
 
-    def _recheck(self, out: TrialOutcome, target: Any, work: Path, baseline: dict[str, Any]) -> None:
+    def _recheck(
+        self, out: TrialOutcome, target: Any, work: Path, baseline: dict[str, Any], quiet_wait_s: float = 0.0
+    ) -> None:
         """Time the candidate against the baseline, alternating them `recheck_rounds` times, and judge on that.
 
         One measurement of decode ms varies by 10-16% between processes here (docs/benchmarks.md) and the machine
@@ -293,7 +311,8 @@ class Objective:
         frame every other trial and the budget are in), so plot, verdict and constraint agree. Memory and size
         keep the first measurement (they vary by about 1%). `recheck` keeps the first figures and the pair.
         """
-        pair = target.measure_pair(work, self.baseline_checkpoint(), self.recheck_rounds, self.measure_settings())
+        settings = self.measure_settings().model_copy(update={"quiet_wait_s": quiet_wait_s})
+        pair = target.measure_pair(work, self.baseline_checkpoint(), self.recheck_rounds, settings)
         first = dict(out.metrics)
         out.metrics = {**first, **{m: r * baseline["metrics"][m] for m, r in pair.ratios.items()}}
         out.violations = self.violations(out.metrics, baseline)

@@ -119,6 +119,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         recheck_rounds=settings.recheck_rounds,
         recheck_margin=settings.recheck_margin,
         busy_retries=settings.busy_retries,
+        busy_wait_s=settings.busy_wait,
     )
     objective.space = load_space(settings.space_name, model_info(objective.base().model))
     _emit(progress, "space", objective.space)

@@ -69,8 +69,16 @@ class SearchSettings(BaseModel):
         ge=0,
         le=10,
         description="a measurement disturbed by other work on the target (other processes' CPU or steal time while "
-        "it timed) is repeated up to this many times, waiting 5 s then doubling; if the target stays busy, timing "
-        "is judged beside the baseline in one process (with --recheck-rounds rounds)",
+        "it timed) is repeated up to this many times, each after waiting for a quiet moment (--busy-wait); if the "
+        "target stays busy, timing is judged beside the baseline in one process (with --recheck-rounds rounds); "
+        "0 measures once and never waits",
+    )
+    busy_wait: float = Field(
+        120.0,
+        ge=0,
+        le=300,
+        description="seconds a timed measurement waits at most for the target to be quiet (other processes under "
+        "0.3 cores for 3 s) before it times; only when the budget limits decode or prefill time",
     )
     target: str = Field("local", description="where to measure: local, or http://HOST:PORT of `autoslm agent`")
     runtime: str = Field("torch", description="what runs each candidate on the target (see `autoslm plugins`)")

@@ -32,6 +32,13 @@ class MeasureSettings(BaseModel):
     repeats: int = Field(3, ge=1, le=100, description="timed runs after warm-up (median and p90 over all of them)")
     warmup: int = Field(1, ge=0, le=20, description="untimed runs first")
     seed: int = Field(0, ge=0, lt=2**32)
+    quiet_wait_s: float = Field(
+        0.0,
+        ge=0,
+        le=300,
+        description="before timing, wait up to this long for the machine to be quiet for a few seconds "
+        "(targets/interference.py); 0 times at once",
+    )
 
 
 class Measurement(BaseModel):
@@ -71,6 +78,9 @@ class PairMeasurement(BaseModel):
     pair_ratios: dict[str, list[float]]
     candidate: dict[str, float] = Field(description="per timing metric: the candidate's median over rounds")
     baseline: dict[str, float]
+    interference: dict[str, Any] | None = Field(
+        None, description="what else the device did during the rounds (and how long it waited for quiet first)"
+    )
 
     @classmethod
     def from_rounds(

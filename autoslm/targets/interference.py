@@ -4,20 +4,26 @@ A timing taken while another job used the CPU says little about the candidate (a
 ms/token instead of ~40 ms made every verdict of one search noise). Around its timed runs a measurement reads
 `/proc/stat` (CPU time of the whole machine, and steal time a hypervisor took) and `/proc/self/stat` (its own CPU
 time), so it can report how many cores other processes used meanwhile, the share of time stolen, the load average
-and the spread of its own timed runs, and call itself disturbed past a threshold. The search re-measures a disturbed
-measurement (bounded, with back-off) and, when the machine stays busy, judges timing beside the baseline in one
-process (where load that comes and goes hits both alike) and says so. Linux only; elsewhere nothing is reported.
+and the spread of its own timed runs, and call itself disturbed past a threshold. Before timing, a measurement can wait
+(bounded) until the machine has been quiet for a few seconds (`wait_for_quiet`): on a machine with as few cores as
+measuring threads, a timing taken beside other work is not rescued by any ratio (paired ratios move too). The search
+re-measures a disturbed measurement and, when the machine never settles, judges timing beside the baseline in one
+process and says so. Linux only; elsewhere nothing is reported and nothing waits.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 OTHER_CORES_LIMIT = 0.3  # cores other processes may use during a measurement before it counts as disturbed
 STEAL_LIMIT = 0.05  # share of CPU time a hypervisor may steal
+QUIET_WINDOW_S = 3.0  # how long the machine must stay quiet before a measurement times
+QUIET_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -33,8 +39,6 @@ class CpuSample:
 
 def sample() -> CpuSample | None:
     """Read the counters (None where /proc is missing: not Linux)."""
-    import time
-
     try:
         fields = Path("/proc/stat").read_text().splitlines()[0].split()
         stat = Path("/proc/self/stat").read_text()
@@ -77,6 +81,35 @@ def figures(before: CpuSample | None, after: CpuSample | None, spread: float | N
     return out
 
 
+def wait_for_quiet(
+    max_s: float,
+    window_s: float = QUIET_WINDOW_S,
+    poll_s: float = QUIET_POLL_S,
+    read: Callable[[], CpuSample | None] = sample,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any] | None:
+    """Wait until, for `window_s` seconds in a row, other processes used at most OTHER_CORES_LIMIT cores and the
+    hypervisor stole at most STEAL_LIMIT, but at most `max_s` seconds. Returns `{"waited_s", "quiet"}` (quiet:
+    whether such a window was found), or None where the counters cannot be read (nothing was waited)."""
+    start = read()
+    if start is None:
+        return None
+    window = previous = start
+    while True:
+        sleep(poll_s)
+        now = read()
+        if now is None:
+            return None
+        seen = figures(previous, now)
+        previous = now
+        if seen is not None and seen["disturbed"]:
+            window = now  # someone worked since the last look: the quiet window starts again
+        elif now.wall - window.wall >= window_s:
+            return {"waited_s": round(now.wall - start.wall, 2), "quiet": True}
+        if now.wall - start.wall >= max_s:
+            return {"waited_s": round(now.wall - start.wall, 2), "quiet": False}
+
+
 def describe(figures: dict[str, Any] | None) -> str:
     """One phrase for a console line or a report cell."""
     if not figures:
@@ -87,4 +120,12 @@ def describe(figures: dict[str, Any] | None) -> str:
     )
 
 
-__all__ = ["OTHER_CORES_LIMIT", "STEAL_LIMIT", "CpuSample", "describe", "figures", "sample"]
+__all__ = [
+    "OTHER_CORES_LIMIT",
+    "STEAL_LIMIT",
+    "CpuSample",
+    "describe",
+    "figures",
+    "sample",
+    "wait_for_quiet",
+]

@@ -132,9 +132,11 @@ def alternate(baseline: Timer, candidate: Timer, settings: Any, rounds: int) -> 
     one round do (docs/benchmarks.md, close-call rechecks), so the ratio is taken inside one process. Memory is not
     measured: with both models resident it would mean nothing.
     """
-    from autoslm.targets import PairMeasurement
+    from autoslm.targets import PairMeasurement, interference
 
     runs = {"baseline": baseline, "candidate": candidate}
+    gate = interference.wait_for_quiet(settings.quiet_wait_s) if settings.quiet_wait_s > 0 else None
+    before = interference.sample()
     for run in runs.values():
         for _ in range(settings.warmup):
             run()
@@ -143,7 +145,11 @@ def alternate(baseline: Timer, candidate: Timer, settings: Any, rounds: int) -> 
     for r in range(rounds):
         for name in ("baseline", "candidate") if r % 2 == 0 else ("candidate", "baseline"):
             per_round[name].append(timed_runs(runs[name], once))
-    return PairMeasurement.from_rounds(per_round["baseline"], per_round["candidate"], how="one process").model_dump()
+    figures = interference.figures(before, interference.sample())
+    if figures is not None and gate is not None:
+        figures = {**figures, **gate}
+    pair = PairMeasurement.from_rounds(per_round["baseline"], per_round["candidate"], how="one process")
+    return {**pair.model_dump(), "interference": figures}
 
 
 def measure_loaded(
@@ -162,13 +168,17 @@ def measure_loaded(
     with open_model() as model:
         load_s = time.perf_counter() - t0
         reset_ok = reset_peak_rss()
+        gate = interference.wait_for_quiet(settings.quiet_wait_s) if settings.quiet_wait_s > 0 else None
         before = interference.sample()
         timing = timed_runs(runner(model), settings)
         after = interference.sample()
         peak = peak_rss_mb() if reset_ok else max(rss_mb(), peak_rss_mb())
+    figures = interference.figures(before, after, timing["decode_p90_ms"] / timing["decode_ms"])
+    if figures is not None and gate is not None:
+        figures = {**figures, **gate}  # how long it waited for quiet, and whether it found it
     return {
         **timing,
-        "interference": interference.figures(before, after, timing["decode_p90_ms"] / timing["decode_ms"]),
+        "interference": figures,
         "prompt_tokens": settings.prompt_tokens,
         "memory_mb": max(0.0, peak - base),
         "size_mb": checkpoint.weights_size_mb(Path(directory)),

@@ -43,31 +43,84 @@ def test_a_spinning_process_is_seen_as_other_cores() -> None:
     assert f is not None and f["other_cores"] > 0.3 and f["disturbed"]  # about one core for the whole window
 
 
+def _reads(other_cores: list[float], poll_s: float = 0.5):
+    """A fake /proc reader: each read advances the clock by `poll_s` with other processes using the next figure."""
+    hz = __import__("os").sysconf("SC_CLK_TCK")
+    state = {"i": 0, "busy": 0, "total": 0}
+
+    def read() -> CpuSample:
+        i = state["i"]
+        if i:
+            state["busy"] += int(other_cores[min(i - 1, len(other_cores) - 1)] * hz * poll_s)
+            state["total"] += int(2 * hz * poll_s)
+        state["i"] += 1
+        return CpuSample(busy=state["busy"], steal=0, total=state["total"], own=0, wall=i * poll_s)
+
+    return read
+
+
+def test_wait_for_quiet_waits_until_a_quiet_window_and_gives_up_at_its_limit() -> None:
+    sleep = lambda s: None  # noqa: E731  (the fake reader's clock advances instead)
+    busy_then_quiet = _reads([1.0] * 8 + [0.0] * 20)  # a core spinning for 4 s, then nothing
+    gate = interference.wait_for_quiet(60, window_s=3.0, read=busy_then_quiet, sleep=sleep)
+    assert gate == {"waited_s": 7.0, "quiet": True}  # 4 s busy + 3 s quiet
+    blip = _reads([0.0, 0.0, 0.0, 0.9] + [0.0] * 20)  # quiet, one burst, quiet: the window starts again
+    assert interference.wait_for_quiet(60, window_s=3.0, read=blip, sleep=sleep) == {"waited_s": 5.0, "quiet": True}
+    always = _reads([1.0] * 1000)
+    assert interference.wait_for_quiet(10, read=always, sleep=sleep) == {"waited_s": 10.0, "quiet": False}
+    assert interference.wait_for_quiet(10, read=lambda: None, sleep=sleep) is None  # no /proc: nothing waited
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_wait_for_quiet_outwaits_a_real_spinning_process() -> None:
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 2: pass"])
+    __import__("time").sleep(0.3)
+    gate = interference.wait_for_quiet(60, window_s=1.0)
+    spinner.wait()
+    assert gate is not None and gate["quiet"] is True
+    assert gate["waited_s"] >= 1.5  # the spinner's remaining ~1.7 s and then a quiet second
+
+
 class ScriptedTarget(Target):
-    """Measurements that read slow and say so for the first `busy` calls, then the true figure."""
+    """Measurements that read slow and say so for the first `busy` calls, then the true figure. With `gates`, each
+    measurement also reports whether it found a quiet moment before timing (as local targets do) and `gates` says
+    which calls did; `settings` keeps what each call was asked."""
 
     kind = "scripted"
 
-    def __init__(self, decode_ms: float, busy: int, slowdown: float = 3.0, pair_ratio: float | None = None):
+    def __init__(
+        self,
+        decode_ms: float,
+        busy: int,
+        slowdown: float = 3.0,
+        pair_ratio: float | None = None,
+        gates: list[bool] | None = None,
+    ):
         self.decode_ms, self.busy, self.slowdown, self.pair_ratio = decode_ms, busy, slowdown, pair_ratio
+        self.gates = gates
         self.calls = 0
         self.pairs = 0
+        self.settings: list = []
 
     def fingerprint(self) -> dict[str, str | int]:
         return {"id": "scripted"}
 
     def measure(self, checkpoint: Path, settings=None) -> Measurement:
         self.calls += 1
+        self.settings.append(settings)
         disturbed = self.calls <= self.busy
         ms = self.decode_ms * (self.slowdown if disturbed else 1.0)
+        figures = {"other_cores": 1.0 if disturbed else 0.0, "steal": 0.0, "disturbed": disturbed}
+        if self.gates is not None:
+            figures["quiet"] = self.gates[min(self.calls, len(self.gates)) - 1]
         return Measurement(
             decode_ms=ms, decode_p90_ms=ms, prefill_ms=10 * ms, prompt_tokens=128, memory_mb=10.0, size_mb=10.0,
-            load_s=0.1, target={"id": "scripted"},
-            interference={"other_cores": 1.0 if disturbed else 0.0, "steal": 0.0, "disturbed": disturbed},
+            load_s=0.1, target={"id": "scripted"}, interference=figures,
         )  # fmt: skip
 
     def measure_pair(self, candidate: Path, baseline: Path, rounds: int, settings=None) -> PairMeasurement:
         self.pairs += 1
+        self.pair_settings = settings
         r = self.pair_ratio
         return PairMeasurement(
             rounds=rounds, how="one process", ratios={"decode_ms": r, "decode_p90_ms": r, "prefill_ms": r},
@@ -127,3 +180,37 @@ def test_after_two_trials_that_never_settled_the_search_stops_waiting(tmp_path, 
     target.busy = 0  # the machine settles: the next trial is measured once and waits again when needed
     objective.evaluate_policy([], BASELINE, trial_number=4)
     assert target.calls == 8 and objective.busy_streak == 0
+
+
+def test_the_target_is_asked_to_wait_for_quiet_only_when_the_budget_limits_time(tmp_path, monkeypatch) -> None:
+    target = ScriptedTarget(decode_ms=6.0, busy=0)
+    _objective(tmp_path, target, 3, monkeypatch).evaluate_policy([], BASELINE, trial_number=1)
+    assert target.settings[-1].quiet_wait_s == 0.01  # the objective's busy_wait_s
+    old = ScriptedTarget(decode_ms=6.0, busy=0)
+    _objective(tmp_path, old, 0, monkeypatch).evaluate_policy([], BASELINE, trial_number=2)
+    assert old.settings[-1].quiet_wait_s == 0  # --busy-retries 0: measure at once, as before
+    sized = ScriptedTarget(decode_ms=6.0, busy=0)
+    objective = _objective(tmp_path, sized, 3, monkeypatch)
+    objective.budget = Budget.parse("memory_mb<=100")
+    objective.evaluate_policy([], {**BASELINE, "metrics": {**BASELINE["metrics"], "memory_mb": 50.0}}, trial_number=3)
+    assert sized.settings[-1].quiet_wait_s == 0  # memory does not depend on other work
+
+
+def test_a_measurement_that_waited_in_vain_is_not_repeated_but_judged_beside_the_baseline(tmp_path, monkeypatch):
+    # the target found no quiet moment within busy_wait_s: the machine is busy, repeating would wait again
+    target = ScriptedTarget(decode_ms=6.0, busy=99, pair_ratio=0.6, gates=[False])
+    out = _objective(tmp_path, target, 3, monkeypatch).evaluate_policy([], BASELINE, trial_number=1)
+    assert target.calls == 1 and target.pairs == 1 and out.feasible
+    assert target.pair_settings.quiet_wait_s == 0  # a busy machine is paired at once, not waited for again
+    # it found quiet, but the load came back while it timed: measured again (the target waits again)
+    target = ScriptedTarget(decode_ms=6.0, busy=1, gates=[True, True])
+    out = _objective(tmp_path, target, 3, monkeypatch).evaluate_policy([], BASELINE, trial_number=2)
+    assert target.calls == 2 and target.pairs == 0 and out.metrics["decode_ms"] == 6.0 and out.feasible
+
+
+def test_a_close_call_on_a_quiet_machine_waits_for_quiet_before_its_paired_timing(tmp_path, monkeypatch) -> None:
+    target = ScriptedTarget(decode_ms=7.2, busy=0, pair_ratio=0.65)  # 0.72x against a 0.7x limit: a close call
+    objective = _objective(tmp_path, target, 3, monkeypatch)
+    objective.recheck_margin = 0.15
+    out = objective.evaluate_policy([], BASELINE, trial_number=1)
+    assert target.pairs == 1 and target.pair_settings.quiet_wait_s == 0.01 and out.feasible
