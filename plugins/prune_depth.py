@@ -48,13 +48,8 @@ class DepthPrune(Technique):
             return [float(len(layers) - i) for i in range(len(layers))]
         windows = ctx.calibration(config.calibration_samples, config.calibration_seq_len)
         sims = torch.zeros(len(layers), dtype=torch.float64)
-        with torch.inference_mode():
-            out = model(input_ids=windows, output_hidden_states=True, use_cache=False)
-        hidden = out.hidden_states  # embeddings, then after each block (the last after the final norm)
-        for i in range(len(layers)):
-            a = hidden[i].float()
-            b = hidden[i + 1].float() if i + 1 < len(layers) else _last_block_output(model, hidden[i], windows)
-            sims[i] = torch.nn.functional.cosine_similarity(a, b, dim=-1).mean()
+        for i, (a, b) in enumerate(_block_inputs_outputs(model, layers, windows)):
+            sims[i] = torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).mean()
         return (1.0 - sims).tolist()
 
     def apply(self, model: Any, config: DepthConfig, ctx: ApplyContext) -> Any:
@@ -87,17 +82,31 @@ def _layers(model: Any) -> Any:
         raise ValueError("prune.depth needs a decoder-only model with `model.layers` (Llama-style)") from exc
 
 
-def _last_block_output(model: Any, block_input: Any, windows: Any) -> Any:
-    """hidden_states' last entry is normed; recompute the last block's raw output for a fair comparison."""
+def _block_inputs_outputs(model: Any, layers: Any, windows: Any) -> list[tuple[Any, Any]]:
+    """Each block's input and raw output hidden states over the windows, taken by hooks during one ordinary forward
+    pass: the model calls its blocks its own way (rotary tables, sliding-window masks, per-layer types), so no
+    architecture's calling convention is copied here."""
     import torch
 
-    inner = model.model
-    positions = torch.arange(windows.shape[1])[None]
-    emb = inner.rotary_emb(block_input, positions)
-    mask = torch.triu(torch.full((windows.shape[1], windows.shape[1]), float("-inf")), 1)[None, None]
-    with torch.inference_mode():
-        out = inner.layers[-1](block_input, attention_mask=mask, position_ids=positions, position_embeddings=emb)
-    return (out[0] if isinstance(out, tuple) else out).float()
+    seen: dict[int, list[Any]] = {}
+    handles = []
+    for i, layer in enumerate(layers):
+
+        def before(_m: Any, args: Any, kwargs: Any, i: int = i) -> None:
+            x = args[0] if args else kwargs["hidden_states"]
+            seen[i] = [x.detach()]
+
+        def after(_m: Any, _args: Any, output: Any, i: int = i) -> None:
+            seen[i].append((output[0] if isinstance(output, tuple) else output).detach())
+
+        handles += [layer.register_forward_pre_hook(before, with_kwargs=True), layer.register_forward_hook(after)]
+    try:
+        with torch.inference_mode():
+            model(input_ids=windows, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return [(seen[i][0], seen[i][1]) for i in range(len(layers))]
 
 
 @autoslm.hookimpl

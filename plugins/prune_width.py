@@ -14,8 +14,9 @@ Importance is activation-aware (Wanda-style, aggregated per channel/head): the R
 on calibration text times the norm of the weights that read it. Plain weight magnitude destroys this model
 (perplexity 330,000 at 20% MLP pruning, measured), so it is offered only as a baseline.
 
-Every block keeps the same number of channels and heads, so the result is still a plain Llama: `config.json` is
-updated and the checkpoint reloads with `transformers.AutoModelForCausalLM.from_pretrained`.
+Every block keeps the same number of channels and heads, so the result is still a plain Llama (or Gemma-3):
+`config.json` is updated and the checkpoint reloads with `transformers.AutoModelForCausalLM.from_pretrained`. Head
+counts the architecture's config refuses (hidden size not a multiple of the heads left) are not offered.
 """
 
 from __future__ import annotations
@@ -48,10 +49,9 @@ class WidthPrune(Technique):
 
     @classmethod
     def space(cls, info: dict[str, int], target: dict[str, Any] | None = None) -> dict[str, Any]:
-        per_group = info["num_attention_heads"] // info["num_key_value_heads"]
         return {
             "mlp_ratio": Float(low=0.0, high=0.5),
-            "heads_per_group": Categorical(choices=tuple(range(per_group))),
+            "heads_per_group": Categorical(choices=head_choices(info)),
         }
 
     @classmethod
@@ -71,6 +71,15 @@ class WidthPrune(Technique):
             raise ValueError(
                 f"prune.width: heads_per_group={config.heads_per_group} would leave no query head per key/value "
                 f"group (this model has {per_group} per group); use at most {per_group - 1}"
+            )
+        allowed = head_choices(
+            {"num_attention_heads": heads, "num_key_value_heads": kv, "hidden_size": cfg.hidden_size}
+        )
+        if config.heads_per_group not in allowed:
+            left = heads - kv * config.heads_per_group
+            raise ValueError(
+                f"prune.width: heads_per_group={config.heads_per_group} leaves {left} query heads, and this model's "
+                f"config needs hidden_size {cfg.hidden_size} to be a multiple of the head count; use one of {allowed}"
             )
         inter = cfg.intermediate_size
         keep_channels = _round_keep(inter, config.mlp_ratio, config.round_to)
@@ -138,6 +147,14 @@ class WidthPrune(Technique):
             per_dim = rms_attn * layer.self_attn.o_proj.weight.detach().float().norm(dim=0)
             heads.append(per_dim.view(-1, head_dim).sum(-1))
         return mlp, heads
+
+
+def head_choices(info: dict[str, int]) -> tuple[int, ...]:
+    """The query heads per key/value group that can be removed: at least one per group stays, and the heads left
+    divide hidden_size (transformers refuses a Llama or Gemma config otherwise: Gemma-3-270M's 4 heads can become
+    2 or 1, not 3)."""
+    heads, kv, hidden = info["num_attention_heads"], info["num_key_value_heads"], info["hidden_size"]
+    return tuple(h for h in range(heads // kv) if hidden % (heads - kv * h) == 0)
 
 
 def _round_keep(total: int, ratio: float, multiple: int) -> int:

@@ -80,8 +80,12 @@ class DynamicInt8(Technique):
 
 
 def smooth(model: Any, windows: Any, alpha: float) -> None:
-    """SmoothQuant on every Llama block: norm->(q,k,v), norm->(gate,up), up->down. Exact in fp32."""
+    """SmoothQuant on every decoder block: norm->(q,k,v), norm->(gate,up), up->down, each norm scaled in its own
+    weight convention (x*w for Llama, x*(1+w) for Gemma; `modeling.block_norms` finds the norm that feeds the MLP).
+    Exact in fp32 (tests check it on every supported family)."""
     import torch
+
+    from autoslm.modeling import block_norms, divide_norm_output
 
     layers = model.model.layers
     act_max: dict[str, Any] = {}
@@ -104,13 +108,13 @@ def smooth(model: Any, windows: Any, alpha: float) -> None:
             qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
             if all(type(m) is plain for m in qkv):
                 s = _scales(act_max[f"{i}.attn"], qkv, alpha)
-                layer.input_layernorm.weight.div_(s)
+                divide_norm_output(block_norms(layer)[0], s)
                 for lin in qkv:
                     lin.weight.mul_(s)
             gate_up = [mlp.gate_proj, mlp.up_proj]
             if all(type(m) is plain for m in gate_up):
                 s = _scales(act_max[f"{i}.mlp"], gate_up, alpha)
-                layer.post_attention_layernorm.weight.div_(s)
+                divide_norm_output(block_norms(layer)[1], s)
                 for lin in gate_up:
                     lin.weight.mul_(s)
             if type(mlp.up_proj) is plain and type(mlp.down_proj) is plain:

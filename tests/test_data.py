@@ -68,3 +68,38 @@ def test_unknown_names_and_hf_syntax() -> None:
         data.corpus_texts("wikipedia")
     with pytest.raises(UserError, match="hf:PATH"):
         data.corpus_texts("hf:wikitext")
+
+
+class _WithBos:
+    """A tokenizer that puts a BOS id before every text it encodes with special tokens, as Gemma's does."""
+
+    name_or_path = "with-bos"
+
+    def __init__(self, tokenizer, bos: int = 1) -> None:
+        self.tokenizer, self.bos = tokenizer, bos
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return {"input_ids": ([self.bos] if add_special_tokens else []) + ids}
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+
+def test_windows_start_with_the_tokenizers_own_prefix(tiny) -> None:
+    plain = tiny.tokenizer
+    assert data.text_prefix(plain) == []  # SmolLM2's tokenizer adds no BOS: windows are plain corpus tokens
+    tokens = data.corpus_tokens(plain, "heldout")
+    windows = data.token_windows(plain, "heldout", seq_len=16, count=3)
+    for row in windows:
+        start = next(i for i in range(0, tokens.numel() - 16, 16) if tokens[i : i + 16].equal(row))
+        assert start % 16 == 0
+    bos = _WithBos(plain)
+    assert data.text_prefix(bos) == [1]
+    with_bos = data.token_windows(bos, "heldout", seq_len=16, count=3)
+    assert with_bos.shape == (3, 16) and with_bos[:, 0].tolist() == [1, 1, 1]
+    for row in with_bos:  # then 15 consecutive corpus tokens, at a multiple of 15
+        starts = [i for i in range(0, tokens.numel() - 15, 15) if tokens[i : i + 15].equal(row[1:])]
+        assert starts
+    with pytest.raises(UserError, match="seq_len >= 3"):
+        data.token_windows(bos, "heldout", seq_len=2, count=1)

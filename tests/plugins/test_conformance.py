@@ -55,3 +55,35 @@ class TestCast(TechniqueConformance):
     technique = "cast.dtype"
     example_params = [{"dtype": "bfloat16"}]
     invalid_params = [{"dtype": "int3"}]
+
+
+# --- the same kit on a tiny random Gemma-3 (x*(1+w) norms, q/k norms, sliding-window layers, 1 kv head) ----------
+
+
+class TestPruneDepthOnGemma3(TestPruneDepth):
+    model = "tiny-gemma3"
+
+
+class TestPruneWidthOnGemma3(TestPruneWidth):
+    model = "tiny-gemma3"
+    example_params = [{"mlp_ratio": 0.25, "heads_per_group": 2}]  # 4 heads, hidden 64: 3 heads left is refused
+
+
+class TestLowRankOnGemma3(TestLowRank):
+    model = "tiny-gemma3"
+
+
+class TestDistillOnGemma3(TestDistill):
+    model = "tiny-gemma3"
+
+
+class TestDynamicInt8OnGemma3(TestDynamicInt8):
+    model = "tiny-gemma3"
+
+
+class TestWeightOnlyOnGemma3(TestWeightOnly):
+    model = "tiny-gemma3"
+
+
+class TestCastOnGemma3(TestCast):
+    model = "tiny-gemma3"

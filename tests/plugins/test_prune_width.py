@@ -62,8 +62,11 @@ def test_invalid_configs(width, fresh_tiny) -> None:
 
 
 def test_space_is_gqa_aware(width) -> None:
-    space = width.space({"num_attention_heads": 9, "num_key_value_heads": 3})
+    space = width.space({"num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576})  # SmolLM2
     assert space["heads_per_group"].choices == (0, 1, 2)
+    # Gemma-3-270M: 4 heads, 1 kv head, hidden 640: 3 heads left would not divide 640, transformers refuses it
+    space = width.space({"num_attention_heads": 4, "num_key_value_heads": 1, "hidden_size": 640})
+    assert space["heads_per_group"].choices == (0, 2, 3)
 
 
 @pytest.mark.real
