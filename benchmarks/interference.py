@@ -13,10 +13,13 @@ Schemes, each judging every candidate against the budget, with a baseline measur
        interference anyway (other processes > 0.3 cores or steal > 5% while it timed:
        autoslm/targets/interference.py) is repeated up to 3 times; if no quiet moment comes, timing is judged
        beside the baseline in one process at once
-Conditions: idle (nothing else started), then `--loaded-runs` runs with a load: a process spinning one core,
-started and stopped at random (on 30-90 s, off 10-40 s, seeded). Printed: every verdict, the agreement of each
-scheme's loaded verdicts with the idle verdicts (the reference: both schemes' idle verdicts where they agree, else
-the new scheme's), and the measurement time each scheme spent.
+Reference: before anything else, on the idle machine, each candidate timed beside the baseline in one process
+(`--reference-rounds` rounds, default 8, median ratio): the best verdict this machine gives. Then conditions:
+idle (nothing else started), then `--loaded-runs` runs with a load: a process spinning one core, started and
+stopped at random (on 30-90 s, off 10-40 s, seeded). Printed: every verdict, each pass's agreement with the
+reference (the idle passes' agreement is the noise floor: what measurement noise alone costs at this budget), on
+every candidate and on the clear ones (reference ratio more than 15% from the limit), and the measurement time each
+scheme spent.
 """
 
 from __future__ import annotations
@@ -128,6 +131,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--budget", default="decode_ms<=0.4x")
     ap.add_argument("--loaded-runs", type=int, default=2)
+    ap.add_argument("--reference-rounds", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -156,6 +160,18 @@ def main() -> None:
         o.baseline_checkpoint = lambda: baseline_dir  # type: ignore[method-assign]
         return o
 
+    from autoslm.targets import MeasureSettings
+
+    limit = Budget.parse(args.budget).limits[0].value
+    reference: dict[str, float] = {}
+    for name, directory in candidates.items():
+        pair = local.measure_pair(directory, baseline_dir, args.reference_rounds, MeasureSettings(runtime="llama.cpp"))
+        reference[name] = pair.ratios["decode_ms"]
+    clear = [n for n in PRESETS if abs(reference[n] / limit - 1) > 0.15]
+    print(f"reference (idle, {args.reference_rounds} rounds beside the baseline): "
+          + "  ".join(f"{n} {'ok' if reference[n] <= limit else 'over'} {reference[n]:.2f}x" for n in PRESETS)
+          + f"\nclear (more than 15% from the {limit}x limit): {', '.join(clear) or 'none'}", flush=True)  # fmt: skip
+
     schemes = {"old": (objective(0), Blind(local)), "new": (objective(3), local)}
     runs: list[dict[str, Any]] = []
     for i in range(1 + args.loaded_runs):
@@ -172,22 +188,26 @@ def main() -> None:
                       f"{cells}", flush=True)  # fmt: skip
         if load:
             print(f"          (spinner on {load.busy_share() * 100:.0f}% of this run)", flush=True)
-    idle = {r["scheme"]: r["verdicts"] for r in runs if r["condition"] == "idle"}
-    reference = {n: idle["new"][n]["feasible"] for n in PRESETS}
-    agree_idle = sum(idle["old"][n]["feasible"] == idle["new"][n]["feasible"] for n in PRESETS)
-    print(f"\nidle: the two schemes agree on {agree_idle}/{len(PRESETS)} verdicts; reference = the new scheme's idle "
-          f"verdicts ({sum(reference.values())} within budget)")  # fmt: skip
-    summary: dict[str, Any] = {}
+    verdict = {n: reference[n] <= limit for n in PRESETS}
+    summary: dict[str, Any] = {"reference": reference, "clear": clear}
+    print()
     for scheme in schemes:
-        loaded = [r for r in runs if r["scheme"] == scheme and r["condition"] != "idle"]
-        hits = sum(r["verdicts"][n]["feasible"] == reference[n] for r in loaded for n in PRESETS)
-        total = len(loaded) * len(PRESETS)
-        idle_s = next(r["seconds"] for r in runs if r["scheme"] == scheme and r["condition"] == "idle")
-        loaded_s = sum(r["seconds"] for r in loaded) / max(1, len(loaded))
-        summary[scheme] = {"agreement": hits / total if total else None, "idle_s": idle_s, "loaded_s": loaded_s}
-        share = 100 * hits / max(1, total)
-        print(f"{scheme}: loaded verdicts agreeing with the idle ones {hits}/{total} ({share:.0f}%); measuring took "
-              f"{idle_s:.0f} s idle, {loaded_s:.0f} s per loaded run")  # fmt: skip
+        for condition in ("idle", "loaded"):
+            passes = [r for r in runs if r["scheme"] == scheme and r["condition"].startswith(condition)]
+            if not passes:
+                continue
+            hits = sum(r["verdicts"][n]["feasible"] == verdict[n] for r in passes for n in PRESETS)
+            clear_hits = sum(r["verdicts"][n]["feasible"] == verdict[n] for r in passes for n in clear)
+            total, clear_total = len(passes) * len(PRESETS), len(passes) * len(clear)
+            seconds = sum(r["seconds"] for r in passes) / len(passes)
+            summary[f"{scheme} {condition}"] = {
+                "agreement": hits / total,
+                "clear_agreement": clear_hits / max(1, clear_total),
+                "seconds_per_pass": seconds,
+            }
+            print(f"{scheme} {condition:<6}: agree with the reference {hits}/{total} ({100 * hits / total:.0f}%), on "
+                  f"the clear ones {clear_hits}/{clear_total} ({100 * clear_hits / max(1, clear_total):.0f}%); "
+                  f"{seconds:.0f} s per pass")  # fmt: skip
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}; work folder {work}")
     if args.json:
         args.json.write_text(json.dumps({"budget": args.budget, "runs": runs, "summary": summary}, indent=2))
