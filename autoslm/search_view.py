@@ -148,10 +148,14 @@ class SearchView:
 
 
 def recheck_text(row: TrialRecord) -> str:
-    """' (close call: re-measured 2x beside the baseline, 0.68x)' for a trial decided on re-measurements, and
-    ' (machine busy: measured 3 times, ...)' for one whose measurement was disturbed."""
+    """' (close call: re-measured 2x beside the baseline, 0.68x)' for a trial decided on re-measurements,
+    ' (waited 40 s for a quiet machine)' for one whose measurement had to wait, and ' (machine busy: measured 3 times,
+    ...)' for one whose measurement was disturbed."""
     text = ""
     figures = row.interference or {}
+    waited = sum((f or {}).get("waited_s", 0.0) for f in figures.get("attempts") or [figures])
+    if waited >= 5:  # the poll itself takes 3 s on a quiet machine
+        text += f" (waited {waited:.0f} s for a quiet machine{'' if figures.get('quiet', True) else ', in vain'})"
     if figures.get("attempts"):
         from autoslm.targets.interference import describe
 

@@ -44,6 +44,10 @@ class Runtime(ABC):
         other = getattr(technique, "runtime", None)
         return None if other in (None, self.name) else f"it belongs to the {other} runtime"
 
+    def refuses_model(self, model: Any) -> str | None:
+        """Why this runtime cannot run `model` at all (None: it can), asked before a search does any work."""
+        return None
+
     @abstractmethod
     def save(self, model: Any, tokenizer: Any, directory: Path, planned: list[Any], **meta: Any) -> Path:
         """Write what this runtime loads for the compressed `model` into `directory` (with a manifest). `planned`:

@@ -65,6 +65,17 @@ class LlamaCppRuntime(Runtime):
             return "it makes layers or number formats only torch runs; llama.cpp quantizes on its own (quant.gguf)"
         return None
 
+    def refuses_model(self, model: Any) -> str | None:
+        from autoslm.gguf_export import SUPPORTED
+
+        architectures = list(getattr(model.config, "architectures", None) or [type(model).__name__])
+        if any(a in SUPPORTED for a in architectures):
+            return None
+        return (
+            f"a {'/'.join(architectures)} model cannot be exported to GGUF yet (export writes "
+            f"{', '.join(SUPPORTED)}): use --runtime torch for this model"
+        )
+
     def save(self, model: Any, tokenizer: Any, directory: Path, planned: list[Any], **meta: Any) -> Path:
         """The torch model as an F32 GGUF, then quantized as the policy's quant.gguf step says (if any)."""
         from autoslm import checkpoint

@@ -121,6 +121,13 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         busy_retries=settings.busy_retries,
         busy_wait_s=settings.busy_wait,
     )
+    from autoslm.runtimes import get_runtime
+
+    refused = get_runtime(settings.runtime).refuses_model(objective.base().model)
+    if refused:
+        if not stored and not had_db and not settings.storage:  # nothing searched: no study to trip the next run
+            db.unlink(missing_ok=True)
+        raise UserError(f"--runtime {settings.runtime}: {refused}")
     objective.space = load_space(settings.space_name, model_info(objective.base().model))
     _emit(progress, "space", objective.space)
     changed_plugins = _plugin_versions(study, objective.space)
@@ -169,6 +176,8 @@ def _baseline(objective: Any, study: Any, run_dir: Path, device: dict[str, Any],
         _emit(progress, "baseline_start", None)
         out = objective.evaluate_policy([], None, trial_number=9999)
         if out.status != "complete":
+            if (out.reason or "").startswith("UserError: "):  # the user's to fix: one line, no traceback
+                raise UserError(f"the baseline model could not be measured: {out.reason.removeprefix('UserError: ')}")
             raise RuntimeError(f"the baseline model could not be measured: {out.reason}")
         unmeasured = [lim.metric for lim in objective.budget.limits if lim.metric not in out.metrics]
         if unmeasured:

@@ -110,3 +110,16 @@ def test_width_pruning_offers_only_head_counts_gemma_accepts(tmp_path: Path) -> 
 def test_tiny_models_are_deterministic() -> None:
     assert fingerprint(load_model("tiny-gemma3").model) == fingerprint(load_model("tiny-gemma3").model)
     assert fingerprint(load_model("tiny-gemma3").model) != fingerprint(load_model("tiny-llama").model)
+
+
+def test_llamacpp_on_gemma3_is_refused_in_one_line_before_any_work(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    out = tmp_path / "run"
+    proc = run_cli("search", "--model", "tiny-gemma3", "--runtime", "llama.cpp", "--trials", "1", "--out", str(out))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --runtime llama.cpp: a Gemma3ForCausalLM model cannot be exported to GGUF yet (export writes "
+        "LlamaForCausalLM): use --runtime torch for this model"
+    )
+    assert not (out / "study.db").exists()  # nothing searched, nothing left to resume

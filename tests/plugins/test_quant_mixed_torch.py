@@ -39,12 +39,16 @@ def test_assignment_is_deterministic_and_moves_only_in_the_named_direction() -> 
     assert set(assign(_table(kld), odd).values()) == {"w4"}
 
 
-def test_every_precision_in_one_model_survives_the_checkpoint(fresh_tiny, tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-gemma3"])
+def test_every_precision_in_one_model_survives_the_checkpoint(family: str, tmp_path: Path) -> None:
     from autoslm_plugins.quant_mixed_torch import block_linears
     from neural_compressor.torch.algorithms.weight_only.modules import INCWeightOnlyLinear
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-    model, tok = fresh_tiny.model, fresh_tiny.tokenizer
+    from autoslm.models import load_model
+
+    fresh = load_model(family)
+    model, tok = fresh.model, fresh.tokenizer
     with torch.inference_mode():
         before = model(IDS).logits
     checkpoint.save_dir(model, tok, tmp_path / "fp32")
@@ -65,12 +69,16 @@ def test_every_precision_in_one_model_survives_the_checkpoint(fresh_tiny, tmp_pa
     assert 0 < (after - before).abs().max() < before.abs().max()  # changed, not destroyed
 
 
-def test_resolve_measures_the_table_once_and_names_every_layer(fresh_tiny, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("family", "count"), [("tiny-llama", 4 * 7), ("tiny-gemma3", 6 * 7)])
+def test_resolve_measures_the_table_once_and_names_every_layer(family: str, count: int, tmp_path: Path) -> None:
+    from autoslm.models import load_model
+
+    fresh = load_model(family)
     params = {"base": "int8", "raise_fraction": 0.3, "lower_fraction": 0.2, "sensitivity_seq_len": 32}
     planned = plan([Step(technique="quant.mixed_torch", params=params)])
-    apply_planned(fresh_tiny.model, planned, ApplyContext(tokenizer=fresh_tiny.tokenizer, run_dir=tmp_path))
+    apply_planned(fresh.model, planned, ApplyContext(tokenizer=fresh.tokenizer, run_dir=tmp_path))
     layers = planned[0].config.layers
-    assert len(layers) == 28 and set(layers.values()) == {"int8", "fp32", "w4"}
+    assert len(layers) == count and set(layers.values()) == {"int8", "fp32", "w4"}
     (table,) = (tmp_path / "sensitivity").glob("*.json")
     stored = json.loads(table.read_text())
     assert set(stored["kld"]) == set(layers) and stored["probe"] == "w4-g32" and stored["tokens"] == 64

@@ -214,3 +214,19 @@ def test_a_close_call_on_a_quiet_machine_waits_for_quiet_before_its_paired_timin
     objective.recheck_margin = 0.15
     out = objective.evaluate_policy([], BASELINE, trial_number=1)
     assert target.pairs == 1 and target.pair_settings.quiet_wait_s == 0.01 and out.feasible
+
+
+def test_the_live_view_says_how_long_a_trial_waited_for_quiet() -> None:
+    from autoslm.search_view import recheck_text
+    from autoslm.searching.trials import TrialRecord
+
+    def row(figures):
+        return TrialRecord(number=1, state="complete", status="complete", interference=figures)
+
+    assert recheck_text(row({"waited_s": 3.0, "quiet": True, "disturbed": False})) == ""  # a quiet machine
+    assert recheck_text(row({"waited_s": 41.5, "quiet": True, "disturbed": False})) == (
+        " (waited 42 s for a quiet machine)"
+    )
+    busy = {"other_cores": 1.0, "steal": 0.0, "load1": 1.5, "disturbed": True, "waited_s": 120.0, "quiet": False}
+    tried = {**busy, "attempts": [busy]}
+    assert "waited 120 s for a quiet machine, in vain" in recheck_text(row(tried))
