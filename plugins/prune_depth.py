@@ -7,12 +7,14 @@ model, and the k lowest-scoring blocks are removed together.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any, Literal
 
 from pydantic import Field
 
 import autoslm
 from autoslm import ApplyContext, Int, Stage, Technique, TechniqueConfig
+from autoslm.calibration import capture_inputs, run_windows
 
 
 class DepthConfig(TechniqueConfig):
@@ -83,30 +85,15 @@ def _layers(model: Any) -> Any:
 
 
 def _block_inputs_outputs(model: Any, layers: Any, windows: Any) -> list[tuple[Any, Any]]:
-    """Each block's input and raw output hidden states over the windows, taken by hooks during one ordinary forward
-    pass: the model calls its blocks its own way (rotary tables, sliding-window masks, per-layer types), so no
-    architecture's calling convention is copied here."""
-    import torch
-
-    seen: dict[int, list[Any]] = {}
-    handles = []
-    for i, layer in enumerate(layers):
-
-        def before(_m: Any, args: Any, kwargs: Any, i: int = i) -> None:
-            x = args[0] if args else kwargs["hidden_states"]
-            seen[i] = [x.detach()]
-
-        def after(_m: Any, _args: Any, output: Any, i: int = i) -> None:
-            seen[i].append((output[0] if isinstance(output, tuple) else output).detach())
-
-        handles += [layer.register_forward_pre_hook(before, with_kwargs=True), layer.register_forward_hook(after)]
-    try:
-        with torch.inference_mode():
-            model(input_ids=windows, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return [(seen[i][0], seen[i][1]) for i in range(len(layers))]
+    """Each block's input and raw output over the windows, from one ordinary forward pass: block i's output is block
+    i+1's input, and the last block's is the final norm's. The model calls its blocks its own way (rotary tables,
+    sliding-window masks, per-layer types), so no architecture's calling convention is copied here."""
+    watched = {str(i): layer for i, layer in enumerate(layers)} | {"norm": model.model.norm}
+    seen: dict[str, Any] = {}
+    with capture_inputs(watched, seen.__setitem__):
+        run_windows(model, windows, batch=len(windows))
+    inputs = [seen[str(i)] for i in range(len(layers))] + [seen["norm"]]
+    return list(pairwise(inputs))
 
 
 @autoslm.hookimpl

@@ -251,7 +251,7 @@ class Objective:
         back-off (5 s, doubling). Returns the least disturbed measurement and its figures (with `attempts`, every
         try's figures, when there was more than one; `disturbed` stays true when the machine never settled)."""
         patient = self._patient()
-        settings = self.measure_settings().model_copy(update={"quiet_wait_s": self._quiet_wait_s()})
+        settings = self.measure_settings().model_copy(update={"quiet_wait_s": self.busy_wait_s if patient else 0.0})
         tries = [target.measure(work, settings)]
         backoff = min(5.0, self.busy_wait_s)
         while patient and _disturbed(tries[-1]) and len(tries) <= self.busy_retries:

@@ -51,6 +51,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     import optuna
 
     from autoslm.models import model_info
+    from autoslm.runtimes import get_runtime
     from autoslm.searching.backends import BackendJob, get_backend
     from autoslm.searching.objective import Objective
     from autoslm.searching.references import measure_references, preset_steps
@@ -121,8 +122,6 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         busy_retries=settings.busy_retries,
         busy_wait_s=settings.busy_wait,
     )
-    from autoslm.runtimes import get_runtime
-
     refused = get_runtime(settings.runtime).refuses_model(objective.base().model)
     if refused:
         if not stored and not had_db and not settings.storage:  # nothing searched: no study to trip the next run

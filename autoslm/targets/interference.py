@@ -110,6 +110,16 @@ def wait_for_quiet(
             return {"waited_s": round(now.wall - start.wall, 2), "quiet": False}
 
 
+def with_gate(figures: dict[str, Any] | None, gate: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A measurement's figures with how long it waited for quiet first (`wait_for_quiet`), when it waited."""
+    return {**figures, **gate} if figures is not None and gate is not None else figures
+
+
+def gate(max_s: float) -> dict[str, Any] | None:
+    """`wait_for_quiet(max_s)` when asked to wait (max_s > 0); None otherwise."""
+    return wait_for_quiet(max_s) if max_s > 0 else None
+
+
 def describe(figures: dict[str, Any] | None) -> str:
     """One phrase for a console line or a report cell."""
     if not figures:
@@ -126,6 +136,8 @@ __all__ = [
     "CpuSample",
     "describe",
     "figures",
+    "gate",
     "sample",
     "wait_for_quiet",
+    "with_gate",
 ]

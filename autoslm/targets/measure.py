@@ -135,7 +135,7 @@ def alternate(baseline: Timer, candidate: Timer, settings: Any, rounds: int) -> 
     from autoslm.targets import PairMeasurement, interference
 
     runs = {"baseline": baseline, "candidate": candidate}
-    gate = interference.wait_for_quiet(settings.quiet_wait_s) if settings.quiet_wait_s > 0 else None
+    gate = interference.gate(settings.quiet_wait_s)
     before = interference.sample()
     for run in runs.values():
         for _ in range(settings.warmup):
@@ -145,9 +145,7 @@ def alternate(baseline: Timer, candidate: Timer, settings: Any, rounds: int) -> 
     for r in range(rounds):
         for name in ("baseline", "candidate") if r % 2 == 0 else ("candidate", "baseline"):
             per_round[name].append(timed_runs(runs[name], once))
-    figures = interference.figures(before, interference.sample())
-    if figures is not None and gate is not None:
-        figures = {**figures, **gate}
+    figures = interference.with_gate(interference.figures(before, interference.sample()), gate)
     pair = PairMeasurement.from_rounds(per_round["baseline"], per_round["candidate"], how="one process")
     return {**pair.model_dump(), "interference": figures}
 
@@ -168,17 +166,15 @@ def measure_loaded(
     with open_model() as model:
         load_s = time.perf_counter() - t0
         reset_ok = reset_peak_rss()
-        gate = interference.wait_for_quiet(settings.quiet_wait_s) if settings.quiet_wait_s > 0 else None
+        gate = interference.gate(settings.quiet_wait_s)  # after loading, before timing
         before = interference.sample()
         timing = timed_runs(runner(model), settings)
         after = interference.sample()
         peak = peak_rss_mb() if reset_ok else max(rss_mb(), peak_rss_mb())
     figures = interference.figures(before, after, timing["decode_p90_ms"] / timing["decode_ms"])
-    if figures is not None and gate is not None:
-        figures = {**figures, **gate}  # how long it waited for quiet, and whether it found it
     return {
         **timing,
-        "interference": figures,
+        "interference": interference.with_gate(figures, gate),
         "prompt_tokens": settings.prompt_tokens,
         "memory_mb": max(0.0, peak - base),
         "size_mb": checkpoint.weights_size_mb(Path(directory)),
