@@ -156,7 +156,7 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
     ctx = ApplyContext(tokenizer=base.tokenizer, seed=recipe.seed, teacher_factory=teacher_factory)
     planned = plan([Step(technique=s.technique, params=s.params) for s in recipe.steps])
     runtime = recipe.target.get("runtime", "torch")
-    check_policy(runtime, planned)
+    check_policy(runtime, planned, base.model)
     compressed = apply_planned(base.model, planned, ctx)
     fingerprint = recipe.base_model["fingerprint"]
     get_runtime(runtime).save(compressed, base.tokenizer, out, planned, base_fingerprint=fingerprint)

@@ -95,6 +95,7 @@ class Technique:
     requires_calibration: ClassVar[bool] = False
     incompatible_with: ClassVar[tuple[str, ...]] = ()
     runtime: ClassVar[str | None] = None  # set: the runtime applies it at save time; `apply` leaves the model as is
+    removes_blocks: ClassVar[bool] = False  # it drops whole decoder blocks (a runtime may refuse that on some models)
     Config: ClassVar[type[TechniqueConfig]] = TechniqueConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # name -> parameters (each a valid Config)
 

@@ -32,6 +32,7 @@ class DepthPrune(Technique):
     stage = Stage.PRUNE
     description = "remove the k decoder blocks that change the hidden state least (ShortGPT)"
     requires_calibration = True
+    removes_blocks = True
     Config = DepthConfig
 
     @classmethod

@@ -48,3 +48,38 @@ def test_smoothquant_is_exact_on_gemma3(gemma) -> None:
     # before the fix, smoothing alone took this model's perplexity from 367 to 80,517
     assert float((after - before).abs().max()) < 1e-3 * float(before.abs().max())
     assert after.argmax(-1).equal(before.argmax(-1))
+
+
+def test_gemma3_in_llamacpp_scores_like_torch_and_keeps_its_tokenizer(gemma, tmp_path) -> None:
+    """The F32 GGUF export of Gemma-3-270M: perplexity in llama.cpp equals torch's; the vocabulary written from the
+    Hugging Face tokenizer is the published GGUF's (but for SentencePiece's 30 user-defined whitespace runs, which
+    the tokenizer.json keeps as ordinary pieces) and llama.cpp tokenizes held-out text exactly as transformers does;
+    Q8_0 keeps perplexity within 1%."""
+    import gguf
+
+    from autoslm.models import BUILTIN_GGUF, _builtin_gguf
+    from autoslm.pipeline import Step, plan
+    from autoslm.runtimes import get_runtime
+    from autoslm.runtimes.llamacpp import GGUF, open_gguf
+
+    rt, fid = get_runtime("llama.cpp"), Fidelity(ppl_tokens=1024, seq_len=256, hyperbaton_items=8, cloze_items=8)
+    f32 = rt.save(gemma.model, gemma.tokenizer, tmp_path / "f32", [])
+    ours = rt.evaluate(None, gemma.tokenizer, f32, fid)
+    theirs = get_runtime("torch").evaluate(gemma.model, gemma.tokenizer, f32, fid)
+    assert ours.ppl == pytest.approx(theirs.ppl, rel=2e-3)
+
+    written, published = gguf.GGUFReader(f32 / GGUF), gguf.GGUFReader(_builtin_gguf("gemma3-270m"))
+    assert BUILTIN_GGUF["gemma3-270m"][1].endswith(".gguf")
+    tokens = [written.fields["tokenizer.ggml.tokens"].contents(), published.fields["tokenizer.ggml.tokens"].contents()]
+    differ = [i for i, (a, b) in enumerate(zip(*tokens, strict=True)) if a != b]
+    assert len(differ) == 30 and all(set(tokens[0][i]) == {"▁"} and set(tokens[1][i]) == {" "} for i in differ)
+    for key in ("model", "bos_token_id", "eos_token_id", "add_bos_token", "add_space_prefix"):
+        key = f"tokenizer.ggml.{key}"
+        assert written.fields[key].contents() == published.fields[key].contents(), key
+    text = "\n\n".join(data.corpus_texts("heldout"))[:20000] + "\tdef f(x):\n        return  x  # ünï 日本 🙂"
+    with open_gguf(f32 / GGUF, n_ctx=64) as llm:
+        assert llm.tokenize(text.encode(), add_bos=True) == gemma.tokenizer(text)["input_ids"]
+
+    q8 = rt.save(gemma.model, gemma.tokenizer, tmp_path / "q8", plan([Step(technique="quant.gguf")]))
+    assert (q8 / GGUF).stat().st_size < 0.3 * (f32 / GGUF).stat().st_size
+    assert rt.evaluate(None, gemma.tokenizer, q8, fid).ppl < 1.01 * ours.ppl

@@ -48,6 +48,11 @@ class Runtime(ABC):
         """Why this runtime cannot run `model` at all (None: it can), asked before a search does any work."""
         return None
 
+    def refuses_on(self, technique: type, model: Any) -> str | None:
+        """Why a technique cannot be part of a policy for `model` in this runtime though both are supported on
+        their own (None: it can); asked once the model is loaded, before a search or `apply` does any work."""
+        return None
+
     @abstractmethod
     def save(self, model: Any, tokenizer: Any, directory: Path, planned: list[Any], **meta: Any) -> Path:
         """Write what this runtime loads for the compressed `model` into `directory` (with a manifest). `planned`:
@@ -79,13 +84,14 @@ class Runtime(ABC):
         """Time the two checkpoints alternately for `rounds` rounds; the fields of `PairMeasurement`."""
 
 
-def check_policy(runtime: str, planned: list[Any]) -> None:
-    """Refuse (UserError) a policy with a step the runtime cannot run, naming the step and why."""
+def check_policy(runtime: str, planned: list[Any], model: Any = None) -> None:
+    """Refuse (UserError) a policy with a step the runtime cannot run (on `model`, when given), naming the step
+    and why."""
     from autoslm.errors import UserError
 
     rt = get_runtime(runtime)
     for p in planned:
-        reason = rt.refuses(p.entry.cls)
+        reason = rt.refuses(p.entry.cls) or (rt.refuses_on(p.entry.cls, model) if model is not None else None)
         if reason:
             raise UserError(f"technique '{p.name}' cannot run in the {runtime} runtime: {reason}")
 

@@ -76,6 +76,16 @@ class LlamaCppRuntime(Runtime):
             f"{', '.join(SUPPORTED)}): use --runtime torch for this model"
         )
 
+    def refuses_on(self, technique: type, model: Any) -> str | None:
+        from autoslm.gguf_export import fixed_layer_pattern
+
+        if getattr(technique, "removes_blocks", False) and fixed_layer_pattern(model.config):
+            return (
+                "llama.cpp places Gemma-3's global-attention layers itself (every 6th block), so a model with blocks "
+                "removed would run with the wrong attention"
+            )
+        return None
+
     def save(self, model: Any, tokenizer: Any, directory: Path, planned: list[Any], **meta: Any) -> Path:
         """The torch model as an F32 GGUF, then quantized as the policy's quant.gguf step says (if any)."""
         from autoslm import checkpoint
@@ -415,7 +425,9 @@ def gguf_linear_names(model: Any) -> dict[str, str]:
     import gguf
     import torch
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(model.config.num_hidden_layers))
+    from autoslm.gguf_export import gguf_arch
+
+    names = gguf.get_tensor_name_map(gguf_arch(model.config), int(model.config.num_hidden_layers))
     out = {}
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):

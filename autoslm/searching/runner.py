@@ -50,13 +50,11 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     are known to be valid and the run directory is known to be free (or resumable with these settings)."""
     import optuna
 
-    from autoslm.models import model_info
     from autoslm.runtimes import get_runtime
     from autoslm.searching.backends import BackendJob, get_backend
     from autoslm.searching.objective import Objective
     from autoslm.searching.references import measure_references, preset_steps
     from autoslm.searching.samplers import make_sampler
-    from autoslm.searching.space import load_space
     from autoslm.searching.storage import make_storage
     from autoslm.searching.trials import finished_count
 
@@ -122,12 +120,15 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         busy_retries=settings.busy_retries,
         busy_wait_s=settings.busy_wait,
     )
-    refused = get_runtime(settings.runtime).refuses_model(objective.base().model)
-    if refused:
+    try:
+        refused = get_runtime(settings.runtime).refuses_model(objective.base().model)
+        if refused:
+            raise UserError(f"--runtime {settings.runtime}: {refused}")
+        objective.space = _runnable_space(settings, objective.base().model, progress)
+    except UserError:
         if not stored and not had_db and not settings.storage:  # nothing searched: no study to trip the next run
             db.unlink(missing_ok=True)
-        raise UserError(f"--runtime {settings.runtime}: {refused}")
-    objective.space = load_space(settings.space_name, model_info(objective.base().model))
+        raise
     _emit(progress, "space", objective.space)
     changed_plugins = _plugin_versions(study, objective.space)
     if changed_plugins:
@@ -160,6 +161,27 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     if remaining > 0:
         backend.run(BackendJob(objective, study, storage, settings, baseline, remaining, after))
     return _finish(study, settings, run_dir, baseline)
+
+
+def _runnable_space(settings: SearchSettings, model: Any, progress: Any) -> Any:
+    """The space to search on this model: the runtime's default space leaves out, with a warning, what the runtime
+    refuses on this model (llama.cpp: depth pruning on Gemma-3); a space the user named is refused instead."""
+    from autoslm.models import model_info
+    from autoslm.plugins import get_registry
+    from autoslm.runtimes import get_runtime
+    from autoslm.searching.space import load_space
+
+    space = load_space(settings.space_name, model_info(model))
+    runtime, registry = get_runtime(settings.runtime), get_registry()
+    reasons = {t.name: runtime.refuses_on(registry.technique(t.name).cls, model) for t in space.techniques}
+    refused = {name: why for name, why in reasons.items() if why}
+    if not refused:
+        return space
+    why = "; ".join(f"{name}: {reason}" for name, reason in refused.items())
+    if settings.space or set(refused) & set(space.required):
+        raise UserError(f"search space {settings.space_name}: {why} (drop it from the space, or use --runtime torch)")
+    _emit(progress, "warning", f"left out of the search on this model in {settings.runtime}: {why}")
+    return space.without(set(refused))
 
 
 def _fidelity(name: str) -> Any:

@@ -60,6 +60,17 @@ class SearchSpace(BaseModel):
     required: tuple[str, ...] = ()
     groups: tuple[tuple[str, ...], ...] = ()
 
+    def without(self, names: set[str]) -> SearchSpace:
+        """This space with the techniques in `names` left out (a group that loses all its members goes too)."""
+        groups = tuple(kept for g in self.groups if (kept := tuple(t for t in g if t not in names)))
+        return self.model_copy(
+            update={
+                "techniques": tuple(t for t in self.techniques if t.name not in names),
+                "required": tuple(t for t in self.required if t not in names),
+                "groups": groups,
+            }
+        )
+
     def describe(self) -> list[tuple[str, str, str]]:
         from autoslm.space import describe
 

@@ -112,14 +112,21 @@ def test_tiny_models_are_deterministic() -> None:
     assert fingerprint(load_model("tiny-gemma3").model) != fingerprint(load_model("tiny-llama").model)
 
 
-def test_llamacpp_on_gemma3_is_refused_in_one_line_before_any_work(tmp_path: Path) -> None:
+def test_llamacpp_refuses_an_architecture_it_cannot_export_in_one_line_before_any_work(tmp_path: Path) -> None:
+    """A family GGUF export does not write (a tiny Qwen2 here) is refused before the baseline, leaving no study."""
     from conftest import run_cli
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from autoslm.models import TINY_LLAMA
+
+    torch.manual_seed(0)
+    qwen = Qwen2ForCausalLM(Qwen2Config(**{k: v for k, v in TINY_LLAMA.items() if k != "architectures"})).eval()
+    directory = checkpoint.save_dir(qwen, load_model("tiny-llama").tokenizer, tmp_path / "qwen")
     out = tmp_path / "run"
-    proc = run_cli("search", "--model", "tiny-gemma3", "--runtime", "llama.cpp", "--trials", "1", "--out", str(out))
+    proc = run_cli("search", "--model", str(directory), "--runtime", "llama.cpp", "--trials", "1", "--out", str(out))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: --runtime llama.cpp: a Gemma3ForCausalLM model cannot be exported to GGUF yet (export writes "
-        "LlamaForCausalLM): use --runtime torch for this model"
+        "error: --runtime llama.cpp: a Qwen2ForCausalLM model cannot be exported to GGUF yet (export writes "
+        "LlamaForCausalLM, Gemma3ForCausalLM): use --runtime torch for this model"
     )
     assert not (out / "study.db").exists()  # nothing searched, nothing left to resume

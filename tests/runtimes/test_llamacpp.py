@@ -25,7 +25,7 @@ IDS = [1, 504, 3458, 282, 260, 1345, 2565, 30, 378, 314, 253, 1767, 4183, 28, 10
 
 
 def _llama_logits(directory: Path, ids: list[int]) -> np.ndarray:
-    with open_gguf(directory / GGUF, n_ctx=64, logits_all=True) as llm:
+    with open_gguf(directory / GGUF, n_ctx=max(64, len(ids)), logits_all=True) as llm:
         llm.eval(ids)
         return np.array(llm.scores[: len(ids)])
 
@@ -203,3 +203,92 @@ def test_k_fallback_is_what_llamacpp_itself_writes(fresh_tiny, tmp_path: Path, f
     out = quantize(src, tmp_path / "q.gguf", {"type": ftype})
     types = {t.name: t.tensor_type.name for t in GGUFReader(out).tensors}
     assert types["blk.1.attn_q.weight"] == K_FALLBACK[k_type]
+
+
+# --- Gemma-3 (tiny random here; the real one in tests/test_gemma3.py) -------------------------------------------
+
+
+@pytest.fixture
+def tiny_gemma():
+    from autoslm.models import load_model
+
+    return load_model("tiny-gemma3")
+
+
+def test_gemma3_export_matches_torch_beyond_the_sliding_window(tiny_gemma, tmp_path: Path) -> None:
+    """Gemma-3's conventions in GGUF: norms stored as 1+w, no q/k permutation, the sliding window and the global
+    layers' rotary base; 100 tokens cross the tiny model's 32-token window."""
+    from gguf import GGUFReader
+
+    model, directory = _save(tiny_gemma, [], tmp_path / "c")
+    ids = list(range(5, 105))
+    ours, theirs = _llama_logits(directory, ids), _torch_logits(model, ids)
+    assert ours.shape == theirs.shape == (100, model.config.vocab_size)
+    assert np.abs(ours - theirs).max() < 3e-3 * np.abs(theirs).max()
+    assert (ours.argmax(-1) == theirs.argmax(-1)).all()
+    reader = GGUFReader(directory / GGUF)
+    assert reader.fields["general.architecture"].contents() == "gemma3"
+    assert reader.fields["gemma3.attention.sliding_window"].contents() == model.config.sliding_window == 32
+    norm = next(t for t in reader.tensors if t.name == "blk.0.attn_norm.weight")
+    expected = model.model.layers[0].input_layernorm.weight.detach().numpy() + 1.0
+    assert np.allclose(np.asarray(norm.data), expected)
+
+
+def test_gemma3_export_refuses_layers_llamacpp_would_run_differently(tiny_gemma, tmp_path: Path) -> None:
+    """llama.cpp puts Gemma-3's global layers at every 6th block whatever the file says: a checkpoint whose global
+    layer moved (what removing a block does) is refused in one line, not exported to run wrongly."""
+    from autoslm.gguf_export import export_gguf
+
+    directory = checkpoint.save_dir(tiny_gemma.model, tiny_gemma.tokenizer, tmp_path / "moved")
+    config = json.loads((directory / "config.json").read_text())
+    config["layer_types"] = ["full_attention"] + ["sliding_attention"] * 5
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"global-attention layers are \[0\]; llama\.cpp places Gemma-3's at every "):
+        export_gguf(directory, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+    config["layer_types"] = ["sliding_attention"] * 5 + ["full_attention"]
+    config["rope_parameters"]["sliding_attention"]["rope_theta"] = 5000.0
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"sliding layers with rotary base 10000"):
+        export_gguf(directory, tmp_path / "x.gguf")
+
+
+def test_depth_pruning_on_gemma3_is_refused_for_llamacpp_before_any_work(tiny_gemma, tmp_path: Path) -> None:
+    from autoslm.plugins import get_registry
+
+    depth = get_registry().technique("prune.depth").cls
+    rt = get_runtime("llama.cpp")
+    assert "every 6th block" in rt.refuses_on(depth, tiny_gemma.model)
+    assert rt.refuses_on(depth, fresh_llama_model()) is None
+    assert rt.refuses_on(get_registry().technique("prune.width").cls, tiny_gemma.model) is None
+    assert get_runtime("torch").refuses_on(depth, tiny_gemma.model) is None  # torch runs any layer types
+    with pytest.raises(UserError, match=r"'prune\.depth' cannot run in the llama\.cpp runtime: llama\.cpp places"):
+        check_policy("llama.cpp", plan([Step(technique="prune.depth")]), tiny_gemma.model)
+    out = tmp_path / "named"  # a space the user named that holds it: refused in one line, no study left behind
+    with pytest.raises(UserError, match=r"search space tiny-llamacpp: prune\.depth: llama\.cpp places"):
+        autoslm.search(model="tiny-gemma3", runtime="llama.cpp", space="tiny-llamacpp", trials=1, out=out)
+    assert not (out / "study.db").exists()
+
+
+def fresh_llama_model():
+    from autoslm.models import load_model
+
+    return load_model("tiny-llama").model
+
+
+def test_search_on_gemma3_in_llamacpp_leaves_depth_out_and_apply_rebuilds_byte_identically(tmp_path: Path) -> None:
+    """The default llama.cpp space on Gemma-3: depth pruning left out with a warning, the rest searched; the best
+    candidate's GGUF rebuilt byte for byte from its recipe."""
+    out, events = tmp_path / "run", []
+    result = autoslm.search(model="tiny-gemma3", runtime="llama.cpp", budget="size_mb<=0.5x", trials=2, out=out,
+                            fidelity="low", sampler="random", seed=1,
+                            progress=lambda kind, payload: events.append((kind, payload)))  # fmt: skip
+    warnings = [p for k, p in events if k == "warning"]
+    assert any("left out of the search on this model in llama.cpp: prune.depth" in w for w in warnings), warnings
+    space = next(p for k, p in events if k == "space")
+    names = {t.name for t in space.techniques}
+    assert "prune.depth" not in names and "quant.gguf" in names
+    assert result.best is not None, [r.reason for r in result.trials]
+    assert all(r.reason is None or "Traceback" not in r.reason for r in result.trials)
+    rebuilt = autoslm.apply_recipe(str(out / "recipe.yaml"), str(tmp_path / "again"))
+    assert checkpoint.sha256_file(rebuilt / GGUF) == checkpoint.sha256_file(out / "checkpoint" / GGUF)
