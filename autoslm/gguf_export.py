@@ -251,7 +251,7 @@ def _add_byte_level_bpe(writer: Any, directory: Path, spec: dict[str, Any], n_vo
     writer.add_tokenizer_pre(next((name for name, match in _PRE_TOKENIZERS if match(pre)), "default"))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    gguf.SpecialVocab(directory, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+    _special_vocab(directory, len(tokens), merges=True).add_to_gguf(writer, quiet=True)
 
 
 def _add_sentencepiece_bpe(writer: Any, directory: Path, spec: dict[str, Any], n_vocab: int) -> None:
@@ -291,7 +291,23 @@ def _add_sentencepiece_bpe(writer: Any, directory: Path, spec: dict[str, Any], n
     writer.add_token_types(types)
     writer.add_add_space_prefix('"Prepend"' in normalizer)
     # bos/eos/unk/pad ids, and whether BOS goes before text (from the tokenizer's template), as the converter does
-    gguf.SpecialVocab(directory, load_merges=False, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+    _special_vocab(directory, len(tokens), merges=False).add_to_gguf(writer, quiet=True)
+
+
+def _special_vocab(directory: Path, n_vocab: int, merges: bool) -> Any:
+    """The gguf package's reader of special token ids, add-BOS/EOS flags and merges, without its console warnings
+    (Gemma's pair template repeats `<bos>`, which it reports as an unknown separator)."""
+    import logging
+
+    import gguf
+
+    log = logging.getLogger("gguf.vocab")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        return gguf.SpecialVocab(directory, load_merges=merges, n_vocab=n_vocab)
+    finally:
+        log.setLevel(level)
 
 
 def _manifest(directory: Path) -> dict[str, Any]:

@@ -12,7 +12,8 @@ Schemes, each judging every candidate against the budget, with a baseline measur
        starts once other processes used < 0.3 cores for 3 s, waiting up to 120 s; a measurement that reports
        interference anyway (other processes > 0.3 cores or steal > 5% while it timed:
        autoslm/targets/interference.py) is repeated up to 3 times; if no quiet moment comes, timing is judged
-       beside the baseline in one process at once
+       beside the baseline in one process at once; a paired timing still within 5% of the limit gets up to two
+       more sets of rounds (Objective.recheck_more)
 Reference: before anything else, on the idle machine, each candidate timed beside the baseline in one process
 (`--reference-rounds` rounds, default 8, median ratio): the best verdict this machine gives. Then conditions:
 idle (nothing else started), then `--loaded-runs` runs with a load: a process spinning one core, started and
@@ -154,9 +155,9 @@ def main() -> None:
     }
     local = get_target("local")
 
-    def objective(retries: int) -> Any:
+    def objective(retries: int, more: int) -> Any:
         o = Objective(model=args.model, space=None, budget=Budget.parse(args.budget), run_dir=str(work),  # type: ignore[arg-type]
-                      runtime="llama.cpp", busy_retries=retries)  # fmt: skip
+                      runtime="llama.cpp", busy_retries=retries, recheck_more=more)  # fmt: skip
         o.baseline_checkpoint = lambda: baseline_dir  # type: ignore[method-assign]
         return o
 
@@ -172,7 +173,7 @@ def main() -> None:
           + "  ".join(f"{n} {'ok' if reference[n] <= limit else 'over'} {reference[n]:.2f}x" for n in PRESETS)
           + f"\nclear (more than 15% from the {limit}x limit): {', '.join(clear) or 'none'}", flush=True)  # fmt: skip
 
-    schemes = {"old": (objective(0), Blind(local)), "new": (objective(3), local)}
+    schemes = {"old": (objective(0, 0), Blind(local)), "new": (objective(3, 2), local)}
     runs: list[dict[str, Any]] = []
     for i in range(1 + args.loaded_runs):
         condition = "idle" if i == 0 else f"loaded {i}"

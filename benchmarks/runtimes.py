@@ -3,7 +3,9 @@
     python benchmarks/runtimes.py [--model smollm2-135m] [--rounds 2] [--json docs/results/runtimes.json]
 
 Policies (each runtime's nearest equivalent): fp32; bf16 (torch cast.dtype / GGUF BF16); 8-bit (torch dynamic int8
-W8A8 and INC weight-only int8 / GGUF Q8_0); depth -4 blocks (fp32 in both). Every checkpoint is built once, then
+W8A8 and INC weight-only int8 / GGUF Q8_0); torch dynamic int8 with an int8 lm_head (the head dominates Gemma-3's
+decode); GGUF Q4_K_M with an importance matrix; depth -4 blocks (fp32 in both; refused in llama.cpp on Gemma-3,
+which is printed). Every checkpoint is built once, then
 all are measured on this CPU in fresh processes, round by round, in the same interleaved order, so drift of the
 machine hits every policy alike; figures are medians over rounds. Quality: held-out perplexity at full fidelity,
 computed by each runtime on the same windows. Ratios: each policy against its runtime's fp32, and llama.cpp
@@ -32,6 +34,9 @@ POLICIES: list[tuple[str, list[dict], list[dict]]] = [  # (name, torch steps, ll
         [{"technique": "quant.gguf", "params": {"type": "Q8_0"}}],
     ),
     ("int8 weight-only", [{"technique": "quant.weight_only", "params": {"bits": 8}}], []),
+    ("int8 + int8 head", [{"technique": "quant.dynamic_int8", "params": {"smooth_alpha": 0.5,
+                                                                         "include_lm_head": True}}], []),
+    ("Q4_K_M", [], [{"technique": "quant.gguf", "params": {"type": "Q4_K_M", "imatrix": True}}]),
     ("depth -4", DEPTH4, DEPTH4),
 ]  # fmt: skip
 
@@ -43,6 +48,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     quiet_libraries()
+    from autoslm.errors import UserError
     from autoslm.models import load_model
     from autoslm.pipeline import Step, apply_planned, plan
     from autoslm.runtimes import check_policy, get_runtime
@@ -55,12 +61,16 @@ def main() -> None:
     built: list[dict] = []
     for name, torch_steps, gguf_steps in POLICIES:
         for runtime, steps in (("torch", torch_steps), ("llama.cpp", gguf_steps)):
-            if runtime == "llama.cpp" and not steps and name != "fp32":
+            if not steps and name != "fp32":  # no equivalent in this runtime
                 continue
             t0 = time.perf_counter()
             base = load_model(args.model)
             planned = plan([Step(**s) for s in steps])
-            check_policy(runtime, planned)
+            try:
+                check_policy(runtime, planned, base.model)
+            except UserError as exc:  # e.g. depth pruning of Gemma-3 in llama.cpp
+                print(f"refused {runtime:<9} {name:<18} {exc}", flush=True)
+                continue
             ctx = ApplyContext(tokenizer=base.tokenizer, seed=0, teacher_factory=lambda b=base: b.model)
             model = apply_planned(base.model, planned, ctx)
             directory = work / f"{runtime}-{name.replace(' ', '_')}"

@@ -12,6 +12,7 @@ llama.cpp's logits over the same held-out windows as the torch runtime.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -204,17 +205,18 @@ def open_gguf(path: Path, n_ctx: int, threads: int = 2, logits_all: bool = False
     path = Path(path)
     if not path.is_file():
         raise UserError(f"'{path.parent}' holds no {GGUF}: give a checkpoint made with --runtime llama.cpp")
-    llm = Llama(
-        model_path=str(path),
-        n_ctx=n_ctx,
-        n_batch=n_ctx,
-        n_ubatch=n_ctx,
-        n_threads=threads,
-        n_threads_batch=threads,
-        logits_all=logits_all,
-        seed=0,
-        verbose=False,
-    )
+    with _stderr_to(Path(os.devnull)):  # context creation notes (Gemma-3's sliding-window cache) bypass the logger
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=n_ctx,
+            n_ubatch=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=logits_all,
+            seed=0,
+            verbose=False,
+        )
     try:
         yield llm
     finally:
@@ -573,7 +575,6 @@ def _check_block_sizes(src: Path, config: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def _stderr_to(path: Path) -> Iterator[Path]:
     """llama.cpp writes warnings straight to file descriptor 2: send them to `path` for the call's duration."""
-    import os
     import sys
 
     sys.stderr.flush()

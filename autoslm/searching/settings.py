@@ -26,7 +26,10 @@ class SearchSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    model: str = Field("smollm2-135m", description="smollm2-135m | tiny-llama | MODEL_DIR | FILE.gguf | owner/name")
+    model: str = Field(
+        "smollm2-135m",
+        description="smollm2-135m | gemma3-270m | tiny-llama | tiny-gemma3 | MODEL_DIR | FILE.gguf | owner/name",
+    )
     budget: str = Field(
         "decode_ms<=0.7x",
         description="hard limits, absolute, relative to the baseline or to a named preset measured first: "

@@ -101,6 +101,29 @@ class PairMeasurement(BaseModel):
             baseline={m: statistics.median(b[m] for b in baseline) for m in timing},
         )
 
+    def extended(self, more: PairMeasurement) -> PairMeasurement:
+        """This pair and `more` (the same two checkpoints timed again) as one: ratios are medians over all rounds;
+        the candidate's and the baseline's own figures, kept only as medians, are averaged weighting by rounds;
+        the interference figures are the later pair's, with the seconds both waited for quiet added up."""
+        import statistics
+
+        n, m = self.rounds, more.rounds
+        pair_ratios = {k: v + more.pair_ratios.get(k, []) for k, v in self.pair_ratios.items()}
+        interference = more.interference
+        if self.interference and more.interference:
+            waited = float(self.interference.get("waited_s") or 0) + float(more.interference.get("waited_s") or 0)
+            interference = {**more.interference, "waited_s": waited}
+        return self.model_copy(
+            update={
+                "rounds": n + m,
+                "ratios": {k: statistics.median(v) for k, v in pair_ratios.items()},
+                "pair_ratios": pair_ratios,
+                "candidate": {k: (v * n + more.candidate.get(k, v) * m) / (n + m) for k, v in self.candidate.items()},
+                "baseline": {k: (v * n + more.baseline.get(k, v) * m) / (n + m) for k, v in self.baseline.items()},
+                "interference": interference,
+            }
+        )
+
 
 def checkpoint_dir(path: Path | str) -> Path:
     """The checkpoint directory a target is asked to measure, or a UserError saying what to give instead."""

@@ -124,14 +124,18 @@ def test_an_assignment_that_does_not_fit_the_model_is_refused(fresh_tiny) -> Non
     assert cls().resolve(fresh_tiny.model, given, ctx) is given  # explicit: used as recorded, nothing measured
 
 
-def test_resolve_writes_every_tensor_and_the_table_into_the_run_dir(fresh_tiny, tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-gemma3"])
+def test_resolve_writes_every_tensor_and_the_table_into_the_run_dir(family: str, tmp_path: Path) -> None:
+    from autoslm.models import load_model
+
+    fresh_tiny = load_model(family)
     planned = plan([Step(technique="quant.mixed", params={"base": "Q4_0", "raise_fraction": 0.3,
                                                          "raise_type": "Q8_0", "sensitivity_samples": 2,
                                                          "sensitivity_seq_len": 32})])  # fmt: skip
     ctx = ApplyContext(tokenizer=fresh_tiny.tokenizer, run_dir=tmp_path)
     apply_planned(fresh_tiny.model, planned, ctx)
     tensors = planned[0].config.tensors
-    assert len(tensors) == 28 and set(tensors.values()) == {"Q4_0", "Q8_0"}
+    assert len(tensors) == 7 * fresh_tiny.model.config.num_hidden_layers and set(tensors.values()) == {"Q4_0", "Q8_0"}
     (table,) = (tmp_path / "sensitivity").glob("*.json")
     stored = json.loads(table.read_text())
     assert set(stored["kld"]) == set(tensors) and stored["probe"] == "Q4_0" and stored["tokens"] == 64

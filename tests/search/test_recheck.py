@@ -101,6 +101,47 @@ def test_clear_verdicts_are_measured_once(
     assert not (tmp_path / "baseline").exists()
 
 
+@pytest.mark.parametrize(
+    ("candidate_ms", "rounds", "feasible"),
+    [
+        # 0.705x after 2 rounds (0.7% over 0.7x: a coin flip) -> 2 more: 0.715x (2% over) -> 2 more: 0.725x, over
+        ([7.5, 7.1, 7.0, 7.2, 7.3, 7.6, 7.7], 6, False),
+        # 0.705x -> 2 more rounds at 0.60x/0.61x: the median of four, 0.655x, is 6% under: decided, within
+        ([7.5, 7.1, 7.0, 6.0, 6.1], 4, True),
+    ],
+)
+def test_a_recheck_still_within_five_percent_is_extended(
+    candidate_ms: list[float], rounds: int, feasible: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = ScriptedTarget(baseline_ms=[10.0] * 6, candidate_ms=candidate_ms)
+    out = _objective(tmp_path, target, monkeypatch).evaluate_policy(POLICY, BASELINE, trial_number=1)
+    assert target.calls.count("candidate") == len(candidate_ms) and target.calls.count("baseline") == rounds
+    assert out.recheck["rounds"] == rounds and len(out.recheck["pair_ratios"]["decode_ms"]) == rounds
+    assert out.feasible == feasible
+    ratios = sorted(c / 10.0 for c in candidate_ms[1:])
+    assert out.metrics["decode_ms"] == pytest.approx(10.0 * (ratios[rounds // 2 - 1] + ratios[rounds // 2]) / 2)
+
+
+def test_no_extension_when_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = ScriptedTarget(baseline_ms=[10.0] * 2, candidate_ms=[7.5, 7.1, 7.0])
+    out = _objective(tmp_path, target, monkeypatch, recheck_more=0).evaluate_policy(POLICY, BASELINE, trial_number=1)
+    assert out.recheck["rounds"] == 2 and out.metrics["decode_ms"] == pytest.approx(7.05)
+
+
+def test_an_extended_pair_is_judged_on_all_its_rounds() -> None:
+    def pair(ratios: list[float], waited: float) -> PairMeasurement:
+        return PairMeasurement(
+            rounds=len(ratios), how="one process", ratios={"decode_ms": sorted(ratios)[0]},
+            pair_ratios={"decode_ms": ratios}, candidate={"decode_ms": 4.0}, baseline={"decode_ms": 10.0},
+            interference={"waited_s": waited, "quiet": True},
+        )  # fmt: skip
+
+    both = pair([0.4, 0.5], 3.0).extended(pair([0.9, 0.8, 0.7, 0.6], 4.5))
+    assert both.rounds == 6 and both.pair_ratios["decode_ms"] == [0.4, 0.5, 0.9, 0.8, 0.7, 0.6]
+    assert both.ratios["decode_ms"] == pytest.approx(0.65)
+    assert both.interference == {"waited_s": 7.5, "quiet": True}
+
+
 def test_pair_measurement_ratios_are_medians_of_rounds() -> None:
     rounds_b = [{"decode_ms": 10.0, "decode_p90_ms": 12.0, "prefill_ms": 50.0}] * 3
     rounds_c = [{"decode_ms": d, "decode_p90_ms": 6.0, "prefill_ms": 60.0} for d in (5.0, 9.0, 6.0)]
