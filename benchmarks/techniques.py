@@ -60,6 +60,7 @@ def main() -> None:
     quiet_libraries()
 
     from autoslm import checkpoint
+    from autoslm.errors import UserError
     from autoslm.evaluate import evaluate
     from autoslm.models import count_parameters, load_model, resolve
     from autoslm.pipeline import Step, apply_steps
@@ -90,11 +91,17 @@ def main() -> None:
     rows = [row("fp32 baseline", base_dir, base.model, base.tokenizer, 0.0)]
     print(f"fingerprint {target.fingerprint()}", flush=True)
     print(_fmt(rows[-1]), flush=True)
+    refused: list[dict] = []
     for label, steps in settings:
         lm = load_model(args.model)
         ctx = ApplyContext(tokenizer=lm.tokenizer, teacher_factory=lambda: base.model)
         t0 = time.perf_counter()
-        model = apply_steps(lm.model, [Step(**s) for s in steps], ctx)
+        try:
+            model = apply_steps(lm.model, [Step(**s) for s in steps], ctx)
+        except UserError as exc:  # a setting this model's architecture does not take (e.g. 3 heads on Gemma-3)
+            refused.append({"setting": label, "refused": str(exc)})
+            print(f"{label}: refused: {exc}", flush=True)
+            continue
         apply_s = time.perf_counter() - t0
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint.save_dir(model, lm.tokenizer, Path(tmp))
@@ -104,8 +111,10 @@ def main() -> None:
     base_decode = (rows[0]["decode_ms"] + end.decode_ms) / 2
     print(f"\nbaseline decode ms/token: {rows[0]['decode_ms']:.1f} first, {end.decode_ms:.1f} last\n")
     print(_table(rows, base_decode, rows[0]["ppl"]))
+    for r in refused:
+        print(f"refused: {r['setting']}: {r['refused']}")
     if args.json:
-        args.json.write_text(json.dumps({"target": target.fingerprint(), "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"target": target.fingerprint(), "rows": rows, "refused": refused}, indent=2))
 
 
 def _fmt(r: dict) -> str:
