@@ -157,15 +157,17 @@ def test_close_calls_are_timed_again_beside_the_baseline(tmp_path: Path) -> None
     result = search(model="tiny-llama", budget="decode_ms<=1x", space=str(space), trials=2, out=out,
                     fidelity="low", sampler="random", recheck_rounds=3, recheck_margin=0.9)  # fmt: skip
     measured = [r for r in result.trials if r.cached_from is None and r.metrics]
-    assert measured and all(r.recheck and r.recheck["rounds"] == 3 for r in measured)
-    for r in measured:  # timed in one process with the baseline, alternating: three ratios of the same model
-        assert r.recheck["how"] == "one process" and len(r.recheck["pair_ratios"]["decode_ms"]) == 3
+    # 3 rounds, and 3 more (twice at most) while the paired verdict stays within a third of the margin of the limit
+    assert measured and all(r.recheck and r.recheck["rounds"] in (3, 6, 9) for r in measured)
+    for r in measured:  # timed in one process with the baseline, alternating: ratios of the same model
+        rounds = r.recheck["rounds"]
+        assert r.recheck["how"] == "one process" and len(r.recheck["pair_ratios"]["decode_ms"]) == rounds
         assert 0.5 < r.recheck["ratios"]["decode_ms"] < 2.0
         ms = r.recheck["ratios"]["decode_ms"] * result.baseline["metrics"]["decode_ms"]
         assert r.metrics["decode_ms"] == pytest.approx(ms)
     assert (out / "baseline" / "model.safetensors").is_file()
     page = (out / "report.html").read_text()
-    assert "close call: re-measured 3x beside the baseline" in page
+    assert f"close call: re-measured {measured[0].recheck['rounds']}x beside the baseline" in page
     assert "The baseline over time" in page and (out / "baseline-drift.png").stat().st_size > 1000
 
 
@@ -183,9 +185,12 @@ def test_real_model_search_rechecks_exports_and_reapplies(tmp_path: Path) -> Non
                    "--out", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = json.loads((out / "trials.json").read_text())
-    assert row["feasible"] and row["recheck"]["rounds"] == 2 and row["recheck"]["how"] == "one process"
+    # 2 rounds, 2 more (twice at most) while the paired verdict stays within 30% (a third of the margin) of the limit
+    assert row["feasible"] and row["recheck"]["rounds"] in (2, 4, 6) and row["recheck"]["how"] == "one process"
+    assert len(row["recheck"]["pair_ratios"]["decode_ms"]) == row["recheck"]["rounds"]
     assert 0.3 < row["recheck"]["ratios"]["decode_ms"] < 0.8  # int8 matmuls decode faster than fp32
-    assert "close call: re-measured 2x beside the baseline" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert f"close call: re-measured {row['recheck']['rounds']}x beside the baseline" in page
     baseline = json.loads((out / "baseline.json").read_text())
     assert baseline["ppl"] < row["ppl"] < 2 * baseline["ppl"]  # int8 costs some perplexity, not the model
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
