@@ -28,6 +28,7 @@ from pydantic import Field
 import autoslm
 from autoslm import ApplyContext, Categorical, Float, Stage, Technique, TechniqueConfig
 from autoslm.calibration import capture_inputs, run_windows
+from autoslm.errors import UserError
 
 
 class WidthConfig(TechniqueConfig):
@@ -68,7 +69,7 @@ class WidthPrune(Technique):
         heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
         per_group = heads // kv
         if config.heads_per_group >= per_group:
-            raise ValueError(
+            raise UserError(
                 f"prune.width: heads_per_group={config.heads_per_group} would leave no query head per key/value "
                 f"group (this model has {per_group} per group); use at most {per_group - 1}"
             )
@@ -77,7 +78,7 @@ class WidthPrune(Technique):
         )
         if config.heads_per_group not in allowed:
             left = heads - kv * config.heads_per_group
-            raise ValueError(
+            raise UserError(
                 f"prune.width: heads_per_group={config.heads_per_group} leaves {left} query heads, and this model's "
                 f"config needs hidden_size {cfg.hidden_size} to be a multiple of the head count; use one of {allowed}"
             )

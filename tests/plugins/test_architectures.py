@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from autoslm import checkpoint
+from autoslm.errors import UserError
 from autoslm.models import fingerprint, load_model, model_info
 from autoslm.plugins import Registry
 from autoslm.technique import ApplyContext
@@ -97,7 +98,7 @@ def test_width_pruning_offers_only_head_counts_gemma_accepts(tmp_path: Path) -> 
     lm = load_model("tiny-gemma3")
     info = model_info(lm.model)
     assert width.space(info)["heads_per_group"].choices == (0, 2, 3)  # 4 heads, hidden 64: 3 left is refused
-    with pytest.raises(ValueError, match=r"leaves 3 query heads.*use one of \(0, 2, 3\)"):
+    with pytest.raises(UserError, match=r"leaves 3 query heads.*use one of \(0, 2, 3\)"):
         width().apply(lm.model, width.make_config({"heads_per_group": 1}), ApplyContext(tokenizer=lm.tokenizer))
     out = width().apply(
         lm.model, width.make_config({"heads_per_group": 2, "mlp_ratio": 0.25}), ApplyContext(tokenizer=lm.tokenizer)

@@ -55,7 +55,7 @@ def test_invalid_configs(width, fresh_tiny) -> None:
         width.make_config({"mlp_ratio": 1.5})
     with pytest.raises(UserError, match="importance"):
         width.make_config({"importance": "vibes"})
-    with pytest.raises(ValueError, match="would leave no query head"):
+    with pytest.raises(UserError, match="would leave no query head"):
         width().apply(
             fresh_tiny.model, width.make_config({"heads_per_group": 2}), ApplyContext(tokenizer=fresh_tiny.tokenizer)
         )
