@@ -253,13 +253,13 @@ def test_gemma3_export_refuses_layers_llamacpp_would_run_differently(tiny_gemma,
         export_gguf(directory, tmp_path / "x.gguf")
 
 
-def test_depth_pruning_on_gemma3_is_refused_for_llamacpp_before_any_work(tiny_gemma, tmp_path: Path) -> None:
+def test_depth_pruning_on_gemma3_is_refused_for_llamacpp_before_any_work(tiny, tiny_gemma, tmp_path: Path) -> None:
     from autoslm.plugins import get_registry
 
     depth = get_registry().technique("prune.depth").cls
     rt = get_runtime("llama.cpp")
     assert "every 6th block" in rt.refuses_on(depth, tiny_gemma.model)
-    assert rt.refuses_on(depth, fresh_llama_model()) is None
+    assert rt.refuses_on(depth, tiny.model) is None
     assert rt.refuses_on(get_registry().technique("prune.width").cls, tiny_gemma.model) is None
     assert get_runtime("torch").refuses_on(depth, tiny_gemma.model) is None  # torch runs any layer types
     with pytest.raises(UserError, match=r"'prune\.depth' cannot run in the llama\.cpp runtime: llama\.cpp places"):
@@ -268,12 +268,6 @@ def test_depth_pruning_on_gemma3_is_refused_for_llamacpp_before_any_work(tiny_ge
     with pytest.raises(UserError, match=r"search space tiny-llamacpp: prune\.depth: llama\.cpp places"):
         autoslm.search(model="tiny-gemma3", runtime="llama.cpp", space="tiny-llamacpp", trials=1, out=out)
     assert not (out / "study.db").exists()
-
-
-def fresh_llama_model():
-    from autoslm.models import load_model
-
-    return load_model("tiny-llama").model
 
 
 def test_search_on_gemma3_in_llamacpp_leaves_depth_out_and_apply_rebuilds_byte_identically(tmp_path: Path) -> None:
