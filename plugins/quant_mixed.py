@@ -4,6 +4,9 @@ A model of 30 blocks x 7 tensors cannot be searched tensor by tensor in 30 trial
 numbers and the technique turns them into an explicit assignment:
 
   base             the type of every block tensor not raised or lowered (Q4_K, Q4_0, Q3_K, ...)
+  base_fallback    what a k-quant base becomes on tensors whose rows are not a multiple of 256 values (None:
+                     llama.cpp's own fallback, Q4_K -> Q5_0; Q4_0 keeps such tensors at 4.5 bits with the fast
+                     kernels, as llama.cpp's Q3_K_M does on SmolLM2 while its ffn_down gets Q4_K)
   raise_fraction   the share of the block weights (by number of values), most sensitive per value first, that gets
   raise_type         this higher type (Q6_K, Q8_0, ...)
   lower_fraction   the share, least sensitive first, that gets
@@ -35,6 +38,7 @@ from autoslm.errors import UserError
 from autoslm.sensitivity import block_assignment, block_key, check_shares, describe_blocks
 
 BlockType = Literal["Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "Q4_0", "IQ4_NL", "Q3_K", "Q2_K"]
+FallbackType = Literal["Q8_0", "Q5_1", "Q5_0", "Q4_0", "IQ4_NL"]  # the types any row of a multiple of 32 takes
 
 # the whole-model type handed to llama.cpp beside the per-tensor assignment (it decides only what is not assigned)
 FTYPE = {"Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K": "Q5_K_M", "Q5_0": "Q5_0", "Q4_K": "Q4_K_M", "Q4_0": "Q4_0",
@@ -44,6 +48,11 @@ PROBE = "Q4_0"  # the type sensitivity is measured at: valid for every row lengt
 
 class MixedPrecisionConfig(TechniqueConfig):
     base: BlockType = "Q4_K"
+    base_fallback: FallbackType | None = Field(
+        None,
+        description="the base's type on rows not a multiple of 256 values, when the base is a k-quant "
+        "(None: llama.cpp's fallback)",
+    )
     raise_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of block weights raised, most sensitive")
     raise_type: BlockType = "Q6_K"
     lower_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of block weights lowered, least sensitive")
@@ -97,7 +106,8 @@ def block_tensors(model: Any) -> dict[str, tuple[str, int, int]]:
 def assign(table: Any, config: MixedPrecisionConfig, rows: dict[str, int]) -> dict[str, str]:
     """Every tensor of `table` -> its type: the most sensitive (per value) `raise_fraction` of the values at
     `raise_type`, the least sensitive `lower_fraction` at `lower_type`, the rest at `base`; a k-quant on rows that
-    are not a multiple of 256 (`rows`: tensor -> row length) becomes llama.cpp's fallback for it. A tensor is
+    are not a multiple of 256 (`rows`: tensor -> row length) becomes llama.cpp's fallback for it (the base:
+    `base_fallback` where given). A tensor is
     raised (lowered) only where that gives it more (fewer) bits than the base does after the fallbacks: on
     SmolLM2, Q3_K lowers only ffn_down (1536-value rows); elsewhere it would fall back to Q4_0, no smaller than a
     Q4_0 or IQ4_NL base, and spend the share on nothing. Deterministic: a function of the table and the config only."""
@@ -105,7 +115,9 @@ def assign(table: Any, config: MixedPrecisionConfig, rows: dict[str, int]) -> di
     from autoslm.sensitivity import split
 
     def fits(kind: str, name: str) -> str:
-        return K_FALLBACK[kind] if kind in K_FALLBACK and rows[name] % 256 else kind
+        if kind not in K_FALLBACK or rows[name] % 256 == 0:
+            return kind
+        return config.base_fallback if kind == config.base and config.base_fallback else K_FALLBACK[kind]
 
     def bits(kind: str, name: str) -> float:
         return TYPE_BITS[fits(kind, name)]
@@ -140,7 +152,9 @@ class MixedPrecision(Technique):
     # starting points for the warm start: every weight at 4.5 bits, and a sensitivity-balanced mix on Q4_0 (the
     # fastest 4.5-bit kernels here) at about the same bits (the most sensitive 15% of the block weights one bit
     # up, the least sensitive 20% one down), with llama.cpp's embedding type and with a 4.5-bit one (the embedding
-    # is a fifth of SmolLM2's weights)
+    # is a fifth of SmolLM2's weights); and Q3_K_M's bits placed by sensitivity: its structure on rows a k-quant cannot
+    # pack (Q4_K where it can, Q4_0 elsewhere) with the share it gives a bit more (1/8 of the block weights: attn_v
+    # and attn_output on SmolLM2) given to the most sensitive tensors instead of to two tensor classes
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "IQ4_NL-everywhere+imatrix": {"base": "IQ4_NL", "token_embd_type": "Q4_0", "imatrix": True},
         "balanced+imatrix": {"base": "Q4_0", "raise_fraction": 0.15, "raise_type": "Q5_0", "lower_fraction": 0.2,
@@ -148,6 +162,8 @@ class MixedPrecision(Technique):
         "balanced-small+imatrix": {"base": "Q4_0", "raise_fraction": 0.15, "raise_type": "Q5_0",
                                    "lower_fraction": 0.2, "lower_type": "Q3_K", "token_embd_type": "Q4_0",
                                    "imatrix": True},
+        "Q3_K_M-by-sensitivity+imatrix": {"base": "Q4_K", "base_fallback": "Q4_0", "raise_fraction": 0.125,
+                                          "raise_type": "Q5_0", "imatrix": True},
     }  # fmt: skip
 
     @classmethod
@@ -157,6 +173,7 @@ class MixedPrecision(Technique):
         embd = embedding_types(info.get("hidden_size", 256))
         return {
             "base": Categorical(choices=("Q5_K", "Q4_K", "Q4_0", "IQ4_NL", "Q3_K")),
+            "base_fallback": Categorical(choices=(None, "Q4_0", "IQ4_NL")),
             "raise_fraction": Float(low=0.0, high=0.5),
             "raise_type": Categorical(choices=("Q5_0", "Q5_K", "Q6_K", "Q8_0")),
             "lower_fraction": Float(low=0.0, high=0.5),
@@ -166,11 +183,15 @@ class MixedPrecision(Technique):
         }
 
     def resolve(self, model: Any, config: MixedPrecisionConfig, ctx: ApplyContext) -> MixedPrecisionConfig:
+        from autoslm.runtimes.llamacpp import K_FALLBACK
+
         tensors = block_tensors(model)
         rows = {name: row for name, (_, _, row) in tensors.items()}
         if config.tensors:
             _check_assignment(config.tensors, rows)
             return config
+        if config.base not in K_FALLBACK or all(row % 256 == 0 for row in rows.values()):
+            config = config.model_copy(update={"base_fallback": None})  # no k-quant base falls back: say so
         if config.raise_fraction == 0 and config.lower_fraction == 0:
             table = _Uniform(tensors)  # nothing to rank: no sensitivity needed
         else:

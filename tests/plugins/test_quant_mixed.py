@@ -193,3 +193,32 @@ def test_a_share_is_spent_only_where_the_type_changes_the_bits() -> None:
                 raise_type="Q5_K"), rows)  # fmt: skip
     assert {n for n, t in up.items() if t != "Q4_0"} == {"blk.0.attn_v", "blk.1.attn_v"}
     assert {up["blk.0.attn_v"], up["blk.1.attn_v"]} == {"Q5_1"}
+
+
+def test_a_k_quant_base_falls_back_to_the_type_named_on_rows_it_cannot_pack(fresh_tiny) -> None:
+    from autoslm_plugins.quant_mixed import assign
+
+    cls, Config = _mixed()
+    # SmolLM2's shapes again: attn_v rows of 576 values, ffn_down rows of 1536
+    numel = {f"blk.{b}.{c}": 100 for b in range(4) for c in ("attn_v", "ffn_down")}
+    kld = {name: float(1 + int(name.split(".")[1])) for name in numel}
+    rows = {name: 576 if "attn_v" in name else 1536 for name in numel}
+    table = _table(numel, kld)
+    # llama.cpp's fallback for Q4_K is Q5_0 (a bit more, on slower kernels); named, Q4_0 keeps 4.5 bits there
+    assert {assign(table, Config(base="Q4_K"), rows)[f"blk.{b}.attn_v"] for b in range(4)} == {"Q5_0"}
+    mix = Config(base="Q4_K", base_fallback="Q4_0", raise_fraction=0.25, raise_type="Q5_0", lower_fraction=0.25,
+                 lower_type="Q3_K")  # fmt: skip
+    out = assign(table, mix, rows)
+    # the two most sensitive tensors (block 3) are raised, both: Q5_0 is more than either base's 4.5 bits now
+    assert {n for n, t in out.items() if t == "Q5_0"} == {"blk.3.attn_v", "blk.3.ffn_down"}
+    # only ffn_down can be lowered (Q3_K would be Q4_0 on attn_v, no smaller than its base): the least sensitive two
+    assert {n for n, t in out.items() if t == "Q3_K"} == {"blk.0.ffn_down", "blk.1.ffn_down"}
+    assert out["blk.2.ffn_down"] == "Q4_K" and {out[f"blk.{b}.attn_v"] for b in range(3)} == {"Q4_0"}
+    # a base that is not a k-quant never falls back: resolve records base_fallback as None, not a dead setting
+    ctx = ApplyContext(tokenizer=fresh_tiny.tokenizer)
+    plain = cls().resolve(fresh_tiny.model, Config(base="Q4_0", base_fallback="IQ4_NL"), ctx)
+    assert plain.base_fallback is None and set(plain.tensors.values()) == {"Q4_0"}
+    kept = cls().resolve(fresh_tiny.model, Config(base="Q4_K", base_fallback="IQ4_NL"), ctx)  # 64-value rows
+    assert kept.base_fallback == "IQ4_NL" and set(kept.tensors.values()) == {"IQ4_NL"}
+    with pytest.raises(UserError, match="base_fallback"):
+        plan([Step(technique="quant.mixed", params={"base": "Q4_K", "base_fallback": "Q4_K"})])  # a k-quant again
