@@ -208,7 +208,8 @@ def baseline_drift(run: dict[str, Any], path: Path) -> Path | None:
     in one process with it (close calls and busy-machine trials). None when it was never measured again."""
     base = run["baseline"]
     again = [(r.number, r.recheck["baseline"]["decode_ms"]) for r in run["rows"]
-             if r.recheck and "decode_ms" in (r.recheck.get("baseline") or {})]  # fmt: skip
+             if r.recheck and r.recheck.get("against", "baseline") == "baseline"
+             and "decode_ms" in (r.recheck.get("baseline") or {})]  # fmt: skip
     if not base or not again:
         return None
     import matplotlib

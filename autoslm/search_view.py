@@ -165,12 +165,18 @@ def recheck_text(row: TrialRecord) -> str:
     if not recheck:
         return text
     ratio = recheck.get("ratios", {}).get("decode_ms")
-    why = "machine busy" if figures.get("disturbed") else "close call"
+    preset = recheck.get("against", "baseline") != "baseline"
+    why = "machine busy" if figures.get("disturbed") else "budget against a preset" if preset else "close call"
     return (
         text
-        + f" ({why}: re-measured {recheck['rounds']}x beside the baseline"
+        + f" ({why}: re-measured {recheck['rounds']}x beside {_partner(recheck)}"
         + (f", decode {ratio:.2f}x)" if ratio else ")")
     )
+
+
+def _partner(recheck: dict[str, Any]) -> str:
+    against = recheck.get("against", "baseline")
+    return "the baseline" if against == "baseline" else f"preset {against}"
 
 
 def _status(row: TrialRecord) -> str:

@@ -211,7 +211,8 @@ class Objective:
     def measure_and_judge(self, out: TrialOutcome, target: Any, work: Path, baseline: dict[str, Any] | None) -> None:
         """Measure the checkpoint in `work` (again while the target is busy) into `out.metrics`; with a `baseline`,
         judge it (`out.violations`), timing it again beside the baseline when the verdict is a close call or the
-        machine is busy (the candidate's measurement, or the baseline's, stayed disturbed). A candidate whose files
+        machine is busy (the candidate's measurement, or the baseline's, stayed disturbed), and always beside the
+        preset a budget's timing limits name (`pair_partner`). A candidate whose files
         already break a size or bits-per-weight limit is judged on them, without being timed."""
         if baseline is not None and self._over_on_disk(out, work, baseline):
             return
@@ -222,9 +223,21 @@ class Objective:
         figures = (out.interference, baseline.get("interference"))
         busy = any(bool((f or {}).get("disturbed")) for f in figures)
         out.violations = self.violations(out.metrics, baseline)
-        if self.is_close_call(out.violations) or (busy and self._times(out.violations)):
+        partner = self.pair_partner()
+        if self.is_close_call(out.violations) or (self._times(out.violations) and (busy or partner is not None)):
             # a close call on a machine that settled waits for quiet again; a busy machine is paired at once
             self._recheck(out, target, work, baseline, quiet_wait_s=0.0 if busy else self._quiet_wait_s())
+
+    def pair_partner(self) -> str | None:
+        """The preset every timing limit of the budget is written against (`decode_ms<=Q3_K_M`), or None. That
+        preset was timed once, at the study's start, and a ratio of two single measurements of a model decoding a
+        token in 6 ms swings by +-30% here (docs/benchmarks.md); so each candidate that its files do not already
+        rule out is timed beside the preset's own checkpoint (RUN/references/NAME), which answers "no slower than
+        the preset?" directly, and judged on that pair."""
+        from autoslm.metrics import timing_metrics
+
+        names = {lim.reference for lim in (self.budget.limits if self.budget else ()) if lim.metric in timing_metrics()}
+        return next(iter(names)) if len(names) == 1 and None not in names else None
 
     def _over_on_disk(self, out: TrialOutcome, work: Path, baseline: dict[str, Any]) -> bool:
         """Size and bits per weight are read from the files, as every target reports them (the agent measures the
@@ -316,17 +329,21 @@ class Objective:
         keep the first measurement (they vary by about 1%). `recheck` keeps the first figures and the pair.
         """
         settings = self.measure_settings().model_copy(update={"quiet_wait_s": quiet_wait_s})
-        pair = target.measure_pair(work, self.baseline_checkpoint(), self.recheck_rounds, settings)
+        partner = self.pair_partner()
+        other = self.baseline_checkpoint() if partner is None else Path(self.run_dir) / "references" / partner
+        frame = baseline["metrics"] if partner is None else baseline["references"][partner]["metrics"]
+        pair = target.measure_pair(work, other, self.recheck_rounds, settings)
         for _ in range(self.recheck_more):  # still a coin flip: more rounds, judged on all of them
-            timing = [v for m, v in self.violations(self._paired(out.metrics, pair, baseline), baseline).items()
+            timing = [v for m, v in self.violations(self._paired(out.metrics, pair, frame), baseline).items()
                       if m in pair.ratios]  # fmt: skip
             if not timing or abs(max(timing)) > self.recheck_margin * STILL_CLOSE:
                 break
-            pair = pair.extended(target.measure_pair(work, self.baseline_checkpoint(), self.recheck_rounds, settings))
+            pair = pair.extended(target.measure_pair(work, other, self.recheck_rounds, settings))
         first = dict(out.metrics)
-        out.metrics = self._paired(first, pair, baseline)
+        out.metrics = self._paired(first, pair, frame)
         out.violations = self.violations(out.metrics, baseline)
         out.recheck = {
+            "against": partner or "baseline",
             "rounds": pair.rounds,
             "first": first,
             "first_violations": self.violations(first, baseline),
@@ -334,9 +351,10 @@ class Objective:
         }
 
     @staticmethod
-    def _paired(metrics: dict[str, float], pair: Any, baseline: dict[str, Any]) -> dict[str, float]:
-        """`metrics` with each paired timing replaced by its ratio x the stored baseline's figure."""
-        return {**metrics, **{m: r * baseline["metrics"][m] for m, r in pair.ratios.items()}}
+    def _paired(metrics: dict[str, float], pair: Any, frame: dict[str, float]) -> dict[str, float]:
+        """`metrics` with each paired timing replaced by its ratio x the stored figure of the model it was paired
+        with (`frame`: the baseline's metrics, or the preset's)."""
+        return {**metrics, **{m: r * frame[m] for m, r in pair.ratios.items()}}
 
     def reference_path(self) -> Path:
         return Path(self.run_dir) / "reference-topk.safetensors"

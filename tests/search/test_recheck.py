@@ -28,8 +28,14 @@ class ScriptedTarget(Target):
 
     kind = "scripted"
 
-    def __init__(self, baseline_ms: list[float], candidate_ms: list[float], memory_mb: float = 60.0) -> None:
-        self.script = {"baseline": list(baseline_ms), "candidate": list(candidate_ms)}
+    def __init__(
+        self,
+        baseline_ms: list[float],
+        candidate_ms: list[float],
+        memory_mb: float = 60.0,
+        reference_ms: tuple[float, ...] = (),
+    ) -> None:
+        self.script = {"baseline": list(baseline_ms), "candidate": list(candidate_ms), "reference": list(reference_ms)}
         self.memory_mb = memory_mb
         self.calls: list[str] = []
 
@@ -37,7 +43,9 @@ class ScriptedTarget(Target):
         return {"id": "scripted"}
 
     def measure(self, checkpoint: Path, settings: object = None) -> Measurement:
-        who = "baseline" if Path(checkpoint).name == "baseline" else "candidate"
+        path = Path(checkpoint)
+        who = "reference" if path.parent.name == "references" else "candidate"
+        who = "baseline" if path.name == "baseline" else who
         assert (Path(checkpoint) / "model.safetensors").is_file(), f"{who} checkpoint missing"
         self.calls.append(who)
         return _measurement(self.script[who].pop(0), self.memory_mb if who == "candidate" else 100.0)
@@ -167,3 +175,34 @@ def test_a_file_over_a_size_budget_is_judged_without_being_timed(
     budget = Budget.parse("decode_ms<=0.7x,size_mb<=100x")
     out = _objective(tmp_path, roomy, monkeypatch, budget=budget).evaluate_policy(POLICY, BASELINE, trial_number=2)
     assert roomy.calls == ["candidate"] and out.feasible and out.metrics["decode_ms"] == 5.0
+
+
+def test_a_timing_budget_against_a_preset_is_judged_beside_that_preset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    # decode_ms<=REF: the preset read 5.0 ms once, at the study's start. The candidate's own measurement, 6.5 ms, says
+    # 30% over: no close call, yet one reading of each. Timed beside the preset (4 rounds): 0.89x -> within.
+    baseline = {**BASELINE, "references": {"REF": {"metrics": {**BASE_METRICS, "decode_ms": 5.0}}}}
+    target = ScriptedTarget(baseline_ms=[], candidate_ms=[6.5, 6.7, 6.6, 6.8, 6.6],
+                            reference_ms=(7.5, 7.4, 7.5, 7.6))  # fmt: skip
+    objective = _objective(tmp_path, target, monkeypatch, budget=Budget.parse("decode_ms<=REF"), recheck_rounds=4)
+    assert objective.pair_partner() == "REF"
+    shutil.copytree(objective.baseline_checkpoint(), tmp_path / "references" / "REF")  # what measure_references keeps
+    out = objective.evaluate_policy(POLICY, baseline, trial_number=1)
+    assert target.calls == ["candidate"] + ["reference", "candidate"] * 4  # never the baseline
+    ratios = sorted(c / r for c, r in zip([6.7, 6.6, 6.8, 6.6], [7.5, 7.4, 7.5, 7.6], strict=True))
+    assert out.recheck["against"] == "REF" and out.recheck["first_violations"]["decode_ms"] == pytest.approx(0.3)
+    assert out.metrics["decode_ms"] == pytest.approx(5.0 * (ratios[1] + ratios[2]) / 2)  # in the preset's frame
+    assert out.feasible and out.violations["decode_ms"] < 0
+    # the same candidate, clearly slower beside the preset: over, whatever its single reading said
+    slow = ScriptedTarget(baseline_ms=[], candidate_ms=[4.0, 8.0, 8.1, 8.2, 8.0], reference_ms=(7.0,) * 4)
+    out = _objective(tmp_path, slow, monkeypatch, budget=Budget.parse("decode_ms<=REF"),
+                     recheck_rounds=4).evaluate_policy(POLICY, baseline, trial_number=2)  # fmt: skip
+    assert out.recheck["first_violations"]["decode_ms"] < 0 and not out.feasible
+    # limits against the baseline, or against two presets: no single partner, close calls pair with the baseline
+    assert _objective(tmp_path, slow, monkeypatch, budget=Budget.parse("decode_ms<=0.7x")).pair_partner() is None
+    both = Budget.parse("decode_ms<=REF,prefill_ms<=0.5x")
+    assert _objective(tmp_path, slow, monkeypatch, budget=both).pair_partner() is None
+    assert _objective(tmp_path, slow, monkeypatch, budget=Budget.parse("size_mb<=REF")).pair_partner() is None
