@@ -149,8 +149,9 @@ def test_resolve_writes_every_tensor_and_the_table_into_the_run_dir(family: str,
 
 def test_mixed_search_against_a_named_preset_replays_byte_identically(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = autoslm.search(model="tiny-llama", runtime="llama.cpp", space="tiny-mixed", budget="size_mb<=Q4_0",
-                            trials=3, out=out, fidelity="low", sampler="random", seed=3)  # fmt: skip
+    result = autoslm.search(model="tiny-llama", runtime="llama.cpp", space="tiny-mixed",
+                            budget="size_mb<=Q4_0,decode_ms<=3xQ4_0", trials=3, out=out, fidelity="low",
+                            sampler="random", seed=3)  # fmt: skip
     ref = result.baseline["references"]["Q4_0"]
     assert ref["steps"][0]["technique"] == "quant.gguf" and ref["steps"][0]["params"]["type"] == "Q4_0"
     assert ref["metrics"]["size_mb"] < result.baseline["metrics"]["size_mb"] and ref["ppl"] > 0
@@ -158,6 +159,10 @@ def test_mixed_search_against_a_named_preset_replays_byte_identically(tmp_path: 
     for r in result.trials:
         if r.metrics:
             assert (r.violations["size_mb"] <= 0) == (r.metrics["size_mb"] <= ref["metrics"]["size_mb"])
+        if r.metrics and "decode_ms" in r.metrics:  # timed: always beside the preset the timing limit names
+            assert r.recheck["against"] == "Q4_0" and r.recheck["rounds"] >= 4, r.recheck
+            paired = r.recheck["ratios"]["decode_ms"] * ref["metrics"]["decode_ms"]
+            assert r.metrics["decode_ms"] == pytest.approx(paired)  # in the preset's frame
     assert result.best is not None, [r.reason for r in result.trials]
     recipe = (out / "recipe.yaml").read_text()
     assert all(f"blk.{b}.{c}:" in recipe for b in range(4) for c in ("attn_q", "ffn_down"))
