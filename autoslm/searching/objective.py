@@ -233,11 +233,17 @@ class Objective:
         preset was timed once, at the study's start, and a ratio of two single measurements of a model decoding a
         token in 6 ms swings by +-30% here (docs/benchmarks.md); so each candidate that its files do not already
         rule out is timed beside the preset's own checkpoint (RUN/references/NAME), which answers "no slower than
-        the preset?" directly, and judged on that pair."""
+        the preset?" directly, and judged on that pair. None too where this node has no copy of the preset's
+        checkpoint (a cluster worker without the driver's run directory): close calls are then paired with the
+        baseline, which every node saves for itself."""
+        from autoslm import checkpoint
         from autoslm.metrics import timing_metrics
 
         names = {lim.reference for lim in (self.budget.limits if self.budget else ()) if lim.metric in timing_metrics()}
-        return next(iter(names)) if len(names) == 1 and None not in names else None
+        if len(names) != 1 or None in names:
+            return None
+        name = next(iter(names))
+        return name if (Path(self.run_dir) / "references" / str(name) / checkpoint.MANIFEST).is_file() else None
 
     def _over_on_disk(self, out: TrialOutcome, work: Path, baseline: dict[str, Any]) -> bool:
         """Size and bits per weight are read from the files, as every target reports them (the agent measures the

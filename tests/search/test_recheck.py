@@ -188,8 +188,9 @@ def test_a_timing_budget_against_a_preset_is_judged_beside_that_preset(
     target = ScriptedTarget(baseline_ms=[], candidate_ms=[6.5, 6.7, 6.6, 6.8, 6.6],
                             reference_ms=(7.5, 7.4, 7.5, 7.6))  # fmt: skip
     objective = _objective(tmp_path, target, monkeypatch, budget=Budget.parse("decode_ms<=REF"), recheck_rounds=4)
-    assert objective.pair_partner() == "REF"
+    assert objective.pair_partner() is None  # no copy of the preset's checkpoint here (a cluster node): the baseline
     shutil.copytree(objective.baseline_checkpoint(), tmp_path / "references" / "REF")  # what measure_references keeps
+    assert objective.pair_partner() == "REF"
     out = objective.evaluate_policy(POLICY, baseline, trial_number=1)
     assert target.calls == ["candidate"] + ["reference", "candidate"] * 4  # never the baseline
     ratios = sorted(c / r for c, r in zip([6.7, 6.6, 6.8, 6.6], [7.5, 7.4, 7.5, 7.6], strict=True))
