@@ -165,18 +165,12 @@ def recheck_text(row: TrialRecord) -> str:
     if not recheck:
         return text
     ratio = recheck.get("ratios", {}).get("decode_ms")
-    preset = recheck.get("against", "baseline") != "baseline"
-    why = "machine busy" if figures.get("disturbed") else "budget against a preset" if preset else "close call"
-    return (
-        text
-        + f" ({why}: re-measured {recheck['rounds']}x beside {_partner(recheck)}"
-        + (f", decode {ratio:.2f}x)" if ratio else ")")
-    )
-
-
-def _partner(recheck: dict[str, Any]) -> str:
     against = recheck.get("against", "baseline")
-    return "the baseline" if against == "baseline" else f"preset {against}"
+    beside = "the baseline" if against == "baseline" else f"preset {against}"
+    why = "close call" if against == "baseline" else "budget against a preset"
+    why = "machine busy" if figures.get("disturbed") else why
+    decode = f", decode {ratio:.2f}x" if ratio else ""
+    return text + f" ({why}: re-measured {recheck['rounds']}x beside {beside}{decode})"
 
 
 def _status(row: TrialRecord) -> str:

@@ -226,7 +226,7 @@ class Objective:
         partner = self.pair_partner()
         if self.is_close_call(out.violations) or (self._times(out.violations) and (busy or partner is not None)):
             # a close call on a machine that settled waits for quiet again; a busy machine is paired at once
-            self._recheck(out, target, work, baseline, quiet_wait_s=0.0 if busy else self._quiet_wait_s())
+            self._recheck(out, target, work, baseline, partner, quiet_wait_s=0.0 if busy else self._quiet_wait_s())
 
     def pair_partner(self) -> str | None:
         """The preset every timing limit of the budget is written against (`decode_ms<=Q3_K_M`), or None. That
@@ -238,12 +238,13 @@ class Objective:
         baseline, which every node saves for itself."""
         from autoslm import checkpoint
         from autoslm.metrics import timing_metrics
+        from autoslm.searching.references import reference_checkpoint
 
         names = {lim.reference for lim in (self.budget.limits if self.budget else ()) if lim.metric in timing_metrics()}
         if len(names) != 1 or None in names:
             return None
-        name = next(iter(names))
-        return name if (Path(self.run_dir) / "references" / str(name) / checkpoint.MANIFEST).is_file() else None
+        name = str(next(iter(names)))
+        return name if (reference_checkpoint(self.run_dir, name) / checkpoint.MANIFEST).is_file() else None
 
     def _over_on_disk(self, out: TrialOutcome, work: Path, baseline: dict[str, Any]) -> bool:
         """Size and bits per weight are read from the files, as every target reports them (the agent measures the
@@ -324,7 +325,13 @@ class Objective:
         return self._times(violations) and abs(max(timing)) <= self.recheck_margin
 
     def _recheck(
-        self, out: TrialOutcome, target: Any, work: Path, baseline: dict[str, Any], quiet_wait_s: float = 0.0
+        self,
+        out: TrialOutcome,
+        target: Any,
+        work: Path,
+        baseline: dict[str, Any],
+        partner: str | None = None,
+        quiet_wait_s: float = 0.0,
     ) -> None:
         """Time the candidate against the baseline, alternating them `recheck_rounds` times, and judge on that.
 
@@ -335,8 +342,9 @@ class Objective:
         keep the first measurement (they vary by about 1%). `recheck` keeps the first figures and the pair.
         """
         settings = self.measure_settings().model_copy(update={"quiet_wait_s": quiet_wait_s})
-        partner = self.pair_partner()
-        other = self.baseline_checkpoint() if partner is None else Path(self.run_dir) / "references" / partner
+        from autoslm.searching.references import reference_checkpoint
+
+        other = self.baseline_checkpoint() if partner is None else reference_checkpoint(self.run_dir, partner)
         frame = baseline["metrics"] if partner is None else baseline["references"][partner]["metrics"]
         pair = target.measure_pair(work, other, self.recheck_rounds, settings)
         for _ in range(self.recheck_more):  # still a coin flip: more rounds, judged on all of them

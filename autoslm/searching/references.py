@@ -45,7 +45,6 @@ def preset_steps(name: str, runtime: str) -> list[dict[str, Any]]:
 def measure_references(objective: Any, baseline: dict[str, Any], names: tuple[str, ...], progress: Any = None) -> None:
     """Measure each named preset not yet in `baseline["references"]` (in place): its policy, metrics and quality."""
     import shutil
-    from pathlib import Path
 
     refs = baseline.setdefault("references", {})
     for i, name in enumerate(names):
@@ -57,7 +56,7 @@ def measure_references(objective: Any, baseline: dict[str, Any], names: tuple[st
         out = objective.evaluate_policy(steps, baseline, trial_number=9990 - i, judge=False)
         if out.status != "complete":
             raise RuntimeError(f"preset {name} could not be measured: {out.reason}")
-        keep = Path(objective.run_dir) / "references" / name  # kept: compare with the winner (autoslm eval/profile)
+        keep = reference_checkpoint(objective.run_dir, name)  # kept: compare with the winner, time candidates beside
         shutil.rmtree(keep, ignore_errors=True)
         keep.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(out.checkpoint or "", keep)
@@ -65,9 +64,16 @@ def measure_references(objective: Any, baseline: dict[str, Any], names: tuple[st
                       "quality": out.quality}  # fmt: skip
 
 
+def reference_checkpoint(run_dir: Any, name: str) -> Any:
+    """Where a study keeps the checkpoint of the preset `name`: RUN/references/NAME."""
+    from pathlib import Path
+
+    return Path(run_dir) / "references" / name
+
+
 def reference_metrics(baseline: dict[str, Any] | None) -> dict[str, dict[str, float]]:
     """Preset name -> its measured metrics (what Budget.violations takes)."""
     return {name: r["metrics"] for name, r in ((baseline or {}).get("references") or {}).items()}
 
 
-__all__ = ["measure_references", "preset_steps", "reference_metrics"]
+__all__ = ["measure_references", "preset_steps", "reference_checkpoint", "reference_metrics"]
