@@ -1,8 +1,8 @@
 """Budget verdicts on a machine that is not idle: the old scheme against the new, each on an idle machine and under a
 synthetic load.
 
-    python benchmarks/interference.py [--model smollm2-135m] [--budget "decode_ms<=0.4x"] [--loaded-runs 2]
-                                      [--json out.json]
+    python benchmarks/interference.py [--model smollm2-135m] [--budget gap | "decode_ms<=0.4x"] [--threads 2]
+                                      [--loaded-runs 2] [--json out.json]
 
 Candidates: llama.cpp's presets of the model (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M), built once; the baseline
 is the F32 GGUF; all measured by the local target in the llama.cpp runtime (a fresh process per measurement).
@@ -15,7 +15,11 @@ Schemes, each judging every candidate against the budget, with a baseline measur
        beside the baseline in one process at once; a paired timing still within 5% of the limit gets up to two
        more sets of rounds (Objective.recheck_more)
 Reference: before anything else, on the idle machine, each candidate timed beside the baseline in one process
-(`--reference-rounds` rounds, default 8, median ratio): the best verdict this machine gives. Then conditions:
+(`--reference-rounds` rounds, default 8, median ratio): the best verdict this machine gives. The budget is fixed
+from then on: `--budget gap` (the default) puts its limit in the widest gap between the reference ratios (the
+geometric mean of the two ratios either side), so that no candidate sits on the limit, where even an idle machine's
+3-5% noise decides the verdict; a budget given as text is taken as it is. Every measurement times with `--threads`
+threads (pinned; both schemes and the reference alike). Then conditions:
 idle (nothing else started), then `--loaded-runs` runs with a load: a process spinning one core, started and
 stopped at random (on 30-90 s, off 10-40 s, seeded). Printed: every verdict, each pass's agreement with the
 reference (the idle passes' agreement is the noise floor: what measurement noise alone costs at this budget), on
@@ -26,6 +30,7 @@ scheme spent.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -130,7 +135,8 @@ def judge_all(objective: Any, target: Any, baseline_dir: Path, candidates: dict[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--budget", default="decode_ms<=0.4x")
+    ap.add_argument("--budget", default="gap", help='"gap" (see above) or a budget, e.g. "decode_ms<=0.4x"')
+    ap.add_argument("--threads", type=int, default=2, help="measuring threads (pinned)")
     ap.add_argument("--loaded-runs", type=int, default=2)
     ap.add_argument("--reference-rounds", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
@@ -155,19 +161,25 @@ def main() -> None:
     }
     local = get_target("local")
 
+    from autoslm.targets import MeasureSettings
+
+    settings = MeasureSettings(runtime="llama.cpp", threads=args.threads)
+    reference: dict[str, float] = {}
+    for name, directory in candidates.items():
+        pair = local.measure_pair(directory, baseline_dir, args.reference_rounds, settings)
+        reference[name] = pair.ratios["decode_ms"]
+    budget_text = gap_budget(reference) if args.budget == "gap" else args.budget
+    budget = Budget.parse(budget_text)
+    limit = budget.limits[0].value
+    print(f"budget: {budget_text} ({'the widest gap between the reference ratios' if args.budget == 'gap' else 'given'}"
+          f"); {args.threads} measuring threads on {os.cpu_count()} cores", flush=True)  # fmt: skip
+
     def objective(retries: int, more: int) -> Any:
-        o = Objective(model=args.model, space=None, budget=Budget.parse(args.budget), run_dir=str(work),  # type: ignore[arg-type]
-                      runtime="llama.cpp", busy_retries=retries, recheck_more=more)  # fmt: skip
+        o = Objective(model=args.model, space=None, budget=budget, run_dir=str(work), runtime="llama.cpp",  # type: ignore[arg-type]
+                      threads=args.threads, busy_retries=retries, recheck_more=more)  # fmt: skip
         o.baseline_checkpoint = lambda: baseline_dir  # type: ignore[method-assign]
         return o
 
-    from autoslm.targets import MeasureSettings
-
-    limit = Budget.parse(args.budget).limits[0].value
-    reference: dict[str, float] = {}
-    for name, directory in candidates.items():
-        pair = local.measure_pair(directory, baseline_dir, args.reference_rounds, MeasureSettings(runtime="llama.cpp"))
-        reference[name] = pair.ratios["decode_ms"]
     clear = [n for n in PRESETS if abs(reference[n] / limit - 1) > 0.15]
     print(f"reference (idle, {args.reference_rounds} rounds beside the baseline): "
           + "  ".join(f"{n} {'ok' if reference[n] <= limit else 'over'} {reference[n]:.2f}x" for n in PRESETS)
@@ -211,7 +223,15 @@ def main() -> None:
                   f"{seconds:.0f} s per pass")  # fmt: skip
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}; work folder {work}")
     if args.json:
-        args.json.write_text(json.dumps({"budget": args.budget, "runs": runs, "summary": summary}, indent=2))
+        record = {"budget": budget_text, "threads": args.threads, "runs": runs, "summary": summary}
+        args.json.write_text(json.dumps(record, indent=2))
+
+
+def gap_budget(reference: dict[str, float]) -> str:
+    """`decode_ms<=L x` with L in the widest gap (by ratio) between neighbouring reference ratios."""
+    ordered = sorted(reference.values())
+    low, high = max(itertools.pairwise(ordered), key=lambda pair: pair[1] / pair[0])
+    return f"decode_ms<={(low * high) ** 0.5:.3f}x"
 
 
 class _Nothing:

@@ -73,6 +73,7 @@ class Objective:
     target: str = "local"
     target_token: str | None = None
     runtime: str = "torch"
+    threads: int = 2  # measuring threads, pinned (MeasureSettings.threads)
     prune_factor: float = 3.0  # prune when low-fidelity ppl exceeds this x the baseline's
     recheck_rounds: int = 4  # close calls: rounds of timing the candidate beside the baseline; 0 = never
     recheck_margin: float = 0.15  # a close call: the worst timing violation within +-15% of its limit
@@ -89,7 +90,7 @@ class Objective:
     def measure_settings(self) -> Any:
         from autoslm.targets import MeasureSettings
 
-        return MeasureSettings(runtime=self.runtime)
+        return MeasureSettings(runtime=self.runtime, threads=self.threads)
 
     def base(self) -> Any:
         """The base model, loaded once per process (each worker reuses it across trials)."""
