@@ -1,11 +1,15 @@
 """Budget verdicts on a machine that is not idle: the old scheme against the new, each on an idle machine and under a
 synthetic load.
 
-    python benchmarks/interference.py [--model smollm2-135m] [--budget gap | "decode_ms<=0.4x"] [--threads 2]
-                                      [--loaded-runs 2] [--json out.json]
+    python benchmarks/interference.py [--model smollm2-135m] [--candidates spread|presets]
+                                      [--budget gap | "decode_ms<=0.4x"] [--threads 2] [--loaded-runs 2]
+                                      [--json out.json]
 
-Candidates: llama.cpp's presets of the model (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M), built once; the baseline
-is the F32 GGUF; all measured by the local target in the llama.cpp runtime (a fresh process per measurement).
+Candidates (`--candidates`), built once: `spread` (the default) six policies whose decode times spread from ~0.2x
+to ~0.7x of the baseline (Q4_0 with 10 or 5 of the blocks pruned, Q4_0, Q8_0, F16, F32 with 10 blocks pruned), or
+`presets`, llama.cpp's presets (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M), four of which lie within 0.35-0.5x. The
+baseline is the F32 GGUF; all are measured by the local target in the llama.cpp runtime (a fresh process per
+measurement).
 Schemes, each judging every candidate against the budget, with a baseline measured at its own start:
   old  one measurement; close calls (within 15% of a limit) timed again beside the baseline (4 rounds)
   new  the search's default (--busy-retries 3 --busy-wait 120): every timing (and a close call's paired one)
@@ -44,7 +48,23 @@ from typing import Any
 
 from autoslm.quiet import quiet_libraries
 
-PRESETS = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M")
+GGUF = "quant.gguf"
+DEPTH = "prune.depth"
+# --candidates spread (the default): decode times spread from ~0.2x to ~0.7x of the F32 baseline, so that a budget
+# between them leaves every candidate well clear of the limit; --candidates presets: llama.cpp's presets, four of
+# which lie within 0.35-0.5x, where this machine's idle readings of one candidate already differ by 10-15% between
+# processes (docs/benchmarks.md)
+CANDIDATES: dict[str, dict[str, list[tuple[str, dict[str, Any]]]]] = {
+    "spread": {
+        "Q4_0 depth-10": [(DEPTH, {"blocks": 10}), (GGUF, {"type": "Q4_0"})],
+        "Q4_0 depth-5": [(DEPTH, {"blocks": 5}), (GGUF, {"type": "Q4_0"})],
+        "Q4_0": [(GGUF, {"type": "Q4_0"})],
+        "Q8_0": [(GGUF, {"type": "Q8_0"})],
+        "F16": [(GGUF, {"type": "F16"})],
+        "F32 depth-10": [(DEPTH, {"blocks": 10})],
+    },
+    "presets": {name: [(GGUF, {"type": name})] for name in ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M")},
+}
 SPIN = "import time\nwhile True:\n    pass\n"
 
 
@@ -136,6 +156,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--budget", default="gap", help='"gap" (see above) or a budget, e.g. "decode_ms<=0.4x"')
+    ap.add_argument("--candidates", choices=sorted(CANDIDATES), default="spread", help="the set judged (see above)")
     ap.add_argument("--threads", type=int, default=2, help="measuring threads (pinned)")
     ap.add_argument("--loaded-runs", type=int, default=2)
     ap.add_argument("--reference-rounds", type=int, default=8)
@@ -144,21 +165,25 @@ def main() -> None:
     args = ap.parse_args()
     quiet_libraries()
     from autoslm.models import load_model
-    from autoslm.pipeline import Step, plan
+    from autoslm.pipeline import Step, apply_planned, plan
     from autoslm.runtimes import get_runtime
     from autoslm.searching.budget import Budget
     from autoslm.searching.objective import Objective
     from autoslm.targets import get_target
+    from autoslm.technique import ApplyContext
 
     print(f"load average at start: {os.getloadavg()[0]:.2f} (nothing else was started by this script)", flush=True)
     work = Path(tempfile.mkdtemp(prefix="autoslm-interference-"))
     lm = load_model(args.model)
     rt = get_runtime("llama.cpp")
     baseline_dir = rt.save(lm.model, lm.tokenizer, work / "baseline", [])
-    candidates = {
-        name: rt.save(lm.model, lm.tokenizer, work / name, plan([Step(technique="quant.gguf", params={"type": name})]))
-        for name in PRESETS
-    }
+    candidates = {}
+    for name, steps in CANDIDATES[args.candidates].items():
+        base = load_model(args.model) if any(t == DEPTH for t, _ in steps) else lm  # pruning changes the model
+        planned = plan([Step(technique=t, params=p) for t, p in steps])
+        model = apply_planned(base.model, planned, ApplyContext(tokenizer=base.tokenizer, seed=0))
+        candidates[name] = rt.save(model, base.tokenizer, work / name.replace(" ", "_"), planned)
+    names = list(candidates)
     local = get_target("local")
 
     from autoslm.targets import MeasureSettings
@@ -180,9 +205,9 @@ def main() -> None:
         o.baseline_checkpoint = lambda: baseline_dir  # type: ignore[method-assign]
         return o
 
-    clear = [n for n in PRESETS if abs(reference[n] / limit - 1) > 0.15]
+    clear = [n for n in names if abs(reference[n] / limit - 1) > 0.15]
     print(f"reference (idle, {args.reference_rounds} rounds beside the baseline): "
-          + "  ".join(f"{n} {'ok' if reference[n] <= limit else 'over'} {reference[n]:.2f}x" for n in PRESETS)
+          + "  ".join(f"{n} {'ok' if reference[n] <= limit else 'over'} {reference[n]:.2f}x" for n in names)
           + f"\nclear (more than 15% from the {limit}x limit): {', '.join(clear) or 'none'}", flush=True)  # fmt: skip
 
     schemes = {"old": (objective(0, 0), Blind(local)), "new": (objective(3, 2), local)}
@@ -201,7 +226,7 @@ def main() -> None:
                       f"{cells}", flush=True)  # fmt: skip
         if load:
             print(f"          (spinner on {load.busy_share() * 100:.0f}% of this run)", flush=True)
-    verdict = {n: reference[n] <= limit for n in PRESETS}
+    verdict = {n: reference[n] <= limit for n in names}
     summary: dict[str, Any] = {"reference": reference, "clear": clear}
     print()
     for scheme in schemes:
@@ -209,9 +234,9 @@ def main() -> None:
             passes = [r for r in runs if r["scheme"] == scheme and r["condition"].startswith(condition)]
             if not passes:
                 continue
-            hits = sum(r["verdicts"][n]["feasible"] == verdict[n] for r in passes for n in PRESETS)
+            hits = sum(r["verdicts"][n]["feasible"] == verdict[n] for r in passes for n in names)
             clear_hits = sum(r["verdicts"][n]["feasible"] == verdict[n] for r in passes for n in clear)
-            total, clear_total = len(passes) * len(PRESETS), len(passes) * len(clear)
+            total, clear_total = len(passes) * len(names), len(passes) * len(clear)
             seconds = sum(r["seconds"] for r in passes) / len(passes)
             summary[f"{scheme} {condition}"] = {
                 "agreement": hits / total,
@@ -223,7 +248,13 @@ def main() -> None:
                   f"{seconds:.0f} s per pass")  # fmt: skip
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}; work folder {work}")
     if args.json:
-        record = {"budget": budget_text, "threads": args.threads, "runs": runs, "summary": summary}
+        record = {
+            "candidates": args.candidates,
+            "budget": budget_text,
+            "threads": args.threads,
+            "runs": runs,
+            "summary": summary,
+        }
         args.json.write_text(json.dumps(record, indent=2))
 
 

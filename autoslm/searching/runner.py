@@ -115,6 +115,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         target=settings.target,
         target_token=settings.target_token,
         runtime=settings.runtime,
+        threads=settings.threads,
         recheck_rounds=settings.recheck_rounds,
         recheck_margin=settings.recheck_margin,
         busy_retries=settings.busy_retries,
@@ -134,6 +135,9 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     if changed_plugins:
         _emit(progress, "warning", f"plugins changed since this study began ({'; '.join(changed_plugins)}): "
               "their earlier trials stay as measured; identical policies are evaluated again, not reused")  # fmt: skip
+    crowded = _every_core(settings, device)
+    if crowded:
+        _emit(progress, "warning", crowded)
     baseline = _baseline(objective, study, run_dir, device, progress)
     _emit(progress, "baseline", {"baseline": baseline, "budget": settings.limits})
     if any(name not in (baseline.get("references") or {}) for name in settings.limits.references):
@@ -259,6 +263,24 @@ def _check_target(settings: SearchSettings) -> dict[str, Any]:
         return dict(get_target(settings.target, token=settings.target_token).fingerprint())
     except MeasurementError as exc:
         raise UserError(f"target {settings.target} is not reachable ({exc}); start `autoslm agent` there") from exc
+
+
+def _every_core(settings: SearchSettings, device: dict[str, Any]) -> str | None:
+    """A warning when the budget limits time and the measurements use every core of the target: then nothing else
+    can run beside them without landing in the timings (measured: docs/benchmarks.md, "Verdicts on a loaded
+    machine")."""
+    from autoslm.metrics import timing_metrics
+
+    cores = int(device.get("cores") or 0)
+    timed = any(lim.metric in timing_metrics() for lim in settings.limits.limits)
+    if not timed or not cores or settings.threads < cores:
+        return None
+    fewer = f"; where the deployment allows, --threads {cores - 1} leaves one free" if cores > 1 else ""
+    every = "every core" if settings.threads == cores else "more threads than the cores"
+    return (
+        f"--threads {settings.threads} measures with {every} of the target ({cores}): any other work there slows "
+        f"the timings (they are re-measured when it is seen, not cancelled){fewer}"
+    )
 
 
 def _plugin_versions(study: Any, space: Any) -> list[str]:

@@ -18,7 +18,7 @@ from autoslm.searching.budget import Budget
 
 # A resumed (or joined) search must keep these: trials measured or judged under other values are not comparable.
 # The seed may differ: processes sharing one study each seed their own sampler, and each trial records its seed.
-IDENTITY = ("model", "budget", "space", "fidelity", "sampler", "target", "runtime")
+IDENTITY = ("model", "budget", "space", "fidelity", "sampler", "target", "runtime", "threads")
 
 
 class SearchSettings(BaseModel):
@@ -85,6 +85,13 @@ class SearchSettings(BaseModel):
     )
     target: str = Field("local", description="where to measure: local, or http://HOST:PORT of `autoslm agent`")
     runtime: str = Field("torch", description="what runs each candidate on the target (see `autoslm plugins`)")
+    threads: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="threads every measurement runs the candidate with (pinned): the deployment's thread count. On "
+        "a target with no more cores than this, any other work lands in the timings (docs/benchmarks.md)",
+    )
     target_token: str | None = Field(None, exclude=True, repr=False, description="the agent's token (never stored)")
 
     _budget: Budget = PrivateAttr(default_factory=Budget)

@@ -32,6 +32,9 @@ TINY = {"model": "tiny-llama", "space": "tiny", "fidelity": "low", "sampler": "r
         ({"timeout_s": 0}, "--timeout must be positive"),
         ({"ray_address": "10.0.0.5:6379"}, "--ray-address needs --backend ray"),
         ({"colour": "red"}, "unknown search option 'colour'"),
+        ({"threads": 0}, "--threads must be a positive integer (got 0)"),
+        ({"threads": 10**9}, "--threads must be at most 256"),
+        ({"threads": "two"}, "--threads input should be a valid integer"),
     ],
 )
 def test_bad_settings_are_one_clear_error_and_write_nothing(options: dict, fragment: str, tmp_path: Path) -> None:
@@ -87,6 +90,30 @@ def test_resume_reports_what_it_applies() -> None:
         SearchSettings.create(space="default", seed=7).resumed_from(stored)
     joined, changed = SearchSettings.create(seed=7).resumed_from(stored)  # another process joining a shared study
     assert joined.seed == 7 and changed == ["seed: 0 -> 7"]
+    # timings at another thread count are not comparable with the stored ones
+    with pytest.raises(UserError, match=r"threads: 2 -> 1"):
+        SearchSettings.create(model="tiny-llama", threads=1).resumed_from(stored)
+
+
+@pytest.mark.parametrize(
+    ("budget", "threads", "cores", "fragment"),
+    [
+        ("decode_ms<=0.7x", 2, 2, "--threads 2 measures with every core of the target (2)"),
+        ("decode_ms<=0.7x", 4, 2, "--threads 4 measures with more threads than the cores of the target (2)"),
+        ("prefill_ms<=50,size_mb<=100", 8, 8, "--threads 7 leaves one free"),
+        ("decode_ms<=0.7x", 1, 2, None),  # a core left for the rest
+        ("size_mb<=0.5x,memory_mb<=300", 2, 2, None),  # nothing timed: threads do not decide the verdicts
+        ("decode_ms<=0.7x", 2, 0, None),  # a target that did not say how many cores it has
+    ],
+)
+def test_measuring_with_every_core_is_warned_about(budget: str, threads: int, cores: int, fragment) -> None:
+    from autoslm.searching.runner import _every_core
+
+    warning = _every_core(SearchSettings.create(budget=budget, threads=threads), {"cores": cores})
+    if fragment is None:
+        assert warning is None
+    else:
+        assert warning is not None and fragment in warning and "\n" not in warning
 
 
 def test_a_changed_plugin_version_is_not_reused_and_resume_warns(tmp_path, monkeypatch) -> None:
