@@ -19,11 +19,14 @@ Schemes, each judging every candidate against the budget, with a baseline measur
        beside the baseline in one process at once; a paired timing still within 5% of the limit gets up to two
        more sets of rounds (Objective.recheck_more)
 Reference: before anything else, on the idle machine, each candidate timed beside the baseline in one process
-(`--reference-rounds` rounds, default 8, median ratio): the best verdict this machine gives. The budget is fixed
-from then on: `--budget gap` (the default) puts its limit in the widest gap between the reference ratios (the
-geometric mean of the two ratios either side), so that no candidate sits on the limit, where even an idle machine's
-3-5% noise decides the verdict; a budget given as text is taken as it is. Every measurement times with `--threads`
-threads (pinned; both schemes and the reference alike). Then conditions:
+(`--reference-rounds` rounds, default 4), in `--reference-processes` fresh processes (default 3, the candidates
+taken in turn, so that each one's processes lie minutes apart); its reference ratio is the median of the processes'
+median ratios: one process can be off as a whole (the same candidate read 0.38x, 0.50x and 0.48x in three idle
+processes within minutes), and a median of three leaves such a process out: the best verdict this machine gives.
+The budget is fixed from then on: `--budget gap` (the default) puts its limit in the widest gap between the
+reference ratios (the geometric mean of the two ratios either side), so that no candidate sits on the limit, where
+an idle machine's noise alone decides the verdict; a budget given as text is taken as it is. Every measurement
+times with `--threads` threads (pinned; both schemes and the reference alike). Then conditions:
 idle (nothing else started), then `--loaded-runs` runs with a load: a process spinning one core, started and
 stopped at random (on 30-90 s, off 10-40 s, seeded). Printed: every verdict, each pass's agreement with the
 reference (the idle passes' agreement is the noise floor: what measurement noise alone costs at this budget), on
@@ -38,6 +41,7 @@ import itertools
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -159,7 +163,8 @@ def main() -> None:
     ap.add_argument("--candidates", choices=sorted(CANDIDATES), default="spread", help="the set judged (see above)")
     ap.add_argument("--threads", type=int, default=2, help="measuring threads (pinned)")
     ap.add_argument("--loaded-runs", type=int, default=2)
-    ap.add_argument("--reference-rounds", type=int, default=8)
+    ap.add_argument("--reference-rounds", type=int, default=4)
+    ap.add_argument("--reference-processes", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -189,10 +194,12 @@ def main() -> None:
     from autoslm.targets import MeasureSettings
 
     settings = MeasureSettings(runtime="llama.cpp", threads=args.threads)
-    reference: dict[str, float] = {}
-    for name, directory in candidates.items():
-        pair = local.measure_pair(directory, baseline_dir, args.reference_rounds, settings)
-        reference[name] = pair.ratios["decode_ms"]
+    per_process: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(args.reference_processes):
+        for name, directory in candidates.items():
+            pair = local.measure_pair(directory, baseline_dir, args.reference_rounds, settings)
+            per_process[name].append(pair.ratios["decode_ms"])
+    reference = {name: statistics.median(ratios) for name, ratios in per_process.items()}
     budget_text = gap_budget(reference) if args.budget == "gap" else args.budget
     budget = Budget.parse(budget_text)
     limit = budget.limits[0].value
@@ -206,7 +213,10 @@ def main() -> None:
         return o
 
     clear = [n for n in names if abs(reference[n] / limit - 1) > 0.15]
-    print(f"reference (idle, {args.reference_rounds} rounds beside the baseline): "
+    each = "  ".join(f"{n} {'/'.join(f'{r:.2f}' for r in per_process[n])}" for n in names)
+    print(f"reference processes: {each}", flush=True)
+    print(f"reference (idle, median of {args.reference_processes} processes x {args.reference_rounds} rounds beside "
+          "the baseline): "
           + "  ".join(f"{n} {'ok' if reference[n] <= limit else 'over'} {reference[n]:.2f}x" for n in names)
           + f"\nclear (more than 15% from the {limit}x limit): {', '.join(clear) or 'none'}", flush=True)  # fmt: skip
 
