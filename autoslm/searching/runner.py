@@ -73,6 +73,9 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     for name in settings.limits.references:  # a misspelt preset: one line before any work
         preset_steps(name, settings.runtime)
     device = _check_target(settings)
+    cores = int(device.get("cores") or 0)
+    if cores and settings.threads > cores:
+        raise UserError(f"--threads {settings.threads}: the target has {cores} CPU threads; use at most {cores}")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".autoslm-write-test"
@@ -276,9 +279,8 @@ def _every_core(settings: SearchSettings, device: dict[str, Any]) -> str | None:
     if not timed or not cores or settings.threads < cores:
         return None
     fewer = f"; where the deployment allows, --threads {cores - 1} leaves one free" if cores > 1 else ""
-    every = "every core" if settings.threads == cores else "more threads than the cores"
     return (
-        f"--threads {settings.threads} measures with {every} of the target ({cores}): any other work there slows "
+        f"--threads {settings.threads} measures with every core of the target ({cores}): any other work there slows "
         f"the timings (they are re-measured when it is seen, not cancelled){fewer}"
     )
 

@@ -95,11 +95,21 @@ def test_resume_reports_what_it_applies() -> None:
         SearchSettings.create(model="tiny-llama", threads=1).resumed_from(stored)
 
 
+def test_more_threads_than_the_target_has_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    import os
+
+    out = tmp_path / "run"
+    cores = os.cpu_count() or 1
+    with pytest.raises(UserError) as err:
+        autoslm.search(**{**TINY, "budget": "decode_ms<=0.9x"}, threads=cores + 1, trials=1, out=out)
+    assert str(err.value) == f"--threads {cores + 1}: the target has {cores} CPU threads; use at most {cores}"
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("budget", "threads", "cores", "fragment"),
     [
         ("decode_ms<=0.7x", 2, 2, "--threads 2 measures with every core of the target (2)"),
-        ("decode_ms<=0.7x", 4, 2, "--threads 4 measures with more threads than the cores of the target (2)"),
         ("prefill_ms<=50,size_mb<=100", 8, 8, "--threads 7 leaves one free"),
         ("decode_ms<=0.7x", 1, 2, None),  # a core left for the rest
         ("size_mb<=0.5x,memory_mb<=300", 2, 2, None),  # nothing timed: threads do not decide the verdicts
