@@ -45,6 +45,7 @@ def export_best(
             "kind": target.kind,
             "runtime": settings.runtime,
             "runtime_version": get_runtime(settings.runtime).version(),
+            "threads": settings.threads,  # what the candidates were measured with
             "fingerprint": target.fingerprint(),
         },
         budget=str(settings.limits),

@@ -151,3 +151,18 @@ def test_a_changed_plugin_version_is_not_reused_and_resume_warns(tmp_path, monke
     warnings = [str(p) for k, p in events if k == "warning"]
     assert any("plugins changed since this study began" in w and ".post1" in w for w in warnings), events
     assert len([r for r in second.trials if r.counted]) == 2
+
+
+def test_threads_reach_every_measurement_and_the_recipe(tmp_path: Path) -> None:
+    import json
+
+    import yaml
+
+    out = tmp_path / "run"
+    autoslm.search(**{**TINY, "budget": "size_mb<=1.5x"}, threads=1, trials=1, out=out, warm_start=False)
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["target"]["threads"] == 1
+    # the stored settings carry it: a resume measures with the same count
+    with pytest.raises(UserError, match=r"threads: 1 -> 2"):
+        autoslm.search(**{**TINY, "budget": "size_mb<=1.5x"}, threads=2, trials=2, out=out, resume=True)
+    assert len(json.loads((out / "trials.json").read_text())) == 1
