@@ -77,6 +77,13 @@ class Budget(BaseModel):
         return cls(limits=tuple(limits))
 
     @property
+    def timed(self) -> bool:
+        """Whether a limit is on a timing metric (decode, prefill): verdicts other work on the target can move."""
+        from autoslm.metrics import timing_metrics
+
+        return any(lim.metric in timing_metrics() for lim in self.limits)
+
+    @property
     def references(self) -> tuple[str, ...]:
         """The presets the budget is written against, in order of first mention."""
         return tuple(dict.fromkeys(lim.reference for lim in self.limits if lim.reference))

@@ -299,9 +299,7 @@ class Objective:
         (memory and size do not depend on other work), `busy_retries` > 0, and not after two trials in a row on a
         machine that never settled (each is then judged beside the baseline at once, until a measurement comes back
         undisturbed)."""
-        from autoslm.metrics import timing_metrics
-
-        timed = self.budget is not None and any(lim.metric in timing_metrics() for lim in self.budget.limits)
+        timed = self.budget is not None and self.budget.timed
         return timed and self.busy_retries > 0 and self.busy_streak < 2
 
     def _quiet_wait_s(self) -> float:

@@ -138,7 +138,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     if changed_plugins:
         _emit(progress, "warning", f"plugins changed since this study began ({'; '.join(changed_plugins)}): "
               "their earlier trials stay as measured; identical policies are evaluated again, not reused")  # fmt: skip
-    crowded = _every_core(settings, device)
+    crowded = _every_core(settings, cores)
     if crowded:
         _emit(progress, "warning", crowded)
     baseline = _baseline(objective, study, run_dir, device, progress)
@@ -268,15 +268,11 @@ def _check_target(settings: SearchSettings) -> dict[str, Any]:
         raise UserError(f"target {settings.target} is not reachable ({exc}); start `autoslm agent` there") from exc
 
 
-def _every_core(settings: SearchSettings, device: dict[str, Any]) -> str | None:
-    """A warning when the budget limits time and the measurements use every core of the target: then nothing else
-    can run beside them without landing in the timings (measured: docs/benchmarks.md, "Verdicts on a loaded
-    machine")."""
-    from autoslm.metrics import timing_metrics
-
-    cores = int(device.get("cores") or 0)
-    timed = any(lim.metric in timing_metrics() for lim in settings.limits.limits)
-    if not timed or not cores or settings.threads < cores:
+def _every_core(settings: SearchSettings, cores: int) -> str | None:
+    """A warning when the budget limits time and the measurements use every one of the target's `cores` (0: not
+    known): then nothing else can run beside them without landing in the timings (measured: docs/benchmarks.md,
+    "Verdicts on a loaded machine")."""
+    if not settings.limits.timed or not cores or settings.threads < cores:
         return None
     fewer = f"; where the deployment allows, --threads {cores - 1} leaves one free" if cores > 1 else ""
     return (

@@ -119,7 +119,7 @@ def test_more_threads_than_the_target_has_is_refused_before_anything_is_written(
 def test_measuring_with_every_core_is_warned_about(budget: str, threads: int, cores: int, fragment) -> None:
     from autoslm.searching.runner import _every_core
 
-    warning = _every_core(SearchSettings.create(budget=budget, threads=threads), {"cores": cores})
+    warning = _every_core(SearchSettings.create(budget=budget, threads=threads), cores)
     if fragment is None:
         assert warning is None
     else:
@@ -153,7 +153,7 @@ def test_a_changed_plugin_version_is_not_reused_and_resume_warns(tmp_path, monke
     assert len([r for r in second.trials if r.counted]) == 2
 
 
-def test_threads_reach_every_measurement_and_the_recipe(tmp_path: Path) -> None:
+def test_threads_reach_the_recipe_and_a_resume_keeps_them(tmp_path: Path) -> None:
     import json
 
     import yaml
