@@ -6,7 +6,7 @@ synthetic load.
                                       [--json out.json]
 
 Candidates (`--candidates`), built once: `spread` (the default) six policies whose decode times spread from ~0.2x
-to ~0.7x of the baseline (Q4_0 with 10 or 5 of the blocks pruned, Q4_0, Q8_0, F16, F32 with 10 blocks pruned), or
+to ~0.8x of the baseline (Q4_0 with 10 or 5 of the blocks pruned, Q4_0, Q8_0, F16, F32 with 10 blocks pruned), or
 `presets`, llama.cpp's presets (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M), four of which lie within 0.35-0.5x. The
 baseline is the F32 GGUF; all are measured by the local target in the llama.cpp runtime (a fresh process per
 measurement).
@@ -54,9 +54,9 @@ from autoslm.quiet import quiet_libraries
 
 GGUF = "quant.gguf"
 DEPTH = "prune.depth"
-# --candidates spread (the default): decode times spread from ~0.2x to ~0.7x of the F32 baseline, so that a budget
+# --candidates spread (the default): decode times spread from ~0.2x to ~0.8x of the F32 baseline, so that a budget
 # between them leaves every candidate well clear of the limit; --candidates presets: llama.cpp's presets, four of
-# which lie within 0.35-0.5x, where this machine's idle readings of one candidate already differ by 10-15% between
+# which lie within 0.35-0.5x, where this machine's idle readings of one candidate already differ by up to 25% between
 # processes (docs/benchmarks.md)
 CANDIDATES: dict[str, dict[str, list[tuple[str, dict[str, Any]]]]] = {
     "spread": {
@@ -262,6 +262,7 @@ def main() -> None:
             "candidates": args.candidates,
             "budget": budget_text,
             "threads": args.threads,
+            "reference_processes": per_process,
             "runs": runs,
             "summary": summary,
         }
