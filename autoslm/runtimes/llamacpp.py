@@ -2,7 +2,7 @@
 (llama-cpp-python) -- what people who run small models on a CPU, laptop or phone deploy with.
 
 A candidate's torch-side steps (pruning, depth, distillation) run in torch; `save` then writes the result as an F32
-GGUF (`autoslm/gguf_export.py`) and, when the policy has a `quant.gguf` step, quantizes it with
+GGUF (llama.cpp's own converter, `autoslm/llamacpp/`) and, when the policy has a `quant.gguf` step, quantizes it with
 `llama_model_quantize` (whole-model type, output / token-embedding types, per-tensor overrides). The checkpoint
 directory holds `model.gguf`, the tokenizer files (so evaluation tokenizes exactly as the torch runtime does) and
 the manifest. `measure` times decode and prefill in llama.cpp; `evaluate` scores perplexity and the two tasks on
@@ -21,27 +21,14 @@ from types import SimpleNamespace
 from typing import Any
 
 from autoslm.errors import UserError
+
+# llama.cpp's number formats, derived from gguf-py's tables
+from autoslm.llamacpp.types import FTYPES, K_FALLBACK, TENSOR_TYPES, TYPE_BITS  # noqa: F401 (re-exported)
 from autoslm.runtimes import Runtime
 from autoslm.targets import MeasureSettings
 from autoslm.targets.measure import alternate, measure_loaded, prompt_ids
 
 GGUF = "model.gguf"
-# llama.cpp's whole-model types (llama_ftype) and tensor types (ggml_type) by their usual names
-FTYPES = {
-    "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_M": 12, "Q4_K_S": 14,
-    "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25, "BF16": 32,
-}  # fmt: skip
-TENSOR_TYPES = {
-    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q3_K": 11, "Q4_K": 12,
-    "Q5_K": 13, "Q6_K": 14, "IQ4_NL": 20, "BF16": 30, "Q2_K": 10,
-}  # fmt: skip
-# bits per weight of each tensor type (block bytes x 8 / block values)
-TYPE_BITS = {
-    "F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.5625, "Q5_1": 6.0, "Q5_0": 5.5, "Q5_K": 5.5,
-    "Q4_1": 5.0, "Q4_0": 4.5, "Q4_K": 4.5, "IQ4_NL": 4.5, "Q3_K": 3.4375, "Q2_K": 2.625,
-}  # fmt: skip
-# a k-quant needs rows of a multiple of 256 values; for other rows llama.cpp falls back to these (its own table)
-K_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
@@ -67,30 +54,21 @@ class LlamaCppRuntime(Runtime):
         return None
 
     def refuses_model(self, model: Any) -> str | None:
-        from autoslm.gguf_export import SUPPORTED
+        """From config.json alone (a dict, a config or a loaded model): llama.cpp's converter must know the
+        architecture (autoslm/llamacpp)."""
+        from autoslm.llamacpp import refusal
 
-        architectures = list(getattr(model.config, "architectures", None) or [type(model).__name__])
-        if any(a in SUPPORTED for a in architectures):
-            return None
-        return (
-            f"a {'/'.join(architectures)} model cannot be exported to GGUF yet (export writes "
-            f"{', '.join(SUPPORTED)}): use --runtime torch for this model"
-        )
+        return refusal(model)
 
     def refuses_on(self, technique: type, model: Any) -> str | None:
-        from autoslm.gguf_export import fixed_layer_pattern
+        from autoslm.llamacpp import refuses_block_removal
 
-        if getattr(technique, "removes_blocks", False) and fixed_layer_pattern(model.config):
-            return (
-                "llama.cpp places Gemma-3's global-attention layers itself (every 6th block), so a model with blocks "
-                "removed would run with the wrong attention"
-            )
-        return None
+        return refuses_block_removal(model) if getattr(technique, "removes_blocks", False) else None
 
     def save(self, model: Any, tokenizer: Any, directory: Path, planned: list[Any], **meta: Any) -> Path:
         """The torch model as an F32 GGUF, then quantized as the policy's quant.gguf step says (if any)."""
         from autoslm import checkpoint
-        from autoslm.gguf_export import export_gguf
+        from autoslm.llamacpp import export_gguf
 
         directory = Path(directory)
         scratch = directory.with_name(f".{directory.name}.torch")
@@ -366,7 +344,7 @@ def f32_export(model: Any, tokenizer: Any) -> Path:
     import tempfile
 
     from autoslm import checkpoint
-    from autoslm.gguf_export import export_gguf
+    from autoslm.llamacpp import export_gguf
     from autoslm.models import fingerprint
 
     key = hashlib.sha256(f"{fingerprint(model)}:{model.config.to_json_string()}".encode()).hexdigest()[:16]
@@ -427,7 +405,7 @@ def gguf_linear_names(model: Any) -> dict[str, str]:
     import gguf
     import torch
 
-    from autoslm.gguf_export import gguf_arch
+    from autoslm.llamacpp import gguf_arch
 
     names = gguf.get_tensor_name_map(gguf_arch(model.config), int(model.config.num_hidden_layers))
     out = {}

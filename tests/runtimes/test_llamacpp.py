@@ -234,47 +234,33 @@ def test_gemma3_export_matches_torch_beyond_the_sliding_window(tiny_gemma, tmp_p
     assert np.allclose(np.asarray(norm.data), expected)
 
 
-def test_gemma3_export_refuses_layers_llamacpp_would_run_differently(tiny_gemma, tmp_path: Path) -> None:
-    """llama.cpp puts Gemma-3's global layers at every 6th block whatever the file says: a checkpoint whose global
-    layer moved (what removing a block does) is refused in one line, not exported to run wrongly."""
-    from autoslm.gguf_export import export_gguf
-
-    directory = checkpoint.save_dir(tiny_gemma.model, tiny_gemma.tokenizer, tmp_path / "moved")
-    config = json.loads((directory / "config.json").read_text())
-    config["layer_types"] = ["full_attention"] + ["sliding_attention"] * 5
-    (directory / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UserError, match=r"global-attention layers are \[0\]; llama\.cpp places Gemma-3's at every "):
-        export_gguf(directory, tmp_path / "x.gguf")
-    assert not (tmp_path / "x.gguf").exists()
-    config["layer_types"] = ["sliding_attention"] * 5 + ["full_attention"]
-    config["rope_parameters"]["sliding_attention"]["rope_theta"] = 5000.0
-    (directory / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UserError, match=r"sliding layers with rotary base 10000"):
-        export_gguf(directory, tmp_path / "x.gguf")
-
-
-def test_depth_pruning_on_gemma3_is_refused_for_llamacpp_before_any_work(tiny, tiny_gemma, tmp_path: Path) -> None:
+def test_depth_pruning_on_gemma3_is_allowed_and_smollm3_refused_before_any_work(tiny, tiny_gemma, tmp_path) -> None:
+    """Gemma-3's layers are written layer by layer (llama.cpp then runs a pruned one as torch does:
+    tests/llamacpp/test_families.py); SmolLM3's layers without rotary are placed by llama.cpp itself, so block
+    removal is refused there, in one line, before any work."""
+    from autoslm.models import load_model
     from autoslm.plugins import get_registry
 
     depth = get_registry().technique("prune.depth").cls
     rt = get_runtime("llama.cpp")
-    assert "every 6th block" in rt.refuses_on(depth, tiny_gemma.model)
+    assert rt.refuses_on(depth, tiny_gemma.model) is None
     assert rt.refuses_on(depth, tiny.model) is None
-    assert rt.refuses_on(get_registry().technique("prune.width").cls, tiny_gemma.model) is None
-    assert get_runtime("torch").refuses_on(depth, tiny_gemma.model) is None  # torch runs any layer types
-    with pytest.raises(UserError, match=r"'prune\.depth' cannot run in the llama\.cpp runtime: llama\.cpp places"):
-        check_policy("llama.cpp", plan([Step(technique="prune.depth")]), tiny_gemma.model)
+    smollm3 = load_model("tiny-smollm3").model
+    assert "every 4th layer" in rt.refuses_on(depth, smollm3)
+    assert get_runtime("torch").refuses_on(depth, smollm3) is None  # torch runs any layer kinds
+    with pytest.raises(UserError, match=r"'prune\.depth' cannot run in the llama\.cpp runtime: llama\.cpp runs SmolL"):
+        check_policy("llama.cpp", plan([Step(technique="prune.depth")]), smollm3)
     out = tmp_path / "named"  # a space the user named that holds it: refused in one line, no study left behind
-    with pytest.raises(UserError, match=r"search space tiny-llamacpp: prune\.depth: llama\.cpp places"):
-        autoslm.search(model="tiny-gemma3", runtime="llama.cpp", space="tiny-llamacpp", trials=1, out=out)
+    with pytest.raises(UserError, match=r"search space tiny-llamacpp: prune\.depth: llama\.cpp runs SmolLM3"):
+        autoslm.search(model="tiny-smollm3", runtime="llama.cpp", space="tiny-llamacpp", trials=1, out=out)
     assert not (out / "study.db").exists()
 
 
-def test_search_on_gemma3_in_llamacpp_leaves_depth_out_and_apply_rebuilds_byte_identically(tmp_path: Path) -> None:
-    """The default llama.cpp space on Gemma-3: depth pruning left out with a warning, the rest searched; the best
+def test_search_on_smollm3_in_llamacpp_leaves_depth_out_and_apply_rebuilds_byte_identically(tmp_path: Path) -> None:
+    """The default llama.cpp space on SmolLM3: depth pruning left out with a warning, the rest searched; the best
     candidate's GGUF rebuilt byte for byte from its recipe."""
     out, events = tmp_path / "run", []
-    result = autoslm.search(model="tiny-gemma3", runtime="llama.cpp", budget="size_mb<=0.5x", trials=2, out=out,
+    result = autoslm.search(model="tiny-smollm3", runtime="llama.cpp", budget="size_mb<=0.5x", trials=2, out=out,
                             fidelity="low", sampler="random", seed=1,
                             progress=lambda kind, payload: events.append((kind, payload)))  # fmt: skip
     warnings = [p for k, p in events if k == "warning"]

@@ -1,0 +1,138 @@
+"""The family matrix (autoslm/families.py) through llama.cpp's own converter: for every family, the F32 GGUF gives
+torch's logits; every built-in technique either works in llama.cpp on it or is refused up front in one line; a
+3-trial llama.cpp search exports a GGUF that `autoslm apply` rebuilds byte for byte."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import autoslm
+from autoslm import checkpoint
+from autoslm.errors import UserError
+from autoslm.families import FAMILIES
+from autoslm.llamacpp import export_gguf, refusal
+from autoslm.models import load_model
+from autoslm.plugins import get_registry
+from autoslm.runtimes import get_runtime
+from autoslm.runtimes.llamacpp import GGUF, open_gguf
+
+pytest.importorskip("llama_cpp")
+IDS = list(range(5, 105))  # 100 tokens: past the sliding window of the Gemma families (32)
+# llama.cpp computes in its own order (and fused kernels): F32 logits agree with torch within this fraction of the
+# largest logit, and the top-1 token agrees wherever torch's top two differ by more than that
+TOLERANCE = 3e-3
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request) -> tuple[str, object]:
+    return request.param, load_model(f"tiny-{request.param}")
+
+
+def _logits(lm, directory: Path) -> tuple[np.ndarray, np.ndarray]:
+    with torch.inference_mode():
+        theirs = lm.model(input_ids=torch.tensor([IDS])).logits[0].float().numpy()
+    with open_gguf(directory / GGUF, n_ctx=128, logits_all=True) as llm:
+        llm.eval(IDS)
+        ours = np.array(llm.scores[: len(IDS)])
+    return ours, theirs
+
+
+def test_f32_gguf_gives_torch_logits(family, tmp_path: Path) -> None:
+    name, lm = family
+    directory = get_runtime("llama.cpp").save(lm.model, lm.tokenizer, tmp_path / "f32", [])
+    ours, theirs = _logits(lm, directory)
+    scale = np.abs(theirs).max()
+    assert np.abs(ours - theirs).max() < TOLERANCE * scale, name
+    top2 = np.sort(theirs, -1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > TOLERANCE * scale
+    assert clear.sum() >= len(IDS) // 2
+    assert (ours.argmax(-1) == theirs.argmax(-1))[clear].all(), name
+
+
+def test_every_technique_works_or_is_refused_in_one_line(family) -> None:
+    """Each built-in technique is either allowed in llama.cpp on this family, or refused with a reason naming
+    llama.cpp, before any work."""
+    name, lm = family
+    rt, registry = get_runtime("llama.cpp"), get_registry()
+    registry.load()
+    assert rt.refuses_model(lm.model) is None
+    for tname, entry in registry.techniques.items():
+        reason = rt.refuses(entry.cls) or rt.refuses_on(entry.cls, lm.model)
+        assert reason is None or (reason and "\n" not in reason), (name, tname)
+
+
+# ~100 s per family on 2 cores: CI searches three non-Llama, non-Gemma families; `pytest -m matrix` runs them all
+IN_CI = {"qwen2-untied", "qwen3", "phi3"}
+
+
+def test_search_exports_a_gguf_apply_rebuilds_byte_identically(family, tmp_path: Path, request) -> None:
+    name, _lm = family
+    if name not in IN_CI and "matrix" not in (request.config.getoption("-m") or ""):
+        pytest.skip("the full family search matrix runs with -m matrix")
+    out = tmp_path / "run"
+    result = autoslm.search(model=f"tiny-{name}", runtime="llama.cpp", space="tiny-llamacpp-matrix", trials=3,
+                            out=out, fidelity="low", sampler="random", seed=3, budget="size_mb<=0.9x")  # fmt: skip
+    assert all(r.reason is None or "Traceback" not in r.reason for r in result.trials), name
+    assert result.best is not None, (name, [r.reason for r in result.trials])
+    rebuilt = autoslm.apply_recipe(str(out / "recipe.yaml"), str(tmp_path / "again"))
+    assert checkpoint.sha256_file(rebuilt / GGUF) == checkpoint.sha256_file(out / "checkpoint" / GGUF)
+
+
+def test_unknown_architecture_is_refused_from_config_alone(tmp_path: Path) -> None:
+    """Decided from config.json, before any weights are read: an architecture llama.cpp's converter does not know."""
+    config = {"architectures": ["NoSuchForCausalLM"], "model_type": "llama"}
+    assert "knows no text architecture ['NoSuchForCausalLM']" in refusal(config)
+    assert "names none" in refusal({"model_type": "llama"})
+    assert "knows no text architecture" in refusal({"architectures": "LlamaForCausalLM"})  # wrong type: refused
+
+
+def test_olmo2_with_tied_embeddings_is_refused(tmp_path: Path) -> None:
+    assert "output matrix of its own" in refusal({"architectures": ["Olmo2ForCausalLM"], "tie_word_embeddings": True})
+    assert refusal({"architectures": ["Olmo2ForCausalLM"], "tie_word_embeddings": False}) is None
+
+
+def test_gemma_layers_after_block_removal_run_as_torch_runs_them(tmp_path: Path) -> None:
+    """Removing a block moves Gemma-3's global layer; the per-layer pattern written from layer_types makes llama.cpp
+    run each block with its own attention (it would otherwise place a global layer at every 6th block)."""
+    lm = load_model("tiny-gemma3")
+    lm.model.config.layer_types = ["full_attention"] + ["sliding_attention"] * 5
+    source = checkpoint.save_dir(lm.model, lm.tokenizer, tmp_path / "moved")
+    moved = load_model(str(source))
+    assert moved.model.config.layer_types[0] == "full_attention"
+    directory = tmp_path / "gguf"
+    directory.mkdir()
+    export_gguf(source, directory / GGUF)
+    ours, theirs = _logits(moved, directory)
+    assert np.abs(ours - theirs).max() < TOLERANCE * np.abs(theirs).max()
+
+
+def test_unrecognised_tokenizer_stops_the_export_in_one_line(tmp_path: Path) -> None:
+    """A BPE tokenizer whose pre-tokenizer llama.cpp's converter does not recognise (by the hash of its behaviour)
+    is never written by guess: the export stops, naming it, and leaves no file."""
+    lm = load_model("tiny-llama")
+    source = checkpoint.save_dir(lm.model, lm.tokenizer, tmp_path / "c")
+    spec = json.loads((source / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = {"type": "Whitespace"}  # a pre-tokenizer no model the converter knows uses
+    (source / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(UserError, match=r"llama\.cpp's converter refused it: BPE pre-tokenizer was not recognized"):
+        export_gguf(source, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_sharded_bf16_directory_is_an_input(tmp_path: Path) -> None:
+    """What people download: bf16 weights in shards with an index. It loads, exports and runs."""
+    lm = load_model("tiny-qwen3")
+    sharded = tmp_path / "sharded"
+    lm.model.to(torch.bfloat16).save_pretrained(sharded, max_shard_size="1MB")
+    lm.tokenizer.save_pretrained(sharded)
+    assert len(list(sharded.glob("model-0000*-of-0000*.safetensors"))) > 1
+    assert (sharded / "model.safetensors.index.json").is_file()
+    directory = get_runtime("llama.cpp").prepare(str(sharded))
+    with open_gguf(directory / GGUF, n_ctx=64) as llm:
+        llm.eval(IDS[:8])
+        assert np.isfinite(np.array(llm.scores[:8])).all()
