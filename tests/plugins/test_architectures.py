@@ -114,7 +114,8 @@ def test_tiny_models_are_deterministic() -> None:
 
 
 def test_llamacpp_refuses_an_architecture_it_cannot_export_in_one_line_before_any_work(tmp_path: Path) -> None:
-    """A family GGUF export does not write (a tiny Qwen2 here) is refused before the baseline, leaving no study."""
+    """An architecture llama.cpp's converter does not know (a tiny Qwen2 renamed) is refused before the baseline,
+    leaving no study."""
     from conftest import run_cli
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -122,12 +123,13 @@ def test_llamacpp_refuses_an_architecture_it_cannot_export_in_one_line_before_an
 
     torch.manual_seed(0)
     qwen = Qwen2ForCausalLM(Qwen2Config(**{k: v for k, v in TINY_LLAMA.items() if k != "architectures"})).eval()
+    qwen.config.architectures = ["FancyNewForCausalLM"]  # transformers loads it by model_type; llama.cpp knows no such
     directory = checkpoint.save_dir(qwen, load_model("tiny-llama").tokenizer, tmp_path / "qwen")
     out = tmp_path / "run"
     proc = run_cli("search", "--model", str(directory), "--runtime", "llama.cpp", "--trials", "1", "--out", str(out))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: --runtime llama.cpp: a Qwen2ForCausalLM model cannot be exported to GGUF yet (export writes "
-        "LlamaForCausalLM, Gemma3ForCausalLM): use --runtime torch for this model"
+        "error: --runtime llama.cpp: llama.cpp's converter (llama-cpp-python 0.3.36) knows no text architecture "
+        "['FancyNewForCausalLM']: use --runtime torch for this model"
     )
     assert not (out / "study.db").exists()  # nothing searched, nothing left to resume
