@@ -153,6 +153,16 @@ def _check_config(path: Path) -> None:
         raise UserError(f"'{path}' has no model_type: not a Hugging Face model config")
 
 
+def peek_config(spec: str | ModelSpec) -> dict[str, Any] | None:
+    """config.json of a local model directory, read without loading anything (None for other kinds of spec, whose
+    config is known only once converted or downloaded)."""
+    ms = parse_spec(spec) if isinstance(spec, str) else spec
+    if ms.kind != "dir" or ms.path is None:
+        return None
+    doc = json.loads((ms.path / "config.json").read_bytes().decode("utf-8"))
+    return doc if isinstance(doc, dict) else None
+
+
 def resolve(spec: str | ModelSpec) -> Path:
     """Return a local directory holding safetensors weights, config and tokenizer for `spec` (cached)."""
     ms = parse_spec(spec) if isinstance(spec, str) else spec

@@ -105,6 +105,12 @@ class Technique:
         return {}
 
     @classmethod
+    def refuses_model(cls, model: Any) -> str | None:
+        """Why this technique cannot apply to `model` at all, in any runtime (None: it can): a structure it does not
+        know (a fused projection, say). Asked before a search or `apply` does any work."""
+        return None
+
+    @classmethod
     def limits(cls, info: dict[str, int]) -> dict[str, tuple[float, float]]:
         """Hard bounds of numeric parameters for this model (what `apply` can do: at most num_layers - 1 blocks
         removed). A search space's ranges are clamped to them; a fixed value outside is refused up front."""

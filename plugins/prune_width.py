@@ -49,6 +49,16 @@ class WidthPrune(Technique):
     Config = WidthConfig
 
     @classmethod
+    def refuses_model(cls, model: Any) -> str | None:
+        layers = getattr(getattr(model, "model", None), "layers", None) or []
+        mlp = getattr(layers[0], "mlp", None) if len(layers) else None
+        if mlp is not None and not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+            fused = [n for n, _ in mlp.named_children()]
+            return (f"its MLP has {', '.join(fused)} (fused or not gated): prune.width prunes separate gate_proj, "
+                    "up_proj and down_proj")  # fmt: skip
+        return None
+
+    @classmethod
     def space(cls, info: dict[str, int], target: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
             "mlp_ratio": Float(low=0.0, high=0.5),
@@ -68,6 +78,13 @@ class WidthPrune(Technique):
         layers = model.model.layers
         heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
         per_group = heads // kv
+        why = self.refuses_model(model)
+        if why:
+            raise UserError(f"prune.width: {why}")
+        if config.heads_per_group and not hasattr(layers[0].self_attn, "q_proj"):
+            raise UserError(
+                "prune.width: this model's attention has no separate q_proj (fused qkv): use heads_per_group=0"
+            )
         if config.heads_per_group >= per_group:
             raise UserError(
                 f"prune.width: heads_per_group={config.heads_per_group} would leave no query head per key/value "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,17 @@ def convert(root: Path, directory: Path, dest: Path, dtype: str, extras: dict[st
     logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
     ftype = {"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
              "BF16": gguf.LlamaFileType.MOSTLY_BF16}[dtype]  # fmt: skip
-    with torch.inference_mode():
+    with torch.inference_mode(), tempfile.TemporaryDirectory(prefix="autoslm-card-") as tmp:
+        card = Path(tmp)
         hparams = ModelBase.load_hparams(directory, False)
         arch = get_model_architecture(hparams, ModelType.TEXT)
         cls = get_model_class(arch)
         model = cls(directory, ftype, dest, model_name="autoslm-export", small_first_shard=False)
+        # the converter guesses general.* metadata (name, finetune, size label) from the folder's name and model card;
+        # a checkpoint's folder is often a temporary one, so it reads an empty folder of a fixed name instead: the same
+        # weights give the same bytes wherever they are written from
+        model.dir_model_card = card / "autoslm-export"
+        model.dir_model_card.mkdir()
         vocab = extras.pop("__vocab__", None)
         if vocab:  # the converter's own reader, chosen by autoslm's glue (architectures.py)
             model.set_vocab = getattr(model, vocab)

@@ -45,7 +45,8 @@ class Runtime(ABC):
         return None if other in (None, self.name) else f"it belongs to the {other} runtime"
 
     def refuses_model(self, model: Any) -> str | None:
-        """Why this runtime cannot run `model` at all (None: it can), asked before a search does any work."""
+        """Why this runtime cannot run `model` at all (None: it can), asked before a search does any work. `model`:
+        a loaded model, or a model directory's config.json as a dict (asked before anything is loaded)."""
         return None
 
     def refuses_on(self, technique: type, model: Any) -> str | None:
@@ -94,6 +95,9 @@ def check_policy(runtime: str, planned: list[Any], model: Any = None) -> None:
         reason = rt.refuses(p.entry.cls) or (rt.refuses_on(p.entry.cls, model) if model is not None else None)
         if reason:
             raise UserError(f"technique '{p.name}' cannot run in the {runtime} runtime: {reason}")
+        reason = p.entry.cls.refuses_model(model) if model is not None else None
+        if reason:
+            raise UserError(f"technique '{p.name}' cannot apply to this model: {reason}")
 
 
 def get_runtime(name: str) -> Runtime:

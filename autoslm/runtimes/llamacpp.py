@@ -101,11 +101,15 @@ class LlamaCppRuntime(Runtime):
         """A checkpoint with model.gguf as it is; a .gguf file as it is (beside the tokenizer of its cached
         conversion); any other model exported once to an F32 GGUF (cached by fingerprint)."""
         from autoslm.cache import cache_dir
-        from autoslm.models import load_model, parse_spec, resolve
+        from autoslm.models import load_model, parse_spec, peek_config, resolve
 
         ms = parse_spec(spec)
         if ms.kind == "dir" and (Path(spec) / GGUF).is_file():
             return Path(spec)
+        config = peek_config(ms)
+        refused = self.refuses_model(config) if config is not None else None
+        if refused:  # decided from config.json, before the model is loaded
+            raise UserError(f"--runtime {self.name}: {refused}")
         torch_dir = resolve(ms)
         if ms.kind == "gguf":
             out = cache_dir("gguf") / f"file-{_digest(str(ms.path))}"

@@ -50,6 +50,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     are known to be valid and the run directory is known to be free (or resumable with these settings)."""
     import optuna
 
+    from autoslm.models import peek_config
     from autoslm.runtimes import get_runtime
     from autoslm.searching.backends import BackendJob, get_backend
     from autoslm.searching.objective import Objective
@@ -72,10 +73,15 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         )
     for name in settings.limits.references:  # a misspelt preset: one line before any work
         preset_steps(name, settings.runtime)
+    config = peek_config(settings.model)  # a model directory: decided from config.json, nothing loaded or written
+    refused = get_runtime(settings.runtime).refuses_model(config) if config is not None else None
+    if refused:
+        raise UserError(f"--runtime {settings.runtime}: {refused}")
     device = _check_target(settings)
     cores = int(device.get("cores") or 0)
     if cores and settings.threads > cores:
         raise UserError(f"--threads {settings.threads}: the target has {cores} CPU threads; use at most {cores}")
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".autoslm-write-test"
@@ -132,6 +138,8 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     except UserError:
         if not stored and not had_db and not settings.storage:  # nothing searched: no study to trip the next run
             db.unlink(missing_ok=True)
+            if created and not any(run_dir.iterdir()):
+                run_dir.rmdir()
         raise
     _emit(progress, "space", objective.space)
     changed_plugins = _plugin_versions(study, objective.space)
@@ -172,7 +180,8 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
 
 def _runnable_space(settings: SearchSettings, model: Any, progress: Any) -> Any:
     """The space to search on this model: the runtime's default space leaves out, with a warning, what the runtime
-    refuses on this model (llama.cpp: depth pruning on Gemma-3); a space the user named is refused instead."""
+    refuses on this model (llama.cpp: depth pruning on SmolLM3) or what a technique refuses on it (width pruning on
+    Phi-3's fused MLP); a space the user named is refused instead."""
     from autoslm.models import model_info
     from autoslm.plugins import get_registry
     from autoslm.runtimes import get_runtime
@@ -180,7 +189,11 @@ def _runnable_space(settings: SearchSettings, model: Any, progress: Any) -> Any:
 
     space = load_space(settings.space_name, model_info(model))
     runtime, registry = get_runtime(settings.runtime), get_registry()
-    reasons = {t.name: runtime.refuses_on(registry.technique(t.name).cls, model) for t in space.techniques}
+    reasons = {
+        t.name: runtime.refuses_on(registry.technique(t.name).cls, model)
+        or registry.technique(t.name).cls.refuses_model(model)
+        for t in space.techniques
+    }
     refused = {name: why for name, why in reasons.items() if why}
     if not refused:
         return space

@@ -132,4 +132,6 @@ def test_llamacpp_refuses_an_architecture_it_cannot_export_in_one_line_before_an
         "error: --runtime llama.cpp: llama.cpp's converter (llama-cpp-python 0.3.36) knows no text architecture "
         "['FancyNewForCausalLM']: use --runtime torch for this model"
     )
-    assert not (out / "study.db").exists()  # nothing searched, nothing left to resume
+    assert not out.exists()  # decided from config.json: nothing loaded, nothing written
+    proc = run_cli("eval", "--model", str(directory), "--runtime", "llama.cpp")
+    assert proc.returncode != 0 and "knows no text architecture ['FancyNewForCausalLM']" in proc.stderr.splitlines()[-1]
