@@ -132,8 +132,8 @@ def parse_spec(spec: str) -> ModelSpec:
     if HUB_ID.match(raw):
         return ModelSpec(raw, "hub")
     raise UserError(
-        f"unknown model '{raw}': use smollm2-135m, gemma3-270m, tiny-llama, tiny-gemma3, a Hugging Face model "
-        "directory, a .gguf file, or a hub id such as HuggingFaceTB/SmolLM2-135M"
+        f"unknown model '{raw}': use smollm2-135m, gemma3-270m, tiny-llama, tiny-gemma3, tiny-FAMILY (tiny-qwen3, "
+        "tiny-phi3, ...), a Hugging Face model directory, a .gguf file, or a hub id such as HuggingFaceTB/SmolLM2-135M"
     )
 
 

@@ -56,6 +56,18 @@ def gguf_arch(config: Any) -> Any:
     return getattr(gguf.MODEL_ARCH, gguf_arch_name(name))
 
 
+def check_files(directory: Path) -> None:
+    """Raise a UserError, in one line, if llama.cpp's converter would refuse the model in `directory`: its
+    architecture (config.json), or its tokenizer (the converter's own reading of it: a BPE pre-tokenizer it does not
+    recognise by hash). A few seconds; writes nothing. Asked before a search or a first export does any work."""
+    directory = Path(directory)
+    config = json.loads((directory / "config.json").read_text())
+    reason = refusal(config)
+    if reason:
+        raise UserError(f"model '{directory}' cannot be exported to GGUF: {reason}")
+    _convert(directory, directory / ".autoslm-vocab-check.gguf", "VOCAB", config)
+
+
 def export_gguf(directory: Path, dest: Path, dtype: str = "F32") -> Path:
     """Write `dest` (a .gguf file) from the checkpoint in `directory` with llama.cpp's converter; returns `dest`.
     Deterministic: the same checkpoint gives the same bytes."""
@@ -68,6 +80,11 @@ def export_gguf(directory: Path, dest: Path, dtype: str = "F32") -> Path:
         raise UserError(f"checkpoint '{directory}' cannot be exported to GGUF: {reason}")
     _refuse_torch_modules(directory)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    return _convert(directory, dest, dtype, config)
+
+
+def _convert(directory: Path, dest: Path, dtype: str, config: dict[str, Any]) -> Path:
+    """Run the converter (driver.py) in a process of its own; a refusal it states becomes one UserError line."""
     arch = glue(config)
     vocab = "_set_vocab_none" if config.get("autoslm_gguf_vocab") is False else arch.vocab_method(directory)
     extras = {**arch.extra_keys(), "__vocab__": vocab}

@@ -1,6 +1,6 @@
 """The converting process: llama.cpp's own converter (`conversion.<module>.<Class>`) on one checkpoint directory.
 
-Run as `python -m autoslm.llamacpp.driver ROOT DIRECTORY DEST DTYPE [EXTRAS-JSON]`, by `export_gguf` only.
+Run as `python -m autoslm.llamacpp.driver ROOT DIRECTORY DEST DTYPE|VOCAB [EXTRAS-JSON]`, by this package only.
 It runs in a process of its own so that the converter's gguf-py (ROOT/gguf-py, the runtime's commit) is the `gguf`
 it imports, whatever `gguf` the calling process has loaded, and so that its memory is returned when it ends.
 A failure the user can act on is printed as one line starting with `autoslm-error:` and exits 2.
@@ -29,7 +29,7 @@ def convert(root: Path, directory: Path, dest: Path, dtype: str, extras: dict[st
 
     logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
     ftype = {"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
-             "BF16": gguf.LlamaFileType.MOSTLY_BF16}[dtype]  # fmt: skip
+             "BF16": gguf.LlamaFileType.MOSTLY_BF16}.get(dtype, gguf.LlamaFileType.ALL_F32)  # fmt: skip
     with torch.inference_mode(), tempfile.TemporaryDirectory(prefix="autoslm-card-") as tmp:
         card = Path(tmp)
         hparams = ModelBase.load_hparams(directory, False)
@@ -44,6 +44,9 @@ def convert(root: Path, directory: Path, dest: Path, dtype: str, extras: dict[st
         vocab = extras.pop("__vocab__", None)
         if vocab:  # the converter's own reader, chosen by autoslm's glue (architectures.py)
             model.set_vocab = getattr(model, vocab)
+        if dtype == "VOCAB":  # a check only: the vocabulary as the converter reads it (pre-tokenizer by hash)
+            model.set_vocab()
+            return
         model.prepare_tensors()
         model.prepare_metadata(vocab_only=False)
         for method, value in extras.items():  # autoslm's glue for compressed shapes (architectures.py)

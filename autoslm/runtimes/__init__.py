@@ -49,6 +49,11 @@ class Runtime(ABC):
         a loaded model, or a model directory's config.json as a dict (asked before anything is loaded)."""
         return None
 
+    def check_files(self, directory: Path) -> None:
+        """Raise a UserError if this runtime cannot take the model directory `directory` (config, tokenizer), before
+        a search or `prepare` loads it or writes anything. By default: nothing to check."""
+        return None
+
     def refuses_on(self, technique: type, model: Any) -> str | None:
         """Why a technique cannot be part of a policy for `model` in this runtime though both are supported on
         their own (None: it can); asked once the model is loaded, before a search or `apply` does any work."""

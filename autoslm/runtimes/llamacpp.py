@@ -60,6 +60,12 @@ class LlamaCppRuntime(Runtime):
 
         return refusal(model)
 
+    def check_files(self, directory: Path) -> None:
+        """The converter's own verdict on the directory: its architecture and its tokenizer (autoslm/llamacpp)."""
+        from autoslm.llamacpp import check_files
+
+        check_files(directory)
+
     def refuses_on(self, technique: type, model: Any) -> str | None:
         from autoslm.llamacpp import refuses_block_removal
 
@@ -110,6 +116,8 @@ class LlamaCppRuntime(Runtime):
         refused = self.refuses_model(config) if config is not None else None
         if refused:  # decided from config.json, before the model is loaded
             raise UserError(f"--runtime {self.name}: {refused}")
+        if ms.kind != "hub":
+            self.check_files(resolve(ms))
         torch_dir = resolve(ms)
         if ms.kind == "gguf":
             out = cache_dir("gguf") / f"file-{_digest(str(ms.path))}"

@@ -50,7 +50,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     are known to be valid and the run directory is known to be free (or resumable with these settings)."""
     import optuna
 
-    from autoslm.models import peek_config
+    from autoslm.models import parse_spec, peek_config, resolve
     from autoslm.runtimes import get_runtime
     from autoslm.searching.backends import BackendJob, get_backend
     from autoslm.searching.objective import Objective
@@ -77,6 +77,8 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     refused = get_runtime(settings.runtime).refuses_model(config) if config is not None else None
     if refused:
         raise UserError(f"--runtime {settings.runtime}: {refused}")
+    if parse_spec(settings.model).kind != "hub":  # the runtime's own check of the files (llama.cpp: the tokenizer)
+        get_runtime(settings.runtime).check_files(resolve(settings.model))
     device = _check_target(settings)
     cores = int(device.get("cores") or 0)
     if cores and settings.threads > cores:

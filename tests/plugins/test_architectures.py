@@ -4,6 +4,7 @@ accepts) is exercised here; the conformance kit runs on both too (test_conforman
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -114,8 +115,9 @@ def test_tiny_models_are_deterministic() -> None:
 
 
 def test_llamacpp_refuses_an_architecture_it_cannot_export_in_one_line_before_any_work(tmp_path: Path) -> None:
-    """An architecture llama.cpp's converter does not know (a tiny Qwen2 renamed) is refused before the baseline,
-    leaving no study."""
+    """An architecture llama.cpp's converter does not know (a tiny Qwen2 renamed), and then a tokenizer it does not
+    recognise (the same Qwen2 under its own name: transformers reads SmolLM2's vocabulary with Qwen2's tokenizer
+    class), are refused in one line before anything is loaded or written."""
     from conftest import run_cli
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -123,8 +125,11 @@ def test_llamacpp_refuses_an_architecture_it_cannot_export_in_one_line_before_an
 
     torch.manual_seed(0)
     qwen = Qwen2ForCausalLM(Qwen2Config(**{k: v for k, v in TINY_LLAMA.items() if k != "architectures"})).eval()
-    qwen.config.architectures = ["FancyNewForCausalLM"]  # transformers loads it by model_type; llama.cpp knows no such
-    directory = checkpoint.save_dir(qwen, load_model("tiny-llama").tokenizer, tmp_path / "qwen")
+    directory = tmp_path / "qwen"
+    qwen.save_pretrained(directory)
+    load_model("tiny-llama").tokenizer.save_pretrained(directory)
+    config = json.loads((directory / "config.json").read_text())  # loaded by model_type; llama.cpp knows no such
+    (directory / "config.json").write_text(json.dumps({**config, "architectures": ["FancyNewForCausalLM"]}))
     out = tmp_path / "run"
     proc = run_cli("search", "--model", str(directory), "--runtime", "llama.cpp", "--trials", "1", "--out", str(out))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
@@ -135,3 +140,8 @@ def test_llamacpp_refuses_an_architecture_it_cannot_export_in_one_line_before_an
     assert not out.exists()  # decided from config.json: nothing loaded, nothing written
     proc = run_cli("eval", "--model", str(directory), "--runtime", "llama.cpp")
     assert proc.returncode != 0 and "knows no text architecture ['FancyNewForCausalLM']" in proc.stderr.splitlines()[-1]
+    (directory / "config.json").write_text(json.dumps(config))  # a Qwen2 with SmolLM2's vocabulary: tokenizer refused
+    proc = run_cli("search", "--model", str(directory), "--runtime", "llama.cpp", "--trials", "1", "--out", str(out))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "BPE pre-tokenizer was not recognized" in proc.stderr.strip().splitlines()[-1]
+    assert not out.exists()
