@@ -224,7 +224,13 @@ def profile(
     table.add_row("memory MB (peak in use)", f"{m.memory_mb:.1f}")
     table.add_row("size MB (weights on disk)", f"{m.size_mb:.1f}")
     console.print(table)
-    console.print(f"[dim]target {m.target['id']}  ·  torch {m.target['torch']}  ·  load {m.load_s:.2f}s[/dim]")
+    if m.decode_p90_ms > 2 * m.decode_ms:
+        console.print(
+            f"[yellow]decode p90 is {m.decode_p90_ms / m.decode_ms:.1f}x the median: other work on this machine "
+            "interfered with some tokens; the median stands, but rerun on a quiet machine to trust the spread[/yellow]"
+        )
+    versions = "  ·  ".join(f"{k} {v}" for k, v in rt.version().items()) or f"torch {m.target['torch']}"
+    console.print(f"[dim]target {m.target['id']}  ·  {runtime}: {versions}  ·  load {m.load_s:.2f}s[/dim]")
 
 
 def _search(ctx: typer.Context, resume: bool, **options: object) -> None:

@@ -9,18 +9,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from autoslm.errors import UserError
 from autoslm.llamacpp.architectures import gguf_arch_name, glue, hf_architecture
-from autoslm.llamacpp.source import converter_root, text_architectures
+from autoslm.llamacpp.converter import convert
+from autoslm.llamacpp.source import text_architectures
 
 DTYPES = ("F32", "F16", "BF16")
-ERROR = "autoslm-error:"  # the converting process's one-line failures (driver.py)
 
 
 def config_of(model_or_config: Any) -> dict[str, Any]:
@@ -84,25 +81,17 @@ def export_gguf(directory: Path, dest: Path, dtype: str = "F32") -> Path:
 
 
 def _convert(directory: Path, dest: Path, dtype: str, config: dict[str, Any]) -> Path:
-    """Run the converter (driver.py) in a process of its own; a refusal it states becomes one UserError line."""
+    """Run the converter in its process (converter.py); a refusal it states becomes one UserError line."""
     arch = glue(config)
     vocab = "_set_vocab_none" if config.get("autoslm_gguf_vocab") is False else arch.vocab_method(directory)
     extras = {**arch.extra_keys(), "__vocab__": vocab}
     if vocab == "_set_vocab_none":  # a tiny test model (families.py): llama.cpp sizes the embedding from this key
         extras["add_vocab_size"] = int(config["vocab_size"])
-    cmd = [sys.executable, "-m", "autoslm.llamacpp.driver", str(converter_root()), str(directory), str(dest), dtype,
-           json.dumps(extras)]  # fmt: skip
-    env = {**os.environ, "NO_LOCAL_GGUF": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
+    try:
+        convert(directory, dest, dtype, extras)
+    except BaseException:
         dest.unlink(missing_ok=True)
-        said = [line for line in done.stderr.splitlines() if line.startswith(ERROR)]
-        if said:
-            raise UserError(
-                f"checkpoint '{directory}': llama.cpp's converter refused it: {said[-1][len(ERROR) :].strip()}"
-            )
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"llama.cpp's converter failed on '{directory}' (exit {done.returncode}):\n{tail}")
+        raise
     return dest
 
 

@@ -1,45 +1,54 @@
-"""The converting process: llama.cpp's own converter (`conversion.<module>.<Class>`) on one checkpoint directory.
+"""The converting process: llama.cpp's own converter (`conversion.<module>.<Class>`) on checkpoint directories.
 
-Run as `python -m autoslm.llamacpp.driver ROOT DIRECTORY DEST DTYPE|VOCAB [EXTRAS-JSON]`, by this package only.
-It runs in a process of its own so that the converter's gguf-py (ROOT/gguf-py, the runtime's commit) is the `gguf`
-it imports, whatever `gguf` the calling process has loaded, and so that its memory is returned when it ends.
-A failure the user can act on is printed as one line starting with `autoslm-error:` and exits 2.
+Started as `python -m autoslm.llamacpp.driver ROOT` by `autoslm.llamacpp.converter` only, it serves one request per
+line on standard input (JSON: directory, dest, dtype or "VOCAB", extras) and answers each with one line starting
+with `autoslm-reply:` on standard output. It runs in a process of its own so that the converter's gguf-py
+(ROOT/gguf-py, the runtime's commit) is the `gguf` it imports, whatever `gguf` the calling process has loaded; it
+stays up for the calling process's lifetime, so torch, transformers and the converter are imported once.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
-ERROR = "autoslm-error:"
+REPLY = "autoslm-reply:"
 
 
-def convert(root: Path, directory: Path, dest: Path, dtype: str, extras: dict[str, Any]) -> None:
+def setup(root: Path) -> None:
+    """Import the converter with its own gguf-py first on the path (checked)."""
     sys.path[:0] = [str(root / "gguf-py"), str(root)]
-    import gguf  # the converter's own gguf-py
+    import gguf
 
     if not Path(gguf.__file__).resolve().is_relative_to((root / "gguf-py").resolve()):
         raise RuntimeError(f"gguf was imported from {gguf.__file__}, not from the converter's gguf-py")
+    import conversion  # noqa: F401  (torch and transformers with it)
+
+    logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
+
+
+def convert(directory: Path, dest: Path, dtype: str, extras: dict[str, Any]) -> None:
+    import gguf
     import torch
     from conversion import ModelBase, ModelType, get_model_architecture, get_model_class
 
-    logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
     ftype = {"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
              "BF16": gguf.LlamaFileType.MOSTLY_BF16}.get(dtype, gguf.LlamaFileType.ALL_F32)  # fmt: skip
+    extras = dict(extras)
     with torch.inference_mode(), tempfile.TemporaryDirectory(prefix="autoslm-card-") as tmp:
-        card = Path(tmp)
         hparams = ModelBase.load_hparams(directory, False)
-        arch = get_model_architecture(hparams, ModelType.TEXT)
-        cls = get_model_class(arch)
+        cls = get_model_class(get_model_architecture(hparams, ModelType.TEXT))
         model = cls(directory, ftype, dest, model_name="autoslm-export", small_first_shard=False)
         # the converter guesses general.* metadata (name, finetune, size label) from the folder's name and model card;
         # a checkpoint's folder is often a temporary one, so it reads an empty folder of a fixed name instead: the same
         # weights give the same bytes wherever they are written from
-        model.dir_model_card = card / "autoslm-export"
+        model.dir_model_card = Path(tmp) / "autoslm-export"
         model.dir_model_card.mkdir()
         vocab = extras.pop("__vocab__", None)
         if vocab:  # the converter's own reader, chosen by autoslm's glue (architectures.py)
@@ -57,16 +66,25 @@ def convert(root: Path, directory: Path, dest: Path, dtype: str, extras: dict[st
         model.gguf_writer.close()
 
 
-def main(argv: list[str]) -> int:
-    root, directory, dest, dtype = Path(argv[0]), Path(argv[1]), Path(argv[2]), argv[3]
-    extras = json.loads(argv[4]) if len(argv) > 4 else {}
+def answer(request: dict[str, Any]) -> dict[str, Any]:
     try:
-        convert(root, directory, dest, dtype, extras)
+        convert(Path(request["directory"]), Path(request["dest"]), request["dtype"], request.get("extras") or {})
     except (NotImplementedError, FileNotFoundError) as exc:  # the converter's "not this model / tokenizer"
-        print(f"{ERROR} {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    return 0
+        return {"ok": False, "user": True, "error": " ".join(str(exc).split())}
+    except Exception as exc:  # a failure of the converter itself: its traceback for the caller's log
+        return {"ok": False, "user": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
+    finally:
+        gc.collect()
+    return {"ok": True}
+
+
+def serve(root: Path) -> None:
+    setup(root)
+    print(REPLY, json.dumps({"ok": True, "ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip():
+            print(REPLY, json.dumps(answer(json.loads(line))), flush=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    serve(Path(sys.argv[1]))
