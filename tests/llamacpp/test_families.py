@@ -99,6 +99,7 @@ def test_every_technique_works_or_is_refused_in_one_line(family, tmp_path: Path)
 IN_CI = {"qwen2-untied", "qwen3", "phi3"}
 
 
+@pytest.mark.matrix
 def test_search_exports_a_gguf_apply_rebuilds_byte_identically(family, tmp_path: Path, request) -> None:
     name, lm = family
     if name not in IN_CI and "matrix" not in (request.config.getoption("-m") or ""):
