@@ -172,6 +172,9 @@ def profile(
     prompt_tokens: Annotated[int, typer.Option(help="prompt length for prefill_ms")] = 128,
     decode_tokens: Annotated[int, typer.Option(help="tokens generated per decode run")] = 32,
     repeats: Annotated[int, typer.Option(help="timed runs after one warm-up")] = 3,
+    measure_timeout: Annotated[
+        float | None, typer.Option(help="kill the measurement after this many seconds (default: 600, more if big)")
+    ] = None,
     target: TargetOpt = "local",
     target_token: TargetTokenOpt = None,
     runtime: RuntimeOpt = "torch",
@@ -191,6 +194,8 @@ def profile(
         _positive(flag, value)
     if decode_tokens < 2:
         raise UserError(f"--decode-tokens must be at least 2 (got {decode_tokens})")
+    if measure_timeout is not None and not 0 < measure_timeout <= 7 * 86400:
+        raise UserError(f"--measure-timeout must be positive seconds, at most a week (got {measure_timeout:g})")
     _allow_unverified(allow_unverified)
     from autoslm.runtimes import get_runtime
     from autoslm.targets import MeasureSettings, get_target
@@ -200,8 +205,9 @@ def profile(
     _quiet_libraries()
 
     settings = MeasureSettings(
-        runtime=runtime, threads=threads, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, repeats=repeats
-    )
+        runtime=runtime, threads=threads, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, repeats=repeats,
+        timeout_s=measure_timeout,
+    )  # fmt: skip
     with console.status(f"preparing {model}"):
         directory = rt.prepare(model)
     from autoslm.targets.local import MeasurementError

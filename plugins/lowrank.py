@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from pydantic import Field
 
 import autoslm
@@ -30,19 +29,6 @@ class LowRankConfig(TechniqueConfig):
     calibration_seq_len: int = Field(256, ge=8)
 
 
-class LowRankLinear(torch.nn.Module):
-    """y = up(down(x)): a rank-r stand-in for an nn.Linear."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool) -> None:
-        super().__init__()
-        self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.down = torch.nn.Linear(in_features, rank, bias=False)
-        self.up = torch.nn.Linear(rank, out_features, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.down(x))
-
-
 class LowRank(Technique):
     name = "lowrank.svd"
     stage = Stage.LOWRANK
@@ -58,6 +44,9 @@ class LowRank(Technique):
         }
 
     def apply(self, model: Any, config: LowRankConfig, ctx: ApplyContext) -> Any:
+        import torch
+        from autoslm_plugins.lowrank_layer import LowRankLinear
+
         names = [
             n
             for n, m in model.named_modules()
@@ -107,8 +96,13 @@ class LowRankCodec(Codec):
     when a later step quantized them)."""
 
     name = "autoslm.lowrank_linear"
-    module_type = LowRankLinear
     container = True
+
+    @property
+    def module_type(self) -> type:  # type: ignore[override]
+        from autoslm_plugins.lowrank_layer import LowRankLinear
+
+        return LowRankLinear
 
     def encode(self, module: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         meta = {"in_features": module.in_features, "out_features": module.out_features, "rank": module.rank}
@@ -116,6 +110,8 @@ class LowRankCodec(Codec):
         return {}, {**meta, "bias": bias is not None}
 
     def decode(self, tensors: dict[str, Any], meta: dict[str, Any]) -> Any:
+        from autoslm_plugins.lowrank_layer import LowRankLinear
+
         return LowRankLinear(meta["in_features"], meta["out_features"], meta["rank"], meta["bias"])
 
 

@@ -83,14 +83,21 @@ def _tokenizer_key(tokenizer: Any) -> tuple[Any, ...]:
 _TOKEN_CACHE: dict[tuple[Any, ...], Any] = {}
 
 
+def corpus_ids(tokenizer: Any, name: str) -> list[int]:
+    """The whole corpus's token ids (documents joined by a blank line), without torch; cached per tokenizer."""
+    key = ("ids", name, *_tokenizer_key(tokenizer))
+    if key not in _TOKEN_CACHE:
+        _TOKEN_CACHE[key] = list(tokenizer(SEPARATOR.join(corpus_texts(name)), add_special_tokens=False)["input_ids"])
+    return _TOKEN_CACHE[key]
+
+
 def corpus_tokens(tokenizer: Any, name: str) -> torch.Tensor:
     """The whole corpus as one 1-D token tensor (documents joined by a blank line); cached per tokenizer."""
     import torch
 
     key = (name, *_tokenizer_key(tokenizer))
     if key not in _TOKEN_CACHE:
-        ids = tokenizer(SEPARATOR.join(corpus_texts(name)), add_special_tokens=False)["input_ids"]
-        _TOKEN_CACHE[key] = torch.tensor(ids, dtype=torch.long)
+        _TOKEN_CACHE[key] = torch.tensor(corpus_ids(tokenizer, name), dtype=torch.long)
     return _TOKEN_CACHE[key]
 
 

@@ -80,6 +80,7 @@ class Objective:
     recheck_more: int = 2  # a recheck still within STILL_CLOSE x the margin: up to this many more pairs of rounds
     busy_retries: int = 3  # a measurement the target calls disturbed is repeated up to this many times
     busy_wait_s: float = 120.0  # the longest a timed measurement waits for the machine to be quiet
+    measure_timeout_s: float | None = None  # MeasureSettings.timeout_s: None scales the limit to the model
     busy_streak: int = field(default=0, repr=False)  # trials in a row whose measurement never settled (this process)
 
     def get_target(self) -> Any:
@@ -90,7 +91,7 @@ class Objective:
     def measure_settings(self) -> Any:
         from autoslm.targets import MeasureSettings
 
-        return MeasureSettings(runtime=self.runtime, threads=self.threads)
+        return MeasureSettings(runtime=self.runtime, threads=self.threads, timeout_s=self.measure_timeout_s)
 
     def base(self) -> Any:
         """The base model, loaded once per process (each worker reuses it across trials)."""
@@ -336,9 +337,10 @@ class Objective:
 
         One measurement of decode ms varies by 10-16% between processes here (docs/benchmarks.md) and the machine
         drifts further over a long search, so a verdict within that of the limit is a coin flip. The pair's
-        timing ratios are immune to both; the trial's timing metrics become ratio x the stored baseline's (the
-        frame every other trial and the budget are in), so plot, verdict and constraint agree. Memory and size
-        keep the first measurement (they vary by about 1%). `recheck` keeps the first figures and the pair.
+        timing ratios are immune to both. A limit relative to the partner judges the ratio; the trial's timing
+        figures are the ratio x the partner's reading in the same pair (`_paired_violations`), never a stored
+        reading that other work may have disturbed. Memory and size keep the first measurement (they vary by about
+        1%). `recheck` keeps the first figures and the pair, and says where the figures came from.
         """
         settings = self.measure_settings().model_copy(update={"quiet_wait_s": quiet_wait_s})
         from autoslm.searching.references import reference_checkpoint
@@ -347,27 +349,43 @@ class Objective:
         frame = baseline["metrics"] if partner is None else baseline["references"][partner]["metrics"]
         pair = target.measure_pair(work, other, self.recheck_rounds, settings)
         for _ in range(self.recheck_more):  # still a coin flip: more rounds, judged on all of them
-            timing = [v for m, v in self.violations(self._paired(out.metrics, pair, frame), baseline).items()
-                      if m in pair.ratios]  # fmt: skip
+            judged = self._paired_violations(
+                self._paired(out.metrics, pair, frame), self._paired(out.metrics, pair, pair.baseline), baseline
+            )
+            timing = [v for m, v in judged.items() if m in pair.ratios]
             if not timing or abs(max(timing)) > self.recheck_margin * STILL_CLOSE:
                 break
             pair = pair.extended(target.measure_pair(work, other, self.recheck_rounds, settings))
         first = dict(out.metrics)
-        out.metrics = self._paired(first, pair, frame)
-        out.violations = self.violations(out.metrics, baseline)
+        out.metrics = self._paired(first, pair, pair.baseline)
+        out.violations = self._paired_violations(self._paired(first, pair, frame), out.metrics, baseline)
         out.recheck = {
             "against": partner or "baseline",
             "rounds": pair.rounds,
             "first": first,
             "first_violations": self.violations(first, baseline),
+            "figures": f"ratio x the {partner or 'baseline'}'s reading in the same pair",
             **pair.model_dump(exclude={"rounds"}),
         }
 
     @staticmethod
     def _paired(metrics: dict[str, float], pair: Any, frame: dict[str, float]) -> dict[str, float]:
-        """`metrics` with each paired timing replaced by its ratio x the stored figure of the model it was paired
-        with (`frame`: the baseline's metrics, or the preset's)."""
-        return {**metrics, **{m: r * frame[m] for m, r in pair.ratios.items()}}
+        """`metrics` with each paired timing replaced by its ratio x `frame`'s figure for it: the partner's reading in
+        the same pair (what the candidate took while it was timed: the trial's figures), or the partner's stored
+        figure (the frame a relative limit is judged in: that judges the ratio itself)."""
+        return {**metrics, **{m: r * frame[m] for m, r in pair.ratios.items() if m in frame}}
+
+    def _paired_violations(
+        self, in_frame: dict[str, float], absolute: dict[str, float], baseline: dict[str, Any]
+    ) -> dict[str, float]:
+        """A paired trial's verdict: a limit relative to the baseline or to a preset judges the pair's ratio (the
+        figures in the stored frame); an absolute limit (decode_ms<=18) judges the figures read in the pair. A stored
+        reading taken while the machine was busy (a baseline read at 1032 ms that read 164 ms inside a pair) then
+        moves neither: the ratio does not depend on it, and the absolute figure never multiplies it."""
+        relative = self.violations(in_frame, baseline)
+        plain = self.violations(absolute, baseline)
+        kinds = {lim.metric: lim.relative for lim in self.budget.limits}
+        return {m: relative[m] if kinds.get(m, True) else plain[m] for m in relative}
 
     def reference_path(self) -> Path:
         return Path(self.run_dir) / "reference-topk.safetensors"

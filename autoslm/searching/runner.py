@@ -131,6 +131,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         recheck_margin=settings.recheck_margin,
         busy_retries=settings.busy_retries,
         busy_wait_s=settings.busy_wait,
+        measure_timeout_s=settings.measure_timeout,
     )
     try:
         refused = get_runtime(settings.runtime).refuses_model(objective.base().model)

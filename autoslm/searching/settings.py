@@ -83,6 +83,13 @@ class SearchSettings(BaseModel):
         description="seconds a timed measurement waits at most for the target to be quiet (other processes under "
         "0.3 cores for 3 s) before it times; only when the budget limits decode or prefill time",
     )
+    measure_timeout: float | None = Field(
+        None,
+        gt=0,
+        le=7 * 86400,
+        description="kill a measurement after this many seconds; default: 600 s, more for a big model and for "
+        "paired rounds (a limit scaled to the weights' size); an agent caps it at its own --timeout-s",
+    )
     target: str = Field("local", description="where to measure: local, or http://HOST:PORT of `autoslm agent`")
     runtime: str = Field("torch", description="what runs each candidate on the target (see `autoslm plugins`)")
     threads: int = Field(

@@ -39,6 +39,13 @@ class MeasureSettings(BaseModel):
         description="before timing, wait up to this long for the machine to be quiet for a few seconds "
         "(targets/interference.py); 0 times at once",
     )
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=7 * 86400,
+        description="kill a measurement after this many seconds; default: 600 s, more for big models and paired "
+        "rounds (targets/local.py: timeout_for); an agent caps it at its own --timeout-s",
+    )
 
 
 class Measurement(BaseModel):

@@ -30,13 +30,33 @@ class MeasurementError(RuntimeError):
     """The measuring process failed (crash, out of memory, timeout); the message carries its last output."""
 
 
+FLOOR_S = 600.0  # no measurement is killed sooner
+SECONDS_PER_GB_RUN = 60.0
+"""The ceiling allowed for one timed run (32 decoded tokens and a 128-token prefill) per GB of weights. Quiet, this
+machine takes about 1 s (SmolLM2-135M, 0.54 GB in F32: 0.6 s in llama.cpp); a busy machine and bf16 in torch are
+several times slower: the ceiling leaves a margin of ~50x, and only a hung process reaches it."""
+
+
+def timeout_for(settings: MeasureSettings, sizes_mb: list[float], rounds: int = 0) -> float:
+    """How long a measurement may take: `settings.timeout_s` when given; otherwise FLOOR_S, or more where the
+    runs it makes (warm-up and repeats; for a pair, `rounds` rounds of both models) need it at SECONDS_PER_GB_RUN.
+    A fixed 600 s killed the paired timing of a 0.5B bf16 model on a busy machine (a failed trial, then "no feasible
+    policy")."""
+    if settings.timeout_s:
+        return settings.timeout_s
+    runs = settings.warmup + settings.repeats * max(1, rounds)
+    tokens = (settings.decode_tokens + settings.prompt_tokens / 8) / 48  # one run as a share of the default run
+    need = sum(runs * SECONDS_PER_GB_RUN * tokens * size / 1024 for size in sizes_mb)
+    return max(FLOOR_S, 120.0 + need)
+
+
 class LocalTarget(Target):
     schemes = ("local",)
     kind = "local"
     help = "this machine's CPU, a fresh process per measurement"
 
-    def __init__(self, timeout_s: float = 600.0) -> None:
-        self.timeout_s = timeout_s
+    def __init__(self, timeout_s: float | None = None) -> None:
+        self.timeout_s = timeout_s  # a hard cap over any measurement's own limit (the agent's --timeout-s)
         self._fingerprint: dict[str, str | int] | None = None
 
     def fingerprint(self) -> dict[str, str | int]:
@@ -48,7 +68,8 @@ class LocalTarget(Target):
 
     def measure(self, checkpoint: Path, settings: MeasureSettings | None = None) -> Measurement:
         settings = settings or MeasureSettings()
-        result = self._run_worker([str(checkpoint_dir(checkpoint)), settings.model_dump_json()], settings)
+        directory = checkpoint_dir(checkpoint)
+        result = self._run_worker([str(directory), settings.model_dump_json()], settings, [directory])
         return Measurement.model_validate(result)
 
     def measure_pair(
@@ -56,10 +77,21 @@ class LocalTarget(Target):
     ) -> PairMeasurement:
         """Both checkpoints loaded in one fresh process and timed alternately (`measure.measure_pair`)."""
         settings = settings or MeasureSettings()
-        args = ["--pair", str(checkpoint_dir(candidate)), str(checkpoint_dir(baseline)), str(rounds)]
-        return PairMeasurement.model_validate(self._run_worker([*args, settings.model_dump_json()], settings))
+        both = [checkpoint_dir(candidate), checkpoint_dir(baseline)]
+        args = ["--pair", *map(str, both), str(rounds), settings.model_dump_json()]
+        return PairMeasurement.model_validate(self._run_worker(args, settings, both, rounds))
 
-    def _run_worker(self, args: list[str], settings: MeasureSettings) -> dict:
+    def limit_s(self, settings: MeasureSettings, directories: list[Path], rounds: int = 0) -> float:
+        """The measurement's time limit: `timeout_for`; on a target with a cap (an agent's --timeout-s), the cap, or
+        less where the settings ask for less."""
+        from autoslm import checkpoint
+
+        if self.timeout_s:
+            return min(settings.timeout_s or self.timeout_s, self.timeout_s)
+        return timeout_for(settings, [checkpoint.weights_size_mb(d) for d in directories], rounds)
+
+    def _run_worker(self, args: list[str], settings: MeasureSettings, directories: list[Path], rounds: int = 0) -> dict:
+        timeout_s = self.limit_s(settings, directories, rounds)
         env = {
             **os.environ,
             "OMP_NUM_THREADS": str(settings.threads),
@@ -68,10 +100,11 @@ class LocalTarget(Target):
         cmd = [sys.executable, "-m", "autoslm.targets.worker", *args]
         try:
             proc = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=self.timeout_s, env=env, preexec_fn=die_with_parent
+                cmd, capture_output=True, text=True, timeout=timeout_s, env=env, preexec_fn=die_with_parent
             )
         except subprocess.TimeoutExpired as exc:
-            raise MeasurementError(f"measurement timed out after {self.timeout_s:.0f}s") from exc
+            how = "its limit" if settings.timeout_s else "scaled to the model; raise it with --measure-timeout"
+            raise MeasurementError(f"measurement timed out after {timeout_s:.0f}s ({how})") from exc
         for line in proc.stdout.splitlines():
             if line.startswith("AUTOSLM-RESULT "):
                 return json.loads(line.split(" ", 1)[1])

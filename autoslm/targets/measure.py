@@ -36,13 +36,21 @@ def cpu_description() -> dict[str, str]:
 def machine_fingerprint(threads: int | None = None) -> dict[str, str | int]:
     """CPU model (name, family/model/stepping, cache, instruction sets), cores, threads, torch and OS: enough to tell
     two measuring machines apart."""
-    import torch
+    from importlib import metadata
 
+    if not threads:
+        import torch
+
+        threads = torch.get_num_threads()
+    try:  # read without importing torch: a llama.cpp measuring process never loads it
+        torch_version = metadata.version("torch").split("+")[0]
+    except metadata.PackageNotFoundError:
+        torch_version = "none"
     info: dict[str, str | int] = {
         **cpu_description(),
         "cores": os.cpu_count() or 0,
-        "threads": threads or torch.get_num_threads(),
-        "torch": torch.__version__.split("+")[0],
+        "threads": threads,
+        "torch": torch_version,
         "system": f"{platform.system()} {platform.machine()}",
     }
     info["id"] = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
@@ -97,11 +105,11 @@ def prompt_ids(tokenizer: Any, n: int, seed: int) -> list[int]:
     """A real-text prompt of exactly n tokens (held-out prose), repeated if the text is short."""
     from autoslm import data
 
-    tokens = data.corpus_tokens(tokenizer, "heldout")
-    start = (seed * 7919) % max(1, tokens.numel() - n)
+    tokens = data.corpus_ids(tokenizer, "heldout")
+    start = (seed * 7919) % max(1, len(tokens) - n)
     ids = tokens[start : start + n]
-    if ids.numel() < n:
-        ids = ids.repeat(n // max(1, ids.numel()) + 1)[:n]
+    if len(ids) < n:
+        ids = (ids * (n // max(1, len(ids)) + 1))[:n]
     return [int(t) for t in ids]
 
 

@@ -16,7 +16,7 @@ def main(argv: list[str]) -> int:
     from autoslm.runtimes import get_runtime
     from autoslm.targets import MeasureSettings
 
-    quiet_libraries()
+    quiet_libraries(import_transformers=False)  # the torch runtime imports it (its logs go to stderr, captured)
     settings = MeasureSettings.model_validate_json(argv[-1])
     runtime = get_runtime(settings.runtime)
     if argv[0] == "--pair":

@@ -25,7 +25,7 @@ def kd():
 
 
 def test_lowrank_replaces_only_where_it_saves(lowrank, fresh_tiny, tmp_path: Path) -> None:
-    from autoslm_plugins.lowrank import LowRankLinear
+    from autoslm_plugins.lowrank_layer import LowRankLinear
 
     model, tok = fresh_tiny.model, fresh_tiny.tokenizer
     before = sum(p.numel() for p in model.parameters())

@@ -129,6 +129,28 @@ def test_measure_and_evaluate_in_llamacpp(fresh_tiny, tmp_path: Path) -> None:
     assert ours.hyperbaton_acc == theirs.hyperbaton_acc and ours.cloze_acc == theirs.cloze_acc
 
 
+def test_a_llamacpp_measuring_process_never_loads_torch_or_transformers(fresh_tiny, tmp_path: Path) -> None:
+    """The measuring process (local target, agent) needs llama.cpp and the prompt's ids only: no torch, no
+    transformers (about 2 s and 300 MB each time), and its prompts are the ids transformers' tokenizer gives."""
+    import subprocess
+    import sys
+
+    from autoslm.runtimes.llamacpp import _TokenizerJson
+    from autoslm.targets.measure import prompt_ids
+
+    _, directory = _save(fresh_tiny, [], tmp_path / "c")
+    settings = MeasureSettings(runtime="llama.cpp", prompt_tokens=32, decode_tokens=4, repeats=1)
+    code = (
+        "import sys; from autoslm.targets import worker; worker.main(sys.argv[1:]); "
+        "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'optuna') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(directory), settings.model_dump_json()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
+    assert "AUTOSLM-RESULT" in out and "HEAVY []" in out, out[-500:]
+    light = _TokenizerJson(directory / "tokenizer.json")
+    assert prompt_ids(light, 128, 1) == prompt_ids(fresh_tiny.tokenizer, 128, 1)
+
+
 def test_search_in_llamacpp_exports_a_gguf_that_apply_rebuilds_byte_identically(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = autoslm.search(model="tiny-llama", runtime="llama.cpp", space="tiny-llamacpp", budget="size_mb<=0.6x",

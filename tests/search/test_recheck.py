@@ -73,12 +73,30 @@ def test_close_call_over_budget_is_rechecked_and_found_within(tmp_path: Path, mo
     ratio = (8.1 / 12 + 8.0 / 12.5) / 2
     assert out.recheck["ratios"]["decode_ms"] == pytest.approx(ratio)
     assert out.recheck["pair_ratios"]["decode_ms"] == pytest.approx([8.1 / 12, 8.0 / 12.5])
-    # timing in the stored baseline's frame (ratio x its ms), so point, verdict and constraint agree
-    assert out.metrics["decode_ms"] == pytest.approx(ratio * 10.0)
+    # the figure: the ratio x the baseline's reading in the same pair (its median, 12.25 ms), not the stored 10 ms;
+    # the verdict on the relative limit: the ratio itself
+    assert out.metrics["decode_ms"] == pytest.approx(ratio * 12.25)
     assert out.violations["decode_ms"] == pytest.approx(ratio / 0.7 - 1)
+    assert out.recheck["figures"] == "ratio x the baseline's reading in the same pair"
     assert out.metrics["memory_mb"] == 60.0  # memory keeps the first measurement
     manifest = json.loads((tmp_path / "baseline" / "autoslm-manifest.json").read_text())
     assert manifest["steps"] == []  # the unmodified model, saved once in the run directory
+
+
+@pytest.mark.parametrize(("budget", "feasible"), [("decode_ms<=0.75x", True), ("decode_ms<=8", True),
+                                                  ("decode_ms<=0.65x", False), ("decode_ms<=6.5", False)])  # fmt: skip
+def test_a_disturbed_stored_baseline_moves_neither_the_figure_nor_the_verdict(
+    budget: str, feasible: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored baseline read 100 ms while the machine was busy; inside the pair it reads 10 ms, the candidate 7.
+    The trial's figure is 7 ms (not 0.7 x 100 = 70), a relative limit judges 0.7x, an absolute one 7 ms."""
+    disturbed = {**BASELINE, "metrics": {**BASE_METRICS, "decode_ms": 100.0}, "interference": {"disturbed": True}}
+    target = ScriptedTarget(baseline_ms=[10.0] * 8, candidate_ms=[74.0] + [7.0] * 8)
+    out = _objective(tmp_path, target, monkeypatch, budget=Budget.parse(budget), recheck_more=0,
+                     busy_retries=0).evaluate_policy(POLICY, disturbed, trial_number=1)  # fmt: skip
+    assert out.recheck is not None
+    assert out.metrics["decode_ms"] == pytest.approx(7.0)
+    assert out.feasible == feasible
 
 
 def test_close_call_within_budget_can_turn_out_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -195,7 +213,9 @@ def test_a_timing_budget_against_a_preset_is_judged_beside_that_preset(
     assert target.calls == ["candidate"] + ["reference", "candidate"] * 4  # never the baseline
     ratios = sorted(c / r for c, r in zip([6.7, 6.6, 6.8, 6.6], [7.5, 7.4, 7.5, 7.6], strict=True))
     assert out.recheck["against"] == "REF" and out.recheck["first_violations"]["decode_ms"] == pytest.approx(0.3)
-    assert out.metrics["decode_ms"] == pytest.approx(5.0 * (ratios[1] + ratios[2]) / 2)  # in the preset's frame
+    ratio, preset_in_pair = (ratios[1] + ratios[2]) / 2, 7.5  # the preset's median reading in the pair
+    assert out.metrics["decode_ms"] == pytest.approx(preset_in_pair * ratio)  # not the preset's stored 5.0 ms
+    assert out.recheck["figures"] == "ratio x the REF's reading in the same pair"
     assert out.feasible and out.violations["decode_ms"] < 0
     # the same candidate, clearly slower beside the preset: over, whatever its single reading said
     slow = ScriptedTarget(baseline_ms=[], candidate_ms=[4.0, 8.0, 8.1, 8.2, 8.0], reference_ms=(7.0,) * 4)

@@ -71,3 +71,27 @@ def test_fingerprint_tells_cpus_with_one_model_name_apart(monkeypatch) -> None:
     other = {**measure.cpu_description(), "isa": "avx2 fma"}
     monkeypatch.setattr(measure, "cpu_description", lambda: other)
     assert measure.machine_fingerprint(2)["id"] != real["id"]
+
+
+def test_the_time_limit_scales_with_the_weights_and_the_rounds_and_can_be_set() -> None:
+    """A fixed 600 s killed the paired timing of a 0.5B bf16 model on a busy machine: the limit grows with the
+    weights' size and the runs made (a pair's rounds), never below 600 s, and a given limit wins."""
+    from autoslm.targets.local import FLOOR_S, LocalTarget, timeout_for
+
+    default = MeasureSettings()
+    assert timeout_for(default, [14.0]) == FLOOR_S  # a tiny model: today's limit
+    single_3b = timeout_for(default, [12_300.0])  # Llama-3.2-3B in F32
+    paired_3b = timeout_for(default, [12_300.0, 12_300.0], rounds=4)
+    assert FLOOR_S < single_3b < paired_3b
+    assert timeout_for(default, [1000.0, 1000.0], rounds=8) > timeout_for(default, [1000.0, 1000.0], rounds=4)
+    assert timeout_for(default.model_copy(update={"timeout_s": 42.0}), [12_300.0]) == 42.0
+    capped = LocalTarget(timeout_s=900.0)  # the agent's --timeout-s: a cap, and the limit when none is asked
+    assert capped.limit_s(default, [Path("/nonexistent")]) == 900.0
+    assert capped.limit_s(default.model_copy(update={"timeout_s": 1e6}), []) == 900.0
+    assert capped.limit_s(default.model_copy(update={"timeout_s": 30.0}), []) == 30.0
+
+
+def test_a_measurement_past_its_limit_is_killed_and_says_so() -> None:
+    settings = FAST.model_copy(update={"timeout_s": 0.2})
+    with pytest.raises(MeasurementError, match=r"timed out after 0s \(its limit\)"):
+        get_target("local").measure(resolve("tiny-llama"), settings)
