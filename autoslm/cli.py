@@ -204,10 +204,17 @@ def profile(
     measuring = get_target(target, token=target_token)
     _quiet_libraries()
 
-    settings = MeasureSettings(
-        runtime=runtime, threads=threads, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, repeats=repeats,
-        timeout_s=measure_timeout,
-    )  # fmt: skip
+    from pydantic import ValidationError
+
+    from autoslm.searching.settings import one_line_error
+
+    try:
+        settings = MeasureSettings(
+            runtime=runtime, threads=threads, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
+            repeats=repeats, timeout_s=measure_timeout,
+        )  # fmt: skip
+    except ValidationError as exc:
+        raise UserError(one_line_error(exc, {"timeout_s": "--measure-timeout"})) from exc
     with console.status(f"preparing {model}"):
         directory = rt.prepare(model)
     from autoslm.targets.local import MeasurementError
@@ -344,18 +351,22 @@ def report(
     run_dir: Annotated[str, typer.Argument(help="the --out directory of `autoslm search` (finished or running)")],
     storage: Annotated[str | None, typer.Option(help="the search's --storage, when it was not the default")] = None,
     study: Annotated[str | None, typer.Option(help="study name inside --storage")] = None,
+    out: Annotated[str | None, typer.Option(help="folder to write them into (default: RUN_DIR)")] = None,
 ) -> None:
     """Write RUN_DIR/report.html (self-contained) and RUN_DIR/pareto.png from the search's study.
 
-    Works while the search is still running: it reads the trials finished so far.
+    Works while the search is still running: it reads the trials finished so far. A run directory you cannot write
+    (read-only, another user's): --out DIR.
 
     Example:  autoslm report runs/smollm2-135m && xdg-open runs/smollm2-135m/report.html
     """
     from pathlib import Path
 
     from autoslm import report as _report
+    from autoslm.quiet import quiet_libraries
 
-    html_path, png = _report.write(Path(run_dir), storage, study)
+    quiet_libraries(import_transformers=False)
+    html_path, png = _report.write(Path(run_dir), storage, study, Path(out) if out else None)
     console.print(f"report: {html_path}\npicture: {png}", highlight=False)
 
 

@@ -112,6 +112,7 @@ def parse_spec(spec: str) -> ModelSpec:
             _check_config(path / "config.json")
             return ModelSpec(raw, "dir", path.resolve())
         if path.suffix == ".gguf":
+            _check_gguf_file(path, raw)
             return ModelSpec(raw, "gguf", path.resolve())
         raise UserError(f"model file '{raw}' is not a .gguf file: give a .gguf file or a model directory")
     if raw.endswith(".gguf") or raw.startswith((".", "/", "~")):
@@ -122,6 +123,20 @@ def parse_spec(spec: str) -> ModelSpec:
         f"unknown model '{raw}': use smollm2-135m, gemma3-270m, tiny-llama, tiny-gemma3, tiny-FAMILY (tiny-qwen3, "
         "tiny-phi3, ...), a Hugging Face model directory, a .gguf file, or a hub id such as HuggingFaceTB/SmolLM2-135M"
     )
+
+
+def _check_gguf_file(path: Path, raw: str) -> None:
+    """A .gguf given as --model is a regular file that starts like a GGUF, checked before it is hashed: a FIFO or
+    a link to /dev/zero would never end."""
+    if not path.is_file():
+        raise UserError(f"model file '{raw}' is not a regular file (a FIFO or a device never ends): give a .gguf file")
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise UserError(f"model file '{raw}' cannot be read: {exc.strerror or exc}") from exc
+    if len(head) < 8 or head[:4] != b"GGUF":
+        raise UserError(f"model file '{raw}' is not a GGUF file (it does not start with 'GGUF'): give a .gguf file")
 
 
 def _check_config(path: Path) -> None:

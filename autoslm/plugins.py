@@ -149,6 +149,16 @@ class Registry:
                 self._fail(info, f"import failed: {type(exc).__name__}: {exc}")
                 continue
             self._collect(info)
+        unmatched = sorted((allow or set()) - {ep.name for ep in eps} - {_dist_of(ep)[0] for ep in eps})
+        if unmatched:
+            names = ", ".join(sorted({ep.name for ep in eps} | {_dist_of(ep)[0] for ep in eps}))
+            message = (f"AUTOSLM_PLUGINS names {', '.join(map(repr, unmatched))}, which matched no installed plugin "
+                       f"(plugins and distributions: {names})")  # fmt: skip
+            if _strict():
+                raise UserError(message + " (AUTOSLM_PLUGINS_STRICT is set)")
+            import sys
+
+            sys.stderr.write(f"warning: {message}\n")
         return self
 
     def add(self, plugin: object, name: str, dist: str = "local", version: str = "0") -> PluginInfo:

@@ -16,6 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoslm.errors import UserError
+
 if TYPE_CHECKING:
     from autoslm.searching.trials import TrialRecord
 
@@ -272,12 +274,26 @@ def _bits_order(kind: str) -> tuple[float, str]:
     return (TYPE_BITS.get(kind, 99.0), kind)
 
 
-def write(run_dir: Path, storage: str | None = None, study_name: str | None = None) -> tuple[Path, Path]:
-    """Write run_dir/pareto.png and run_dir/report.html; returns both paths."""
+def write(
+    run_dir: Path, storage: str | None = None, study_name: str | None = None, out_dir: Path | None = None
+) -> tuple[Path, Path]:
+    """Write pareto.png and report.html into `out_dir` (default: `run_dir`); returns both paths. A folder that
+    cannot be written is a one-line UserError naming it (a read-only run directory: pass another)."""
+    run = load_run(run_dir, storage, study_name)
+    out_dir = Path(out_dir or run_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return _write(run, Path(run_dir), out_dir)
+    except OSError as exc:
+        hint = "pass --out DIR to write it elsewhere" if out_dir == Path(run_dir) else "choose another --out"
+        where = exc.filename or out_dir
+        raise UserError(f"cannot write the report: '{where}' ({exc.strerror or exc}); {hint}") from exc
+
+
+def _write(run: dict[str, Any], run_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     from autoslm.search_view import policy_text, recheck_text
 
-    run = load_run(run_dir, storage, study_name)
-    png = plot(run, run_dir / "pareto.png")
+    png = plot(run, out_dir / "pareto.png")
     image = base64.b64encode(png.read_bytes()).decode()
     base, best, settings = run["baseline"], run["best"], run["settings"]
     bm = base["metrics"] if base else {}
@@ -322,7 +338,7 @@ def write(run_dir: Path, storage: str | None = None, study_name: str | None = No
         else "<p>Baseline not measured yet.</p>"
     )
     presets = _presets_html(base, best, policy_text)
-    drift_png = baseline_drift(run, run_dir / "baseline-drift.png")
+    drift_png = baseline_drift(run, out_dir / "baseline-drift.png")
     drift = (
         "<h2>The baseline over time</h2><p>Its decode time measured again beside each candidate timed in one process "
         "with it (close calls, and trials on a busy machine): how far the machine drifted from the figure the "
@@ -365,7 +381,7 @@ code {{ background: #f4f4f4; padding: 1px 4px; }}
 <script type="application/json" id="autoslm-run">{meta}</script>
 </body></html>
 """
-    out = run_dir / "report.html"
+    out = out_dir / "report.html"
     out.write_text(page)
     return out, png
 

@@ -90,9 +90,10 @@ class SearchView:
         elif kind == "baseline":
             self.baseline = payload["baseline"]
             m = self.baseline["metrics"]
+            budget = payload["budget"] if payload["budget"].limits else "none (no limits: the most accurate wins)"
             self.progress.console.print(
                 f"baseline: ppl {self.baseline['ppl']:.2f}, decode {m['decode_ms']:.1f} ms/token, "
-                f"memory {m['memory_mb']:.0f} MB, size {m['size_mb']:.0f} MB  ·  budget {payload['budget']}"
+                f"memory {m['memory_mb']:.0f} MB, size {m['size_mb']:.0f} MB  ·  budget {budget}"
             )
             busy = self.baseline.get("interference") or {}
             if busy.get("disturbed"):

@@ -547,3 +547,97 @@ def test_recipe_paths_that_are_not_recipes_are_one_line(recipe: Path, tmp_path: 
     _one_line_error(run_cli("apply", str(tmp_path), "--out", str(tmp_path / "o")), "is a folder")
     (tmp_path / "file").write_text("x")
     _one_line_error(run_cli("apply", str(recipe), "--out", str(tmp_path / "file")), "is a file")
+
+
+# --- hardening round two (#35) ----------------------------------------------------------------------------------------
+# --- 9. files that never end ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "not-gguf"])
+def test_model_files_that_never_end_are_refused_before_hashing(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "m.gguf"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    else:
+        path.write_bytes(b"\x00" * 64)
+    needle = "does not start with 'GGUF'" if kind == "not-gguf" else "not a regular file"
+    _one_line_error(run_cli("eval", "--model", str(path), "--fidelity", "low", timeout=120), needle)
+
+
+def test_a_space_file_that_is_a_fifo_is_refused(tmp_path: Path) -> None:
+    from autoslm.yamlfile import read_yaml
+
+    os.mkfifo(tmp_path / "s.yaml")
+    with pytest.raises(UserError, match="not a regular file"):
+        read_yaml(tmp_path / "s.yaml", "search space")
+
+
+# --- 10. tracebacks that should be one line ---------------------------------------------------------------------------
+
+
+def test_profile_settings_out_of_bounds_are_one_line() -> None:
+    _one_line_error(run_cli("profile", "--model", "tiny-llama", "--prompt-tokens", "1000000000"),
+                    "--prompt-tokens must be at most 8192")  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["a-file", "/proc/autoslm"])
+def test_a_cache_folder_that_cannot_be_made_is_one_line(tmp_path: Path, where: str) -> None:
+    if where == "a-file":
+        where = str(tmp_path / "f")
+        Path(where).write_text("x")
+    proc = run_cli("eval", "--model", "tiny-llama", "--fidelity", "low", env={"AUTOSLM_CACHE": where})
+    _one_line_error(proc, f"AUTOSLM_CACHE='{where}' cannot hold autoslm's cache")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("techniques: " + "[" * 50_000 + "]" * 50_000 + "\n", "nesting deeper than 64"),
+        ("techniques: " + "{a: " * 30_000 + "1" + "}" * 30_000 + "\n", "nesting deeper than 64"),
+        ("techniques:\n  prune.depth: {}\n  prune.depth: {blocks: 2}\n", "given twice"),
+        ("techniques:\n  quant.dynamic_int8: {}\n  cast.dtype: {}\nrequired: [quant.dynamic_int8, cast.dtype]\n",
+         "cannot be in one policy"),
+    ],
+)  # fmt: skip
+def test_deep_duplicate_and_contradictory_space_files_are_refused(tiny, tmp_path: Path, text: str, needle: str):
+    from autoslm.models import model_info
+    from autoslm.searching.space import load_space
+
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=needle):
+        load_space(str(path), model_info(tiny.model))
+
+
+def test_report_into_a_folder_it_cannot_write_is_one_line_and_offers_out(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert _search(out).returncode == 0
+    (out / "pareto.png").unlink()
+    (out / "pareto.png").mkdir()  # the picture's path cannot be written (root ignores a read-only folder)
+    _one_line_error(run_cli("report", str(out)), "cannot write the report", "pareto.png", "--out")
+    proc = run_cli("report", str(out), "--out", str(tmp_path / "elsewhere"))
+    assert proc.returncode == 0 and (tmp_path / "elsewhere" / "report.html").is_file(), proc.stderr
+
+
+# --- 11. silently accepted --------------------------------------------------------------------------------------------
+
+
+def test_an_empty_budget_means_no_limits_and_says_so(tmp_path: Path) -> None:
+    from autoslm.searching.budget import Budget
+
+    assert Budget.parse("").limits == () and Budget.parse(" none ").limits == ()
+    with pytest.raises(UserError, match="empty term"):
+        Budget.parse(",,,")
+    proc = _search(tmp_path / "run", "--budget", "")
+    assert proc.returncode == 0, proc.stderr
+    assert "budget none (no limits: the most accurate wins)" in proc.stdout
+
+
+def test_a_plugin_allowlist_that_matches_nothing_warns() -> None:
+    proc = run_cli("plugins", env={"AUTOSLM_PLUGINS": "nonexistent"})
+    assert proc.returncode == 0
+    assert "warning: AUTOSLM_PLUGINS names 'nonexistent', which matched no installed plugin" in proc.stderr
+    strict = run_cli("plugins", env={"AUTOSLM_PLUGINS": "nonexistent", "AUTOSLM_PLUGINS_STRICT": "1"})
+    _one_line_error(strict, "matched no installed plugin", "AUTOSLM_PLUGINS_STRICT")

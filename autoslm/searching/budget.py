@@ -49,6 +49,8 @@ class Budget(BaseModel):
         from autoslm.metrics import budget_metrics
 
         METRICS = budget_metrics()
+        if text.strip().lower() in ("", "none"):  # documented: no limits (the most accurate candidate wins)
+            return cls()
         limits = []
         terms = [t.strip() for t in text.split(",")]
         if text.strip() and not all(terms):

@@ -34,7 +34,7 @@ class SearchSettings(BaseModel):
         "decode_ms<=0.7x",
         description="hard limits, absolute, relative to the baseline or to a named preset measured first: "
         "'decode_ms<=0.7x,memory_mb<=500', 'size_mb<=Q4_K_M', 'bpw<=4.5' (metrics: decode_ms, decode_p90_ms, "
-        "prefill_ms, memory_mb, size_mb, bpw)",
+        "prefill_ms, memory_mb, size_mb, bpw); '' or 'none': no limits (the most accurate candidate wins)",
     )
     space: str | None = Field(
         None,
@@ -109,7 +109,7 @@ class SearchSettings(BaseModel):
         try:
             settings = cls(**options)
         except ValidationError as exc:
-            raise UserError(_one_line(exc)) from exc
+            raise UserError(one_line_error(exc)) from exc
         settings.check()
         return settings
 
@@ -188,10 +188,12 @@ class SearchSettings(BaseModel):
         return previous.model_copy(update={**update, "target_token": self.target_token}), changed
 
 
-def _one_line(exc: ValidationError) -> str:
+def one_line_error(exc: ValidationError, flags: dict[str, str] | None = None) -> str:
+    """A pydantic ValidationError of command-line options as one line naming the option (`flags`: field -> option
+    where the option is not the field's name in dashes)."""
     err = exc.errors(include_url=False)[0]
     field = ".".join(map(str, err["loc"]))
-    flag = "--" + field.replace("_", "-").replace("timeout-s", "timeout")
+    flag = (flags or {}).get(field) or "--" + field.replace("_", "-").replace("timeout-s", "timeout")
     if err["type"] == "extra_forbidden":
         return f"unknown search option '{field}': the options are {', '.join(SearchSettings.model_fields)}"
     given, ctx = err.get("input"), err.get("ctx", {})
@@ -205,4 +207,4 @@ def _one_line(exc: ValidationError) -> str:
     return f"{flag} {what} (got {given!r})"
 
 
-__all__ = ["IDENTITY", "SearchSettings"]
+__all__ = ["IDENTITY", "SearchSettings", "one_line_error"]

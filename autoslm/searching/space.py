@@ -166,13 +166,23 @@ def load_space(spec: str, info: dict[str, int], target: dict[str, Any] | None = 
     for r in required:
         if r not in doc["techniques"]:
             raise UserError(f"search space {path}: required lists '{r}', which is not under techniques")
+    if len(set(required)) != len(required):
+        raise UserError(f"search space {path}: required lists a technique twice ({', '.join(required)})")
     techniques.sort(key=lambda t: (registry.techniques[t.name].cls.stage, t.name))
+    groups = _exclusive_groups([t.name for t in techniques])
+    for group in groups:  # required techniques that cannot run together: "always" would mean "one of them"
+        clash = [t for t in group if t in required]
+        if len(clash) > 1:
+            raise UserError(
+                f"search space {path}: required lists {' and '.join(clash)}, which cannot be in one policy "
+                "(incompatible): require at most one of them, or none and let the search choose"
+            )
     return SearchSpace(
         name=path.stem,
         description=str(doc.get("description", "")),
         techniques=tuple(techniques),
         required=required,
-        groups=_exclusive_groups([t.name for t in techniques]),
+        groups=groups,
     )
 
 
