@@ -272,8 +272,9 @@ def verify_dir(directory: Path) -> dict[str, Any] | None:
     try:
         manifest = json.loads(path.read_text())
         files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise ChecksumError(f"checkpoint '{directory}': {MANIFEST} is unreadable ({exc}); re-export it") from exc
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+        what = "nests too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ChecksumError(f"checkpoint '{directory}': {MANIFEST} is unreadable ({what}); re-export it") from exc
     _check_listing(directory, files)
     for name, digest in files.items():
         f = Path(directory) / name

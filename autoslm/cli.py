@@ -413,11 +413,16 @@ def agent(
     )
     fp = service.target.fingerprint()
     console.print(
-        f"autoslm agent on http://{host}:{port}  ·  device {fp['id']} ({fp['cpu']}, {fp['threads']} threads)  ·  "
+        f"autoslm agent on {agent_url(host, port)}  ·  device {fp['id']} ({fp['cpu']}, {fp['threads']} threads)  ·  "
         f"uploads <= {max_upload_mb:g} MB  ·  Ctrl-C stops",
         highlight=False,
     )
     serve(service, host=host, port=port, sock=sock)
+
+
+def agent_url(host: str, port: int) -> str:
+    """The URL a client gives as --target: an IPv6 address in brackets (`http://[::1]:8765`)."""
+    return f"http://[{host}]:{port}" if ":" in host and not host.startswith("[") else f"http://{host}:{port}"
 
 
 def _allow_unverified(allow: bool) -> None:

@@ -140,7 +140,8 @@ def _check_gguf_file(path: Path, raw: str) -> None:
 
 
 def _check_config(path: Path) -> None:
-    """config.json must be a JSON object in UTF-8 (an empty, binary or broken file is the user's to fix)."""
+    """config.json must be a JSON object in UTF-8 (an empty, binary or broken file is the user's to fix), whose
+    architecture the weights beside it can fill (`oversized_config`)."""
     try:
         if path.stat().st_size > 1 << 20:
             raise UserError(f"'{path}' is over 1 MiB: not a model config")
@@ -149,10 +150,51 @@ def _check_config(path: Path) -> None:
         raise UserError(f"'{path}' is not UTF-8 text: restore the model's config.json") from exc
     except json.JSONDecodeError as exc:
         raise UserError(f"'{path}' is not valid JSON ({exc.msg} at line {exc.lineno}): restore it") from exc
+    except RecursionError as exc:
+        raise UserError(f"'{path}' nests too deeply to be a model config: restore it") from exc
     except OSError as exc:
         raise UserError(f"'{path}' cannot be read: {exc.strerror or exc}") from exc
     if not isinstance(doc, dict) or not doc.get("model_type"):
         raise UserError(f"'{path}' has no model_type: not a Hugging Face model config")
+    problem = oversized_config(doc, path.parent)
+    if problem:
+        raise UserError(f"'{path}': {problem}")
+
+
+MIN_BITS_PER_WEIGHT = 0.25  # below any codec (2 bits x a rank-0.2 factorisation: 0.4); a config implying more: refused
+
+
+def oversized_config(config: dict[str, Any], directory: Path) -> str | None:
+    """Why the architecture `config` describes cannot be the weights in `directory` (None: it can), decided before
+    anything is built: a config saying `num_hidden_layers: 1000000000` made the measuring process grow ~25 MB/s
+    until its time limit. The parameters the config implies, counted from below (embeddings plus, per layer, two
+    hidden x hidden attention projections and two hidden x intermediate MLP ones), must fit in the weight files at
+    MIN_BITS_PER_WEIGHT; a folder with no safetensors weights (a GGUF) is not judged here."""
+    files = [p for p in Path(directory).glob("*.safetensors") if p.is_file()]
+    if not files:
+        return None
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+
+    def count(*keys: str) -> int:
+        for key in keys:
+            value = text.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return max(0, value)
+        return 0
+
+    hidden = count("hidden_size", "n_embd", "d_model")
+    layers = count("num_hidden_layers", "n_layer", "num_layers")
+    inter = count("intermediate_size", "n_inner", "ffn_dim")
+    vocab = count("vocab_size")
+    implied = vocab * hidden + layers * (2 * hidden * hidden + 2 * hidden * inter)
+    stored_bytes = sum(p.stat().st_size for p in files)
+    if implied * MIN_BITS_PER_WEIGHT / 8 > stored_bytes:
+        return (
+            f"its architecture ({layers:,} layers, hidden size {hidden:,}, intermediate size {inter:,}, vocabulary "
+            f"{vocab:,}) implies at least {implied:,} weights, more than the {stored_bytes:,} bytes of weight files "
+            "could hold: the config does not belong to these weights; restore the model's config.json"
+        )
+    return None
 
 
 def peek_config(spec: str | ModelSpec) -> dict[str, Any] | None:

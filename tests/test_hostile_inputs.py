@@ -641,3 +641,93 @@ def test_a_plugin_allowlist_that_matches_nothing_warns() -> None:
     assert "warning: AUTOSLM_PLUGINS names 'nonexistent', which matched no installed plugin" in proc.stderr
     strict = run_cli("plugins", env={"AUTOSLM_PLUGINS": "nonexistent", "AUTOSLM_PLUGINS_STRICT": "1"})
     _one_line_error(strict, "matched no installed plugin", "AUTOSLM_PLUGINS_STRICT")
+
+
+# --- 5. an IPv6 banner ------------------------------------------------------------------------------------------------
+
+
+def test_the_agent_banner_writes_an_ipv6_address_as_a_usable_url() -> None:
+    from autoslm.cli import agent_url
+
+    assert agent_url("127.0.0.1", 8765) == "http://127.0.0.1:8765"
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            port = s.getsockname()[1]
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    proc = subprocess.Popen([sys.executable, "-m", "autoslm.cli", "agent", "--host", "::1", "--port", str(port)],
+                            cwd=REPO, env={**os.environ, "AUTOSLM_AGENT_TOKEN": TOKEN}, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)  # fmt: skip
+    try:
+        banner = proc.stdout.readline()
+        assert f"autoslm agent on http://[::1]:{port} " in banner, banner
+        assert requests.get(f"http://[::1]:{port}/health", timeout=5).ok  # the URL as printed works
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+# --- 3 and 4. configs that eat memory, JSON that nests forever -----------------------------------------------------
+
+
+def _upload(**files: bytes) -> bytes:
+    """A small upload (the agent here takes 8 MB): a real safetensors file of one tensor, a config, and `files`."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 16,
+              "num_hidden_layers": 1, "intermediate_size": 32, "vocab_size": 64}  # fmt: skip
+    weights = save({"model.embed_tokens.weight": np.zeros((64, 16), np.float32)})
+    members = {"config.json": json.dumps(config).encode(), "model.safetensors": weights, **files}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _measure(url: str, body: bytes) -> requests.Response:
+    return requests.post(f"{url}/measure", data=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+
+
+def test_a_config_that_implies_a_billion_layers_is_400_before_anything_is_built(agent) -> None:
+    url, _ = agent
+    config = {"model_type": "llama", "hidden_size": 16, "num_hidden_layers": 1_000_000_000, "vocab_size": 64}
+    t0 = time.monotonic()
+    r = _measure(url, _upload(**{"config.json": json.dumps(config).encode()}))
+    assert r.status_code == 400 and "1,000,000,000 layers" in r.json()["error"], r.text
+    assert time.monotonic() - t0 < 30  # refused, not built until --timeout-s
+
+
+def test_the_same_config_is_refused_locally_in_one_line(tiny_dir: Path, tmp_path: Path) -> None:
+    bomb = _broken_copy(tiny_dir, tmp_path / "bomb")
+    config = json.loads((bomb / "config.json").read_text())
+    config["num_hidden_layers"] = 1_000_000_000
+    (bomb / "config.json").write_text(json.dumps(config))
+    _one_line_error(run_cli("eval", "--model", str(bomb), "--fidelity", "low", timeout=120),
+                    "implies at least", "restore the model's config.json")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["config.json", "autoslm-manifest.json"])
+def test_json_nested_100k_deep_is_400(agent, name: str) -> None:
+    url, _ = agent
+    r = _measure(url, _upload(**{name: b"[" * 100_000 + b"]" * 100_000}))
+    assert r.status_code == 400 and "nests too deeply" in r.json()["error"], r.text
+
+
+def test_a_client_that_disconnects_mid_upload_leaves_one_log_line(agent) -> None:
+    url, proc = agent
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(f"POST /measure HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                  "Content-Length: 100000\r\n\r\n".encode() + b"x" * 1000)  # fmt: skip
+    time.sleep(2)
+    r = requests.get(f"{url}/health", timeout=5)
+    assert r.ok
+    os.set_blocking(proc.stderr.fileno(), False)
+    log = (proc.stderr.read() or b"").decode()
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log[-2000:]
+    assert "disconnected mid-upload" in log, log[-2000:]

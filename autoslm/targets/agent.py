@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import os
 import shutil
 import socket
@@ -34,7 +35,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -116,18 +117,25 @@ def _extract_members(tf: tarfile.TarFile, dest: Path, budget: int, names: list[s
 
 
 def verify_upload(directory: Path) -> None:
-    """Check the manifest's checksums (when there is one) and that config.json is JSON."""
+    """Check the manifest's checksums (when there is one), that config.json is JSON, and that the architecture it
+    describes is one the uploaded weights can fill (before the measuring process builds it)."""
     from autoslm import checkpoint
     from autoslm.errors import ChecksumError, UserError
+    from autoslm.models import oversized_config
 
     try:
-        json.loads((directory / "config.json").read_text())
+        config = json.loads((directory / "config.json").read_text())
     except ValueError as exc:
         raise BadUpload(f"config.json is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BadUpload("config.json nests too deeply to be a model config") from exc
     try:
         checkpoint.verify_dir(directory)
     except (ChecksumError, UserError) as exc:
         raise BadUpload(str(exc)) from exc
+    problem = oversized_config(config, directory) if isinstance(config, dict) else "config.json is not a JSON object"
+    if problem:
+        raise BadUpload(f"config.json: {problem}")
 
 
 class Agent:
@@ -248,6 +256,10 @@ class Agent:
                     return _error(413, f"upload of {exc.size} bytes exceeds --max-upload-mb {self.max_upload >> 20}")
                 except TimeoutError:
                     return _error(408, f"upload not received within {self.upload_timeout_s:g} s")
+                except ClientDisconnect:  # nobody to answer: one line in the log, not a traceback
+                    client = request.client.host if request.client else "a client"
+                    logging.getLogger("uvicorn.error").warning("%s disconnected mid-upload; upload dropped", client)
+                    return _error(400, "client disconnected mid-upload")
                 try:
                     await run_in_threadpool(safe_extract, archive, directory)
                     archive.unlink()
