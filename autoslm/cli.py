@@ -384,6 +384,9 @@ def agent(
     header_timeout_s: Annotated[
         float, typer.Option(help="a connection that sends no complete request head within this is closed")
     ] = 10,
+    max_connections: Annotated[
+        int, typer.Option(help="open connections before idle ones get 0.5 s to send a request (4x: new ones refused)")
+    ] = 1000,
 ) -> None:
     """Serve measurements on this device for a search running elsewhere (`--target http://HOST:PORT`).
 
@@ -399,18 +402,20 @@ def agent(
             "autoslm agent needs --token (or AUTOSLM_AGENT_TOKEN) of at least 8 characters, without surrounding "
             "spaces (e.g. $(openssl rand -hex 16))"
         )
-    if not (0 < max_upload_mb <= 1 << 20 and 0 < timeout_s <= 86400 and max_queue <= 1000 and header_timeout_s > 0):
+    if not (0 < max_upload_mb <= 1 << 20 and 0 < timeout_s <= 86400 and max_queue <= 1000 and header_timeout_s > 0
+            and 8 <= max_connections <= 100_000):  # fmt: skip
         raise UserError(
             "--max-upload-mb (<= 1048576), --timeout-s (<= 86400), --max-queue (<= 1000) and --header-timeout-s "
-            "must be positive"
+            "must be positive, and --max-connections between 8 and 100000"
         )
     from autoslm.targets.agent import Agent, bind, serve
 
     sock = bind(host, port)  # a port in use is reported before anything else happens
     _quiet_libraries()
     service = Agent(
-        token, max_upload_mb=max_upload_mb, max_queue=max_queue, timeout_s=timeout_s, header_timeout_s=header_timeout_s
-    )
+        token, max_upload_mb=max_upload_mb, max_queue=max_queue, timeout_s=timeout_s, header_timeout_s=header_timeout_s,
+        max_connections=max_connections,
+    )  # fmt: skip
     fp = service.target.fingerprint()
     console.print(
         f"autoslm agent on {agent_url(host, port)}  ·  device {fp['id']} ({fp['cpu']}, {fp['threads']} threads)  ·  "

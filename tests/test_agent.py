@@ -109,6 +109,23 @@ def test_oversized_upload_is_413(agent: str) -> None:
     assert r.status_code == 413 and "max-upload-mb" in r.json()["error"]
 
 
+# a real safetensors file whose 8-byte header length is 896 = 0x380: its first byte, 0x80, is pickle's first byte too
+SAFETENSORS_896 = (896).to_bytes(8, "little") + b'{"__metadata__":{}}'.ljust(896)
+
+
+def test_safetensors_whose_header_length_looks_like_a_pickle_are_accepted(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    from autoslm.targets.agent import safe_extract
+
+    assert SAFETENSORS_896[:2] == b"\x80\x03"  # what the pickle test used to refuse
+    archive = tmp_path / "up.tar"
+    archive.write_bytes(_tar({"config.json": b"{}", "model.safetensors": SAFETENSORS_896}))
+    (tmp_path / "out").mkdir()
+    safe_extract(archive, tmp_path / "out")
+    assert load_file(tmp_path / "out" / "model.safetensors") == {}
+
+
 @pytest.mark.parametrize(
     ("files", "kinds", "message"),
     [
@@ -119,7 +136,9 @@ def test_oversized_upload_is_413(agent: str) -> None:
         ({"config.json": b"{}"}, {"model.safetensors": tarfile.SYMTYPE}, "not a regular file"),
         ({"config.json": b"{}", "run.sh": b"echo"}, None, "file type not accepted"),
         ({"config.json": b"{}"}, None, "upload has no weights"),
-        ({"config.json": b"{not json", "model.safetensors": b"x"}, None, "config.json is not valid JSON"),
+        ({"config.json": b"{not json", "model.safetensors": SAFETENSORS_896}, None, "config.json is not valid JSON"),
+        ({"config.json": b"{}", "model.safetensors": pickle.dumps({"a": 1})}, None, "not a safetensors file"),
+        ({"config.json": b"{}", "model.safetensors": b"x"}, None, "not a safetensors file"),
         ({"config.json": b"{}", "model.gguf": b"\x80\x04pickled"}, None, "is a pickle"),
         ({"config.json": b"{}", "model.gguf": b"GGML" + b"\0" * 64}, None, "is not a GGUF file"),
         ({"config.json": b"{}", "model.gguf": b""}, None, "is not a GGUF file"),

@@ -45,11 +45,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def agent():
+def _start_agent(*extra: str):
     port = _free_port()
     cmd = [sys.executable, "-m", "autoslm.cli", "agent", "--port", str(port), "--max-upload-mb", "8",
-           "--header-timeout-s", "2"]  # fmt: skip
+           "--header-timeout-s", "2", *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "AUTOSLM_AGENT_TOKEN": TOKEN},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -63,6 +62,12 @@ def agent():
     else:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"the agent did not start: {proc.stderr.read().decode()[-1000:] if proc.stderr else ''}")
+    return url, proc
+
+
+@pytest.fixture(scope="module")
+def agent():
+    url, proc = _start_agent()
     yield url, proc
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -731,3 +736,108 @@ def test_a_client_that_disconnects_mid_upload_leaves_one_log_line(agent) -> None
     log = (proc.stderr.read() or b"").decode()
     assert "Traceback" not in log and "ClientDisconnect" not in log, log[-2000:]
     assert "disconnected mid-upload" in log, log[-2000:]
+
+
+# --- 1 and 2. a connection flood, a client that never reads ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def micro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint small enough for the agent's 8 MB uploads: one block, hidden size 16 (about 3 MB)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from autoslm import checkpoint
+    from autoslm.models import load_model
+
+    tiny = load_model("tiny-llama")
+    config = LlamaConfig(**{**tiny.model.config.to_dict(), "hidden_size": 16, "intermediate_size": 32,
+                            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1})  # fmt: skip
+    torch.manual_seed(0)
+    return checkpoint.save_dir(LlamaForCausalLM(config).eval(), tiny.tokenizer, tmp_path_factory.mktemp("m") / "micro")
+
+
+@pytest.fixture
+def small_agent():
+    url, proc = _start_agent("--max-connections", "256")  # the flood below is more than twice the limit
+    yield url, proc
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_a_flood_of_idle_connections_does_not_starve_health_or_measurement(small_agent, micro_dir: Path) -> None:
+    """~560 sockets that never send a request, each re-opened as soon as the agent closes it, for 25 s (no token
+    needed), against an agent taking 256 connections: /health answers within 1 s throughout, and an authenticated
+    measurement completes."""
+    import selectors
+    import threading
+
+    from autoslm.targets import MeasureSettings, get_target
+
+    url, _ = small_agent
+    port = int(url.rsplit(":", 1)[1])
+    stop = threading.Event()
+    reopened = [0]
+
+    def flood() -> None:
+        sel = selectors.DefaultSelector()
+        for _ in range(560):
+            sel.register(socket.create_connection(("127.0.0.1", port)), selectors.EVENT_READ)
+        while not stop.is_set():
+            for key, _ in sel.select(timeout=0.2):
+                sel.unregister(key.fileobj)
+                key.fileobj.close()  # closed by the agent: open another at once
+                try:
+                    sel.register(socket.create_connection(("127.0.0.1", port), timeout=5), selectors.EVENT_READ)
+                    reopened[0] += 1
+                except OSError:
+                    pass
+        for key in list(sel.get_map().values()):
+            key.fileobj.close()
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        time.sleep(3)  # the flood is in place
+        measured: list[object] = []
+        worker = threading.Thread(target=lambda: measured.append(get_target(url, token=TOKEN).measure(
+            micro_dir, MeasureSettings(prompt_tokens=16, decode_tokens=4, repeats=1))), daemon=True)  # fmt: skip
+        worker.start()
+        slowest = 0.0
+        deadline = time.monotonic() + 22
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            r = requests.get(f"{url}/health", timeout=5)
+            slowest = max(slowest, time.monotonic() - t0)
+            assert r.status_code == 200, r.text
+            time.sleep(0.5)
+        worker.join(timeout=30)
+    finally:
+        stop.set()
+        flooder.join(timeout=30)
+    assert reopened[0] > 100  # the agent kept closing idle sockets, and the flood kept re-opening them
+    assert slowest < 1.0, slowest
+    assert measured and measured[0].decode_ms > 0
+
+
+def test_a_client_that_pipelines_requests_and_never_reads_is_closed(agent) -> None:
+    url, _ = agent
+    port = int(url.rsplit(":", 1)[1])
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setblocking(False)
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    sent, t0 = 0, time.monotonic()
+    try:
+        while time.monotonic() - t0 < 20:  # keep sending, never read; the agent closes it (--header-timeout-s 2)
+            try:
+                sent += s.send(request * 64)
+            except BlockingIOError:
+                time.sleep(0.05)
+            except OSError:  # reset by the agent
+                break
+        else:
+            pytest.fail(f"still open after 20 s ({sent} bytes of requests sent, none of the answers read)")
+    finally:
+        s.close()
+    assert requests.get(f"{url}/health", timeout=5).ok

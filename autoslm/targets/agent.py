@@ -19,6 +19,7 @@ Security model:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -96,10 +97,16 @@ def _extract_members(tf: tarfile.TarFile, dest: Path, budget: int, names: list[s
             raise BadUpload(f"'{name}': file type not accepted (allowed: {', '.join(ALLOWED_SUFFIXES)})")
         src = tf.extractfile(m)
         assert src is not None
-        head = src.read(4)
-        if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        head = src.read(9)
+        if name.lower().endswith(".safetensors"):
+            # an 8-byte little-endian header length, then the JSON header: a pickle (or anything else) is refused.
+            # (Testing for pickle's 0x80 first byte refused real safetensors whose header length ended in 0x80.)
+            length = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
+            if not (0 < length <= min(m.size - 8, 100 << 20)) or head[8:9] != b"{":
+                raise BadUpload(f"'{name}' is not a safetensors file (no header where one begins); pickles are refused")
+        elif head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
             raise BadUpload(f"'{name}' is a pickle; pickles are never loaded")
-        if name.lower().endswith(".gguf") and head != b"GGUF":
+        if name.lower().endswith(".gguf") and head[:4] != b"GGUF":
             raise BadUpload(f"'{name}' is not a GGUF file (it does not start with the GGUF magic)")
         written = len(head)
         try:
@@ -138,6 +145,17 @@ def verify_upload(directory: Path) -> None:
         raise BadUpload(f"config.json: {problem}")
 
 
+MAX_CONNECTIONS = 1000
+GRACE_S = 0.5
+HARD_FACTOR = 4
+"""Past --max-connections open connections the agent is under pressure: every connection waiting for a request head
+(new, or kept alive after a response) gets GRACE_S to send it instead of --header-timeout-s, and those that have
+waited longer are closed. Past HARD_FACTOR times the limit, new connections are refused outright. A client holding
+~560 idle sockets and re-opening each one as it was closed, with no token, made every /health and every authenticated
+request answer 503 (uvicorn's `limit_concurrency` counted its sockets); now the sockets that send nothing give way,
+and a client that sends its request within GRACE_S of connecting is served (docs/reliability.md)."""
+
+
 class Agent:
     """The service's state: token, limits, the measuring lock and the target that measures."""
 
@@ -150,6 +168,7 @@ class Agent:
         timeout_s: float = 900.0,
         upload_timeout_s: float = 600.0,
         header_timeout_s: float = 10.0,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         from autoslm.targets.local import LocalTarget
 
@@ -163,6 +182,7 @@ class Agent:
         self.max_queue = max_queue
         self.upload_timeout_s = upload_timeout_s
         self.header_timeout_s = header_timeout_s
+        self.max_connections = max_connections
         self.target = LocalTarget(timeout_s=timeout_s)
         self.scratch = scratch_root()
         self.lock = threading.Lock()
@@ -347,17 +367,18 @@ def serve(
 
     Connections are cheap and bounded in time: a connection must send its request head within the agent's
     `header_timeout_s` of opening or of its previous response (idle and slow-header sockets are closed), an upload
-    must arrive within `upload_timeout_s`, and at most MAX_CONNECTIONS are open; the --max-queue limit (503)
-    applies to measurement work only."""
+    must arrive within `upload_timeout_s`, and past `max_connections` open ones, idle ones get GRACE_S (a flood of
+    idle sockets gives way to requests); the --max-queue limit (503) applies to measurement work only."""
     import uvicorn
 
     sock = sock or bind(host, port)
+    _enough_descriptors(HARD_FACTOR * agent.max_connections + 256)
     config = uvicorn.Config(
         make_app(agent),
         log_level=log_level,
         timeout_keep_alive=30,
-        limit_concurrency=MAX_CONNECTIONS,
-        http=_header_timeout_protocol(agent.header_timeout_s),
+        limit_concurrency=None,  # counted every idle socket (a flood made every request 503): bounded below instead
+        http=_header_timeout_protocol(agent.header_timeout_s, agent.max_connections),
         h11_max_incomplete_event_size=16 * 1024,
     )
     server = uvicorn.Server(config)
@@ -367,29 +388,83 @@ def serve(
         shutil.rmtree(agent.scratch, ignore_errors=True)
 
 
-MAX_CONNECTIONS = 512
+def _enough_descriptors(wanted: int) -> None:
+    """Raise this process's open-file limit towards `wanted` (within the hard limit): each connection is one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        top = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
 
 
-def _header_timeout_protocol(seconds: float) -> type:
+def _header_timeout_protocol(seconds: float, max_connections: int = MAX_CONNECTIONS) -> type:
     """uvicorn's h11 protocol, closing a connection that has not sent a complete request head within `seconds` of
-    opening (or of its previous response): uvicorn itself waits forever for the first request."""
+    opening (or of its previous response): uvicorn itself waits forever for the first request; past `max_connections`
+    open, within GRACE_S (above). And a
+    connection whose responses the client has not read for `seconds` is closed (200k pipelined requests that were
+    never read kept one open indefinitely)."""
+    from collections import OrderedDict
+
     from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    waiting: OrderedDict[int, Any] = OrderedDict()  # connections waiting for a request head, longest-waiting first
+    open_count = [0]
 
     class HeaderTimeoutProtocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _write_timer: asyncio.TimerHandle | None = None
+        _since = 0.0
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            open_count[0] += 1
+            if open_count[0] > HARD_FACTOR * max_connections:
+                self.transport.abort()  # a flood far past the limit: refused until the sweep below catches up
+                return
+            if open_count[0] > max_connections:
+                self._sweep()
             self._arm()
+
+        def _sweep(self) -> None:
+            """Under pressure: close every connection that has waited GRACE_S or more for a request head."""
+            now = self.loop.time()
+            while waiting:
+                key, other = next(iter(waiting.items()))
+                if now - other._since < GRACE_S:
+                    break
+                del waiting[key]
+                other._disarm()
+                other.transport.abort()
 
         def _arm(self) -> None:
             self._disarm()
-            self._head_timer = self.loop.call_later(seconds, self._no_head)
+            under_pressure = open_count[0] > max_connections
+            self._head_timer = self.loop.call_later(GRACE_S if under_pressure else seconds, self._no_head)
+            self._since = self.loop.time()
+            waiting[id(self)] = self  # at the end: the most recent to start waiting
 
         def _disarm(self) -> None:
+            waiting.pop(id(self), None)
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._write_timer is None:
+                self._write_timer = self.loop.call_later(seconds, self._not_reading)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
+
+        def _not_reading(self) -> None:
+            self._write_timer = None
+            self.transport.abort()  # its unread responses are dropped: the client stopped reading
 
         def _no_head(self) -> None:
             if self.cycle is None or self.cycle.response_complete:
@@ -406,7 +481,11 @@ def _header_timeout_protocol(seconds: float) -> type:
                 self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            open_count[0] -= 1
             self._disarm()
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
             super().connection_lost(exc)
 
     return HeaderTimeoutProtocol
