@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -275,13 +275,44 @@ def _search(ctx: typer.Context, resume: bool, **options: object) -> None:
     from autoslm.search_view import SearchView
     from autoslm.searching import run_search
 
-    with SearchView(console, settings.trials) as view:
-        result = run_search(settings, resume=resume, progress=view.event)
+    try:
+        with SearchView(console, settings.trials) as view:
+            result = run_search(settings, resume=resume, progress=view.event)
+    except KeyboardInterrupt:
+        _interrupted(settings)
+        raise typer.Exit(130) from None
     result.report_path, _ = report.write(result.run_dir, result.settings.storage, result.settings.study)
     view.summary(result)
 
 
 app.command("search")(_with_settings_options(_search))
+
+
+_REPORTED: list[str] = []  # Ctrl-C already explained by the command (search)
+
+
+def _interrupted(settings: Any) -> None:
+    """Ctrl-C: what was kept, the best so far, and the command that continues (the interrupted trial is run again)."""
+    import shlex
+
+    from autoslm.searching.trials import best, finished_count, records
+
+    db = settings.run_dir / "study.db"
+    done, lead = 0, None
+    if settings.storage or db.is_file():
+        try:
+            import optuna
+
+            study = optuna.load_study(study_name=settings.study, storage=settings.storage or f"sqlite:///{db}")
+            done, lead = finished_count(study), best(records(study))
+        except Exception:
+            pass
+    argv = [a for a in sys.argv[1:] if a != "--resume"]
+    again = "autoslm " + shlex.join([*argv, "--resume"])
+    kept = f"{done} of {settings.trials} trials finished, kept in {settings.storage or db}"
+    lead_text = f"; best so far: trial {lead.number} (ppl {lead.ppl:.2f})" if lead is not None else ""
+    err.print(f"interrupted: {kept}{lead_text}. Continue with: {again}", highlight=False, soft_wrap=True)
+    _REPORTED.append("search")
 
 
 @app.command()
@@ -459,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         from click import exceptions as click_exc  # type: ignore[no-redef]
 
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # typer turns Ctrl-C into exit code 130, returned here
     except UserError as exc:
         _error(str(exc))
         return 2
@@ -477,7 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
-    return 0
+    if code == 130 and not _REPORTED:
+        err.print("interrupted")
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -841,3 +841,39 @@ def test_a_client_that_pipelines_requests_and_never_reads_is_closed(agent) -> No
     finally:
         s.close()
     assert requests.get(f"{url}/health", timeout=5).ok
+
+
+# --- 6. Ctrl-C -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("when", ["baseline", "trial"])
+def test_ctrl_c_says_what_was_kept_exits_130_and_resume_reruns_the_interrupted_trial(tmp_path: Path, when: str):
+    import shlex
+
+    out = tmp_path / "run"
+    args = ["search", "--model", "tiny-llama", "--space", "tiny", "--budget", "memory_mb<=3x", "--trials", "2",
+            "--fidelity", "low", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "autoslm.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    marker = "baseline:" if when == "trial" else "search space"
+    for line in proc.stdout:  # the live view's lines, as they come
+        if marker in line:
+            break
+    time.sleep(1.0 if when == "trial" else 0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    line = next(x for x in err.splitlines() if x.startswith("interrupted:"))
+    assert "0 of 2 trials finished" in line and "Continue with: autoslm search" in line, line
+    if when == "baseline":
+        return
+    again = shlex.split(line.split("Continue with: ", 1)[1])
+    assert again[-1] == "--resume"
+    done = run_cli(*again[1:])
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((out / "trials.json").read_text())
+    interrupted = [r for r in rows if r["status"] == "interrupted"]
+    finished = [r for r in rows if r["status"] in ("complete", "infeasible", "pruned", "failed")]
+    assert len(interrupted) == 1 and len(finished) == 2, [(r["number"], r["status"]) for r in rows]
+    assert finished[0]["steps"] == interrupted[0]["steps"] or not interrupted[0]["steps"]  # re-run first

@@ -85,7 +85,11 @@ class TrialRecord(BaseModel):
 
 
 def records(study: Any) -> list[TrialRecord]:
-    return [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]
+    rows = [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]
+    interrupted = set(study.user_attrs.get("interrupted", []))
+    why = {"status": "interrupted", "reason": "interrupted (Ctrl-C); its policy was queued for --resume"}
+    # Ctrl-C: not the policy's failure, and run again on resume
+    return [r.model_copy(update=why) if r.number in interrupted and r.status == "stale" else r for r in rows]
 
 
 def best(rows: list[TrialRecord]) -> TrialRecord | None:

@@ -38,14 +38,33 @@ class OptunaBackend(SearchBackend):
             if finished_count(study) >= job.settings.trials:
                 study.stop()
 
-        job.study.optimize(
-            make_trial_function(job),
-            n_trials=job.remaining + 4,  # a few extra: stale retries do not count
-            timeout=job.settings.timeout_s,
-            callbacks=[after],
-            catch=(Exception,),
-            gc_after_trial=True,
-        )
+        try:
+            job.study.optimize(
+                make_trial_function(job),
+                n_trials=job.remaining + 4,  # a few extra: stale retries do not count
+                timeout=job.settings.timeout_s,
+                callbacks=[after],
+                catch=(Exception,),
+                gc_after_trial=True,
+            )
+        except KeyboardInterrupt:
+            requeue_interrupted(job.study)
+            raise
+
+
+def requeue_interrupted(study: Any) -> None:
+    """Ctrl-C mid-trial: Optuna marks the trial failed. It is not blamed on its policy: it has no reason, so it
+    never counts toward --trials; the study lists it as interrupted, and its parameters are queued, so `--resume`
+    runs it first."""
+    import optuna
+
+    seen = list(study.user_attrs.get("interrupted", []))
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        if "reason" not in t.user_attrs and t.number not in seen:
+            seen.append(t.number)
+            if t.params:
+                study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number})
+    study.set_user_attr("interrupted", seen)
 
 
 def make_trial_function(job: BackendJob) -> Any:
