@@ -53,8 +53,11 @@ class Recipe(BaseModel):
             raise ValueError(f"base_model lacks {' and '.join(missing)}")
         return value
 
+    def text(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, width=120)
+
     def write(self, path: Path) -> Path:
-        path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, width=120))
+        path.write_text(self.text())
         return path
 
     @classmethod

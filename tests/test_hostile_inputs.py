@@ -268,9 +268,13 @@ def test_port_in_use_is_reported_before_the_banner() -> None:
 # --- 6. runs and studies: nothing lost -----------------------------------------------------------------------------
 
 
+def _search_args(out: Path) -> list[str]:
+    return ["search", "--model", "tiny-llama", "--space", "tiny", "--budget", "memory_mb<=3x", "--trials", "1",
+            "--fidelity", "low", "--out", str(out)]  # fmt: skip
+
+
 def _search(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run_cli("search", "--model", "tiny-llama", "--space", "tiny", "--budget", "memory_mb<=3x", "--trials",
-                   "1", "--fidelity", "low", "--out", str(out), *extra)  # fmt: skip
+    return run_cli(*_search_args(out), *extra)
 
 
 def test_empty_study_with_resume_is_refused_and_outputs_kept(tmp_path: Path) -> None:
@@ -877,3 +881,60 @@ def test_ctrl_c_says_what_was_kept_exits_130_and_resume_reruns_the_interrupted_t
     finished = [r for r in rows if r["status"] in ("complete", "infeasible", "pruned", "failed")]
     assert len(interrupted) == 1 and len(finished) == 2, [(r["number"], r["status"]) for r in rows]
     assert finished[0]["steps"] == interrupted[0]["steps"] or not interrupted[0]["steps"]  # re-run first
+
+
+# --- 7. kill -9 during export ----------------------------------------------------------------------------------------
+
+
+def _pair_matches(out: Path) -> bool:
+    """recipe.yaml names the checkpoint beside it (its weights' sha256), and the checkpoint carries that recipe."""
+    import yaml
+
+    from autoslm import checkpoint
+
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    weights = checkpoint.weights_file(out / "checkpoint")
+    inner = (out / "checkpoint" / "recipe.yaml").read_text()
+    return recipe["checkpoint_sha256"] == checkpoint.sha256_file(weights) and inner == (out / "recipe.yaml").read_text()
+
+
+class _Killed(BaseException):
+    """Stands for kill -9 in-process: nothing after the step runs (export has no cleanup handlers)."""
+
+
+def test_a_crash_at_every_step_of_export_leaves_a_run_dir_that_resume_completes(tmp_path: Path, monkeypatch) -> None:
+    import autoslm
+    from autoslm.searching import export
+
+    out = tmp_path / "run"
+    options = {"model": "tiny-llama", "space": "tiny", "budget": "memory_mb<=3x", "trials": 1, "fidelity": "low",
+               "out": out}  # fmt: skip
+    autoslm.search(**options)
+    assert _pair_matches(out)
+    for step in ("staged", "old-moved", "new-in-place", "recipe-written"):
+
+        def crash(at: str, step: str = step) -> None:
+            if at == step:
+                raise _Killed(at)
+
+        monkeypatch.setattr(export, "_fault", crash)
+        with pytest.raises(_Killed):
+            autoslm.search(resume=True, **options)
+        if step in ("staged", "recipe-written"):  # between whole states: the pair matches as it is
+            assert _pair_matches(out), step
+        monkeypatch.undo()
+        autoslm.search(resume=True, **options)
+        assert _pair_matches(out), step
+        assert not [p.name for p in out.iterdir() if p.name.startswith((".checkpoint", ".recipe"))], step
+
+
+def test_kill_9_between_moving_the_old_checkpoint_and_placing_the_new_one(tmp_path: Path) -> None:
+    """A real kill -9 (AUTOSLM_FAULT) where checkpoint/ is briefly absent: the next run puts the old pair back."""
+    out = tmp_path / "run"
+    assert _search(out).returncode == 0
+    killed = run_cli(*_search_args(out), "--resume", env={"AUTOSLM_FAULT": "export:old-moved"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-1500:]
+    assert not (out / "checkpoint").exists() and (out / ".checkpoint.old").is_dir()
+    again = run_cli(*_search_args(out), "--resume")
+    assert again.returncode == 0, again.stderr[-1500:]
+    assert _pair_matches(out)

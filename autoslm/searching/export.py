@@ -1,8 +1,18 @@
-"""Export of a search's winner: its checkpoint copied to RUN/checkpoint and RUN/recipe.yaml written beside it."""
+"""Export of a search's winner: its checkpoint copied to RUN/checkpoint and RUN/recipe.yaml written beside it.
+
+Export never leaves a half-written pair. The new checkpoint, its recipe inside it, is staged in RUN/.checkpoint.new;
+then the old checkpoint is moved to RUN/.checkpoint.old, the new one into place, and recipe.yaml replaced (one
+`os.replace` each). A kill between two of those steps leaves what `recover` puts right, and every export and every
+search start calls it: the old pair back when the new checkpoint is not in place yet, or the new pair completed
+(the checkpoint carries its own recipe.yaml) once it is. Tested by killing the process at each step
+(AUTOSLM_FAULT=export:STEP, tests/test_hostile_inputs.py).
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +30,18 @@ def export_best(
     from autoslm.runtimes import get_runtime
     from autoslm.searching.objective import Objective
 
-    dest = run_dir / "checkpoint"
+    recover(run_dir)
+    dest, staged = run_dir / "checkpoint", run_dir / STAGED
+    shutil.rmtree(staged, ignore_errors=True)
     src = Path(best.checkpoint or "")
     seed = settings.seed if best.seed is None else best.seed  # processes sharing a study may differ in seed
     objective = Objective(
         model=settings.model, space=None, budget=None, run_dir=str(run_dir), seed=seed, runtime=settings.runtime
     )  # type: ignore[arg-type]
     if not checkpoint.weights_file(src).is_file():
-        _rebuild(objective, best, dest)  # the winner ran on another node: apply its policy here (deterministic)
-    elif src.resolve() != dest.resolve():
-        shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(src, dest)
+        _rebuild(objective, best, staged)  # the winner ran on another node: apply its policy here (deterministic)
+    else:
+        shutil.copytree(src, staged)
     target = settings_target(settings)
     recipe = Recipe(
         base_model={
@@ -62,11 +73,61 @@ def export_best(
             "trial": best.number,
         },
         environment=environment(),
-        checkpoint_sha256=checkpoint.sha256_file(checkpoint.weights_file(dest)),
+        checkpoint_sha256=checkpoint.sha256_file(checkpoint.weights_file(staged)),
     )
-    path = recipe.write(run_dir / "recipe.yaml")
-    checkpoint.add_file(dest, "recipe.yaml", path.read_text())
-    return path, dest
+    checkpoint.add_file(staged, "recipe.yaml", recipe.text())
+    _fault("staged")
+    return _commit(run_dir, staged), dest
+
+
+STAGED, OLD = ".checkpoint.new", ".checkpoint.old"
+
+
+def _commit(run_dir: Path, staged: Path) -> Path:
+    """The staged checkpoint into place, then its recipe beside it (see the module's note)."""
+    dest, old = run_dir / "checkpoint", run_dir / OLD
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.replace(dest, old)
+    _fault("old-moved")
+    os.replace(staged, dest)
+    _fault("new-in-place")
+    path = _write_recipe(run_dir, (dest / "recipe.yaml").read_text())
+    _fault("recipe-written")
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _write_recipe(run_dir: Path, text: str) -> Path:
+    path = run_dir / "recipe.yaml"
+    tmp = run_dir / ".recipe.yaml.new"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def recover(run_dir: Path) -> None:
+    """Put right a run directory whose export was killed midway: the old pair back if the new checkpoint was not in
+    place yet, else recipe.yaml from the checkpoint it belongs to. Leftover staging is removed."""
+    dest, old = run_dir / "checkpoint", run_dir / OLD
+    if not dest.exists() and old.exists():
+        os.replace(old, dest)
+    inner = dest / "recipe.yaml"
+    if inner.is_file() and (
+        not (run_dir / "recipe.yaml").is_file() or (run_dir / "recipe.yaml").read_text() != inner.read_text()
+    ):
+        _write_recipe(run_dir, inner.read_text())
+    for leftover in (run_dir / STAGED, old, run_dir / ".recipe.yaml.new"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def _fault(step: str) -> None:
+    """Tests only: AUTOSLM_FAULT=export:STEP kills this process (SIGKILL, as `kill -9` would) after STEP."""
+    if os.environ.get("AUTOSLM_FAULT") == f"export:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def settings_target(settings: SearchSettings) -> Any:
@@ -78,5 +139,4 @@ def settings_target(settings: SearchSettings) -> Any:
 def _rebuild(objective: Any, best: TrialRecord, dest: Path) -> None:
     planned, _ = objective.identify(best.steps)
     model, lm = objective.apply_policy(best.steps, planned)
-    shutil.rmtree(dest, ignore_errors=True)
     objective.save(model, lm.tokenizer, dest, best.steps, planned)

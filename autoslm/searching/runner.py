@@ -91,6 +91,9 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         probe.unlink()
     except OSError as exc:
         raise UserError(f"--out '{run_dir}' is not a writable directory ({exc.strerror or exc})") from exc
+    from autoslm.searching.export import recover
+
+    recover(run_dir)  # an export killed midway: both old or both new again (export.py)
     storage = make_storage(settings.storage or f"sqlite:///{db.resolve()}")
     study = optuna.create_study(
         study_name=settings.study,
