@@ -938,3 +938,22 @@ def test_kill_9_between_moving_the_old_checkpoint_and_placing_the_new_one(tmp_pa
     again = run_cli(*_search_args(out), "--resume")
     assert again.returncode == 0, again.stderr[-1500:]
     assert _pair_matches(out)
+
+
+# --- 8. two processes resuming one run dir -------------------------------------------------------------------------
+
+
+def test_a_second_process_resuming_a_run_dir_in_use_is_refused_naming_the_first(tmp_path: Path) -> None:
+    from autoslm.searching.runner import run_dir_lock
+
+    out = tmp_path / "run"
+    assert _search(out).returncode == 0
+    with run_dir_lock(out):  # this process holds it, as a running search does
+        second = run_cli(*_search_args(out), "--resume", "--trials", "2")
+        _one_line_error(second, "is in use by another autoslm search", f"pid {os.getpid()}", "--storage")
+    rows = json.loads((out / "trials.json").read_text())
+    assert len(rows) == 1  # the refused process ran nothing
+    again = run_cli(*_search_args(out), "--resume", "--trials", "2")  # released: it runs
+    assert again.returncode == 0, again.stderr[-1500:]
+    with run_dir_lock(out, shared=True), run_dir_lock(out, shared=True):  # a shared --storage: several at once
+        pass

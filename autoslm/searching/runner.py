@@ -15,8 +15,11 @@ run_dir/
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,97 +94,133 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         probe.unlink()
     except OSError as exc:
         raise UserError(f"--out '{run_dir}' is not a writable directory ({exc.strerror or exc})") from exc
-    from autoslm.searching.export import recover
+    with run_dir_lock(run_dir, shared=bool(settings.storage)):
+        from autoslm.searching.export import recover
 
-    recover(run_dir)  # an export killed midway: both old or both new again (export.py)
-    storage = make_storage(settings.storage or f"sqlite:///{db.resolve()}")
-    study = optuna.create_study(
-        study_name=settings.study,
-        storage=storage,
-        sampler=make_sampler(settings.sampler, settings.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
-        direction="minimize",
-        load_if_exists=True,
-    )
-    stored = study.user_attrs.get("settings")
-    if not stored and resume and had_db:
-        raise UserError(
-            f"--resume: '{db}' holds no stored autoslm search (empty, or written by something else): nothing to "
-            "resume; move it away or choose another --out"
+        recover(run_dir)  # an export killed midway: both old or both new again (export.py)
+        storage = make_storage(settings.storage or f"sqlite:///{db.resolve()}")
+        study = optuna.create_study(
+            study_name=settings.study,
+            storage=storage,
+            sampler=make_sampler(settings.sampler, settings.seed),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+            direction="minimize",
+            load_if_exists=True,
         )
-    if stored:
-        if not resume and settings.storage is None:
-            raise UserError(f"run directory '{run_dir}' already holds a search: pass --resume, or choose another --out")
-        settings, changed = settings.resumed_from(stored)
-        if changed:
-            _emit(progress, "resumed", changed)
-    else:
-        study.set_user_attr("settings", settings.model_dump())
-    backend = get_backend(settings.backend)
+        stored = study.user_attrs.get("settings")
+        if not stored and resume and had_db:
+            raise UserError(
+                f"--resume: '{db}' holds no stored autoslm search (empty, or written by something else): nothing to "
+                "resume; move it away or choose another --out"
+            )
+        if stored:
+            if not resume and settings.storage is None:
+                raise UserError(
+                    f"run directory '{run_dir}' already holds a search: pass --resume, or choose another --out"
+                )
+            settings, changed = settings.resumed_from(stored)
+            if changed:
+                _emit(progress, "resumed", changed)
+        else:
+            study.set_user_attr("settings", settings.model_dump())
+        backend = get_backend(settings.backend)
 
-    objective = Objective(
-        model=settings.model,
-        space=None,  # type: ignore[arg-type]  (set below, once the base model is known)
-        budget=settings.limits,
-        run_dir=str(run_dir),
-        seed=settings.seed,
-        fidelity_full=_fidelity(settings.fidelity),
-        target=settings.target,
-        target_token=settings.target_token,
-        runtime=settings.runtime,
-        threads=settings.threads,
-        recheck_rounds=settings.recheck_rounds,
-        recheck_margin=settings.recheck_margin,
-        busy_retries=settings.busy_retries,
-        busy_wait_s=settings.busy_wait,
-        measure_timeout_s=settings.measure_timeout,
-    )
+        objective = Objective(
+            model=settings.model,
+            space=None,  # type: ignore[arg-type]  (set below, once the base model is known)
+            budget=settings.limits,
+            run_dir=str(run_dir),
+            seed=settings.seed,
+            fidelity_full=_fidelity(settings.fidelity),
+            target=settings.target,
+            target_token=settings.target_token,
+            runtime=settings.runtime,
+            threads=settings.threads,
+            recheck_rounds=settings.recheck_rounds,
+            recheck_margin=settings.recheck_margin,
+            busy_retries=settings.busy_retries,
+            busy_wait_s=settings.busy_wait,
+            measure_timeout_s=settings.measure_timeout,
+        )
+        try:
+            refused = get_runtime(settings.runtime).refuses_model(objective.base().model)
+            if refused:
+                raise UserError(f"--runtime {settings.runtime}: {refused}")
+            objective.space = _runnable_space(settings, objective.base().model, progress)
+        except UserError:
+            if not stored and not had_db and not settings.storage:  # nothing searched: no study to trip the next run
+                db.unlink(missing_ok=True)
+                (run_dir / LOCK).unlink(missing_ok=True)
+                if created and not any(run_dir.iterdir()):
+                    run_dir.rmdir()
+            raise
+        _emit(progress, "space", objective.space)
+        changed_plugins = _plugin_versions(study, objective.space)
+        if changed_plugins:
+            changed_text = "; ".join(changed_plugins)
+            _emit(progress, "warning", f"plugins changed since this study began ({changed_text}): their earlier "
+                  "trials stay as measured; identical policies are evaluated again, not reused")  # fmt: skip
+        crowded = _every_core(settings, cores)
+        if crowded:
+            _emit(progress, "warning", crowded)
+        baseline = _baseline(objective, study, run_dir, device, progress)
+        _emit(progress, "baseline", {"baseline": baseline, "budget": settings.limits})
+        if any(name not in (baseline.get("references") or {}) for name in settings.limits.references):
+            measure_references(objective, baseline, settings.limits.references, progress)
+            study.set_user_attr("baseline", baseline)
+            (run_dir / "baseline.json").write_text(json.dumps(baseline, indent=2))
+            _emit(progress, "references", {"baseline": baseline, "budget": settings.limits})
+
+        if settings.warm_start and not study.get_trials(deepcopy=False):
+            from autoslm.searching.warm_start import warm_start_policies
+
+            for params in warm_start_policies(objective.space, settings.trials):
+                study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+        backend.prepare(study, resume)
+        remaining = settings.trials - finished_count(study)
+
+        def after(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            from autoslm.searching.trials import best, records
+
+            rows = records(st)
+            _keep_best_checkpoint(rows, run_dir)
+            payload = {"trial": TrialRecord.from_trial(trial), "done": finished_count(st), "total": settings.trials}
+            _emit(progress, "trial", {**payload, "best": best(rows)})
+
+        if remaining > 0:
+            backend.run(BackendJob(objective, study, storage, settings, baseline, remaining, after))
+        return _finish(study, settings, run_dir, baseline)
+
+
+LOCK = ".autoslm.lock"
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path, shared: bool = False) -> Iterator[None]:
+    """Hold the run directory for this search (an advisory lock on RUN/.autoslm.lock, released when the process
+    ends, even by kill -9). A second process resuming the same directory is refused in one line naming the first:
+    two of them ran 5 trials for `--trials 4`. A study in a shared --storage is meant for several processes
+    (`shared`): they take the lock shared, so only a process using the directory alone is refused beside them."""
+    import fcntl
+    import socket
+
+    path = run_dir / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        refused = get_runtime(settings.runtime).refuses_model(objective.base().model)
-        if refused:
-            raise UserError(f"--runtime {settings.runtime}: {refused}")
-        objective.space = _runnable_space(settings, objective.base().model, progress)
-    except UserError:
-        if not stored and not had_db and not settings.storage:  # nothing searched: no study to trip the next run
-            db.unlink(missing_ok=True)
-            if created and not any(run_dir.iterdir()):
-                run_dir.rmdir()
-        raise
-    _emit(progress, "space", objective.space)
-    changed_plugins = _plugin_versions(study, objective.space)
-    if changed_plugins:
-        _emit(progress, "warning", f"plugins changed since this study began ({'; '.join(changed_plugins)}): "
-              "their earlier trials stay as measured; identical policies are evaluated again, not reused")  # fmt: skip
-    crowded = _every_core(settings, cores)
-    if crowded:
-        _emit(progress, "warning", crowded)
-    baseline = _baseline(objective, study, run_dir, device, progress)
-    _emit(progress, "baseline", {"baseline": baseline, "budget": settings.limits})
-    if any(name not in (baseline.get("references") or {}) for name in settings.limits.references):
-        measure_references(objective, baseline, settings.limits.references, progress)
-        study.set_user_attr("baseline", baseline)
-        (run_dir / "baseline.json").write_text(json.dumps(baseline, indent=2))
-        _emit(progress, "references", {"baseline": baseline, "budget": settings.limits})
-
-    if settings.warm_start and not study.get_trials(deepcopy=False):
-        from autoslm.searching.warm_start import warm_start_policies
-
-        for params in warm_start_policies(objective.space, settings.trials):
-            study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
-    backend.prepare(study, resume)
-    remaining = settings.trials - finished_count(study)
-
-    def after(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        from autoslm.searching.trials import best, records
-
-        rows = records(st)
-        _keep_best_checkpoint(rows, run_dir)
-        payload = {"trial": TrialRecord.from_trial(trial), "done": finished_count(st), "total": settings.trials}
-        _emit(progress, "trial", {**payload, "best": best(rows)})
-
-    if remaining > 0:
-        backend.run(BackendJob(objective, study, storage, settings, baseline, remaining, after))
-    return _finish(study, settings, run_dir, baseline)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(
+                f"run directory '{run_dir}' is in use by another autoslm search ({holder}): wait for it to end, or run "
+                "several processes on one study with --storage URL --study NAME (each with its own --out)"
+            ) from None
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _runnable_space(settings: SearchSettings, model: Any, progress: Any) -> Any:
