@@ -132,13 +132,39 @@ class TechniqueConformance:
         return {**self.fast_params, **(self.example_params or [{}])[0]}
 
     def apply(self, entry: Any, params: dict[str, Any]) -> tuple[Any, Any, int]:
-        """Apply to a fresh model; returns (compressed model, loaded original, original parameter + buffer count)."""
+        """Apply to a fresh model; returns (compressed model, loaded original, original parameter + buffer count).
+        A technique that raises fails the check naming itself, the configuration and which of the tested ones it
+        is (defaults, an example, a corner of the space)."""
         lm = self.fresh()
         before = _numel(lm.model)
         config = entry.cls.make_config(params)
-        model = entry.cls().apply(lm.model, config, self.context(lm))
+        try:
+            model = entry.cls().apply(lm.model, config, self.context(lm))
+        except Exception as exc:
+            pytest.fail(
+                f"{self.technique} raised {type(exc).__name__} ({str(exc)[:300]}) applied with {params} "
+                f"({self.which(entry, params)}) on {self.model}"
+            )
         assert model is not None, f"{self.technique}: apply() must return the model"
         return model, lm, before
+
+    def which(self, entry: Any, params: dict[str, Any]) -> str:
+        """Which configuration `params` is: the defaults, example N, or the low / high corner of `space()`."""
+        from autoslm.models import load_model, model_info
+
+        if params == {**self.fast_params}:
+            return "the defaults"
+        for i, example in enumerate(self.example_params):
+            if params == {**self.fast_params, **example}:
+                return f"example_params[{i}]"
+        try:
+            corners = _corner_params(entry.cls.space(model_info(load_model(self.model).model)))
+        except Exception:  # the space itself is broken: its own check says so
+            corners = []
+        for label, corner in zip(("the low corner of space()", "the high corner of space()"), corners, strict=False):
+            if params == {**self.fast_params, **corner}:
+                return label
+        return "a configuration under test"
 
     @staticmethod
     def logits(model: Any) -> Any:
@@ -217,14 +243,28 @@ class TechniqueConformance:
                     "(a tied embedding replaced by a new module) need the tie kept (model.tie_weights()) or a codec "
                     "that stores the shared module once"
                 )
+            coded = json.loads((directory / checkpoint.MANIFEST).read_text()).get("modules", {}).get("coded", {})
+            _tied_twice(model, coded, directory, params)
             try:
                 loaded = checkpoint.load_model(directory)
             except Exception as exc:
-                pytest.fail(
-                    f"{params}: the checkpoint does not load ({type(exc).__name__}: {exc}). A codec's decode() must "
-                    "rebuild the module from exactly what its encode() wrote (tensors and every metadata field)"
+                hint = (
+                    "the technique left tensors (a buffer?) that the architecture does not have: remove them before "
+                    "returning the model"
+                    if "does not use" in str(exc)
+                    else "A codec's decode() must rebuild the module from exactly what its encode() wrote (tensors "
+                    "and every metadata field)"
                 )
-            got = self.logits(loaded)
+                pytest.fail(f"{params}: the checkpoint does not load ({type(exc).__name__}: {exc}). {hint}")
+            _same_module_fields(model, loaded, coded, params)
+            try:
+                got = self.logits(loaded)
+            except Exception as exc:
+                codecs = ", ".join(sorted({f"{e['codec']} ({n})" for n, e in coded.items()})) or "none"
+                pytest.fail(
+                    f"{params}: the reloaded model fails to run ({type(exc).__name__}: {str(exc)[:200]}); codecs "
+                    f"involved: {codecs}: each decode() must rebuild its module exactly as encode() described it"
+                )
             assert torch.equal(got, expected), (
                 f"{params}: logits differ after save/load (max abs difference "
                 f"{float((got - expected).abs().max()):.3g}): the codec must store the module exactly"
@@ -244,6 +284,49 @@ class TechniqueConformance:
         assert step.technique == self.technique
         assert step.plugin == entry.dist and step.version == entry.version
         assert set(step.params) == set(entry.cls.Config.model_fields)
+
+
+def _plain_fields(module: Any) -> dict[str, Any]:
+    """A module's own plain attributes (sizes, flags, modes): what a codec's metadata must carry."""
+    plain = (int, float, str, bool, tuple, type(None))
+    return {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training" and isinstance(v, plain)}
+
+
+def _same_module_fields(model: Any, loaded: Any, coded: dict[str, Any], params: dict[str, Any]) -> None:
+    """Every coded module comes back with the plain attributes it had: a field its codec's encode() dropped (and
+    decode() then guessed) is named with the codec, not left to fail as an IndexError in the forward pass."""
+    for name, entry in coded.items():
+        before, after = _plain_fields(model.get_submodule(name)), _plain_fields(loaded.get_submodule(name))
+        changed = sorted(k for k in before if before[k] != after.get(k, object()))
+        if changed:
+            k = changed[0]
+            pytest.fail(
+                f"{params}: codec {entry['codec']} rebuilt module '{name}' with {k}={after.get(k, '(missing)')!r} "
+                f"where it was {before[k]!r} (metadata written: {sorted(entry.get('meta') or {})}): its encode() "
+                f"must write every field its decode() needs ({', '.join(changed)})"
+            )
+
+
+def _tied_twice(model: Any, coded: dict[str, Any], directory: Path, params: dict[str, Any]) -> None:
+    """A tied embedding stored twice: the model ties its input and output embeddings, both are coded modules, and
+    the two decode to equal tensors (a 16-cluster k-means of each copy is still smaller than the original: the
+    size check alone lets it pass)."""
+    from safetensors.torch import load_file
+
+    if not getattr(model.config, "tie_word_embeddings", False):
+        return
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    names = {m: n for n, m in model.named_modules() if m is embed or m is head}
+    pair = [names.get(embed), names.get(head)]
+    if None in pair or not all(n in coded for n in pair) or embed is head:
+        return
+    tensors = load_file(str(directory / "model.safetensors"))
+    own = [{k: tensors[f"{n}.{k}"] for k in coded[n]["tensors"] if f"{n}.{k}" in tensors} for n in pair]
+    if own[0] and own[0].keys() == own[1].keys() and all(own[0][k].equal(own[1][k]) for k in own[0]):
+        pytest.fail(
+            f"{params}: the tied embedding is stored twice ({pair[0]} and {pair[1]} hold equal tensors): keep one "
+            "module object for both, or share its tensors, so the checkpoint stores it once"
+        )
 
 
 def _numel(model: Any) -> int:

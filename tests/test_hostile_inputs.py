@@ -957,3 +957,25 @@ def test_a_second_process_resuming_a_run_dir_in_use_is_refused_naming_the_first(
     assert again.returncode == 0, again.stderr[-1500:]
     with run_dir_lock(out, shared=True), run_dir_lock(out, shared=True):  # a shared --storage: several at once
         pass
+
+
+# --- 14. a plugin upgraded between a search and its resume -----------------------------------------------------------
+
+
+def test_the_recipe_names_the_plugin_version_that_made_the_exported_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    import yaml
+
+    import autoslm
+    from autoslm.plugins import get_registry
+
+    out = tmp_path / "run"
+    options = {"model": "tiny-llama", "space": "tiny", "budget": "memory_mb<=3x", "trials": 1, "fidelity": "low",
+               "out": out}  # fmt: skip
+    first = autoslm.search(**options)
+    technique = first.best.steps[0]["technique"]
+    entry = get_registry().technique(technique)
+    made_by = entry.version
+    monkeypatch.setattr(entry, "version", made_by + ".post1")  # upgraded, then --resume: no new trial, export again
+    autoslm.search(resume=True, **options)
+    step = next(s for s in yaml.safe_load((out / "recipe.yaml").read_text())["steps"] if s["technique"] == technique)
+    assert step["version"] == made_by, step

@@ -202,11 +202,94 @@ class CodedTiedEmbedding(Technique):
         return model
 
 
+class Gathered(torch.nn.Module):
+    """A Linear whose output keeps its first `count` channels, gathered by index: a wrong count is an IndexError
+    in the forward pass, not at load."""
+
+    def __init__(self, inner: torch.nn.Linear, count: int) -> None:
+        super().__init__()
+        self.inner, self.count = inner, count
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        return y[..., torch.arange(self.count)]
+
+
+class GuessesCount(autoslm.Codec):
+    """Forgets `count` in encode(); decode() guesses it (the input width): the module loads, the forward fails."""
+
+    name = "test.guesses_count"
+    module_type = Gathered
+
+    def encode(self, module: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {"weight": module.inner.weight}, {}
+
+    def decode(self, tensors: dict[str, Any], meta: dict[str, Any]) -> Any:
+        out, inp = tensors["weight"].shape
+        inner = torch.nn.Linear(inp, out, bias=False)
+        inner.weight.data = tensors["weight"]
+        return Gathered(inner, meta.get("count", inp))
+
+
+class DropsAField(Technique):
+    name = "test.drops_a_field"
+    stage = Stage.PRUNE
+    Config = NoiseConfig
+
+    def apply(self, model: Any, config: NoiseConfig, ctx: Any) -> Any:
+        mlp = model.model.layers[0].mlp
+        mlp.down_proj = Gathered(mlp.down_proj, mlp.down_proj.out_features)
+        return model
+
+
+class TiedTwice(Technique):
+    """Replaces the tied embedding and the lm_head by two coded modules holding equal copies of the table."""
+
+    name = "test.tied_twice"
+    stage = Stage.PRUNE
+    Config = NoiseConfig
+
+    def apply(self, model: Any, config: NoiseConfig, ctx: Any) -> Any:
+        table = model.model.embed_tokens.weight.detach()
+        model.model.embed_tokens = SharedTable(torch.nn.Parameter(table.clone()), "embed")
+        model.lm_head = SharedTable(torch.nn.Parameter(table.clone()), "head")
+        return model
+
+
+class StrayBuffer(CodedTiedEmbedding):
+    """Codes the tied embedding (so autoslm's own loader reads the checkpoint) and leaves a small buffer the
+    architecture does not have."""
+
+    name = "test.stray_buffer"
+
+    def apply(self, model: Any, config: NoiseConfig, ctx: Any) -> Any:
+        model = super().apply(model, config, ctx)
+        model.model.register_buffer("stray", torch.zeros(4))
+        return model
+
+
+class BreaksAtTheTop(Technique):
+    """Raises for scale above 0.5: only the high corner of its space breaks."""
+
+    name = "test.breaks_at_the_top"
+    stage = Stage.PRUNE
+    Config = NoiseConfig
+
+    @classmethod
+    def space(cls, info: dict[str, int], target: Any = None) -> dict[str, Any]:
+        return {"scale": Float(low=0.0, high=1.0)}
+
+    def apply(self, model: Any, config: NoiseConfig, ctx: Any) -> Any:
+        if config.scale > 0.5:
+            raise IndexError("index 7 is out of bounds")
+        return model
+
+
 class _Plugin:
     @autoslm.hookimpl
     def register_techniques(self, register: Any) -> None:
         for cls in (Unseeded, Grows, NoCodec, ForgetsMetadata, LossyRoundTrip, SharesMemory, BigBuffer,
-                    CodedTiedEmbedding):  # fmt: skip
+                    CodedTiedEmbedding, DropsAField, TiedTwice, StrayBuffer, BreaksAtTheTop):  # fmt: skip
             register(cls)
 
     @autoslm.hookimpl
@@ -214,6 +297,7 @@ class _Plugin:
         register(DropsMetadata())
         register(Lossy())
         register(SharedTableCodec())
+        register(GuessesCount())
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +305,8 @@ def kit_entries():
     registry = get_registry()
     registry.add(_Plugin(), name="broken-for-test", dist="broken-dist", version="9.9")
     names = ("test.unseeded", "test.grows", "test.nocodec", "test.forgets_metadata", "test.lossy",
-             "test.shares_memory", "test.big_buffer", "test.coded_tied_embedding")  # fmt: skip
+             "test.shares_memory", "test.big_buffer", "test.coded_tied_embedding", "test.drops_a_field",
+             "test.tied_twice", "test.stray_buffer", "test.breaks_at_the_top")  # fmt: skip
     yield {n: registry.technique(n) for n in names}
     registry.remove("broken-for-test")
 
@@ -295,3 +380,36 @@ def test_a_coded_embedding_shared_with_the_lm_head_round_trips_stored_once(kit_e
     assert manifest["modules"]["aliases"] == {"lm_head.table": "model.embed_tokens.table"}
     loaded = checkpoint.load_model(saved)
     assert loaded.lm_head.table.data_ptr() == loaded.model.embed_tokens.table.data_ptr()  # shared again
+
+
+# --- hardening round two (#35 items 12, 13, 15) ---------------------------------------------------------------------
+
+
+def test_kit_names_the_codec_and_the_field_its_encode_dropped(kit_entries, tmp_path) -> None:
+    """Before: a raw IndexError from the reloaded model's forward, outside the kit's wrapped load."""
+    kit = _kit("test.drops_a_field")
+    with pytest.raises(pytest.fail.Exception, match=r"codec test\.guesses_count rebuilt module .*down_proj.* with "
+                       r"count=192 where it was 64.*encode\(\) must write every field"):  # fmt: skip
+        kit.test_checkpoint_round_trip(kit_entries["test.drops_a_field"], INFO, ORIGINAL_SIZE, tmp_path)
+
+
+def test_kit_catches_a_tied_embedding_stored_twice(kit_entries, tmp_path) -> None:
+    kit = _kit("test.tied_twice")
+    with pytest.raises(pytest.fail.Exception, match=r"tied embedding is stored twice \(model\.embed_tokens and "
+                       r"lm_head"):  # fmt: skip
+        kit.test_checkpoint_round_trip(kit_entries["test.tied_twice"], INFO, ORIGINAL_SIZE, tmp_path)
+
+
+def test_kit_says_what_a_stray_buffer_is_without_a_codec_hint(kit_entries, tmp_path) -> None:
+    kit = _kit("test.stray_buffer")
+    with pytest.raises(pytest.fail.Exception) as caught:
+        kit.test_checkpoint_round_trip(kit_entries["test.stray_buffer"], INFO, ORIGINAL_SIZE, tmp_path)
+    message = str(caught.value)
+    assert "does not use" in message and "buffer" in message and "decode()" not in message, message
+
+
+def test_kit_names_technique_configuration_and_corner_when_a_step_raises(kit_entries) -> None:
+    kit = _kit("test.breaks_at_the_top")
+    with pytest.raises(pytest.fail.Exception, match=r"test\.breaks_at_the_top raised IndexError \(index 7 is out "
+                       r"of bounds\) applied with \{'scale': 1\.0\} \(the high corner of space\(\)\)"):  # fmt: skip
+        kit.test_apply_keeps_a_working_model(kit_entries["test.breaks_at_the_top"], INFO)

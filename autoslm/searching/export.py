@@ -38,10 +38,12 @@ def export_best(
     objective = Objective(
         model=settings.model, space=None, budget=None, run_dir=str(run_dir), seed=seed, runtime=settings.runtime
     )  # type: ignore[arg-type]
+    steps = build_steps(best.steps)
     if not checkpoint.weights_file(src).is_file():
         _rebuild(objective, best, staged)  # the winner ran on another node: apply its policy here (deterministic)
     else:
         shutil.copytree(src, staged)
+        steps = produced_by(steps, best.plugins or {})
     target = settings_target(settings)
     recipe = Recipe(
         base_model={
@@ -49,7 +51,7 @@ def export_best(
             "source": parse_spec(settings.model).kind,
             "fingerprint": objective.base().fingerprint,
         },
-        steps=build_steps(best.steps),
+        steps=steps,
         calibration={"corpus": "calibration", "sha256": data.corpus_sha256("calibration")},
         seed=seed,
         target={
@@ -128,6 +130,17 @@ def _fault(step: str) -> None:
     """Tests only: AUTOSLM_FAULT=export:STEP kills this process (SIGKILL, as `kill -9` would) after STEP."""
     if os.environ.get("AUTOSLM_FAULT") == f"export:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def produced_by(steps: list[Any], plugins: dict[str, list[str]]) -> list[Any]:
+    """Recipe steps naming the plugin versions that produced the exported checkpoint (the trial's record), not the
+    ones installed now: a plugin upgraded between a search and its --resume would otherwise put the new version's
+    name on a checkpoint the old one made (`autoslm apply` with the new one then shows whether they agree)."""
+    out = []
+    for step in steps:
+        dist, version = (plugins.get(step.technique) or [step.plugin, step.version])[:2]
+        out.append(step.model_copy(update={"plugin": dist, "version": version}))
+    return out
 
 
 def settings_target(settings: SearchSettings) -> Any:

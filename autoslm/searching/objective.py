@@ -54,6 +54,7 @@ class TrialOutcome:
     seed: int | None = None  # the seed the policy was applied with (a recipe replays it)
     recheck: dict[str, Any] | None = None  # a close call timed again beside the baseline (see _recheck)
     interference: dict[str, Any] | None = None  # what else the target did while timing (see measure_steady)
+    plugins: dict[str, list[str]] | None = None  # technique -> [distribution, version] that produced the checkpoint
 
 
 BASE_MODELS: dict[str, Any] = {}  # model spec -> LoadedModel, loaded once per process
@@ -153,6 +154,7 @@ class Objective:
         `judge=False` (a budget's reference preset): measured and evaluated in full, never judged or pruned."""
         planned, policy_hash = identity or self.identify(steps)
         out = TrialOutcome(steps=steps, policy_hash=policy_hash, seed=self.seed)
+        out.plugins = {p.name: [p.entry.dist, p.entry.version] for p in planned}
         work = Path(self.run_dir) / "trials" / f"{trial_number:04d}"
         try:
             t0 = time.perf_counter()

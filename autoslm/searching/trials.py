@@ -43,6 +43,9 @@ class TrialRecord(BaseModel):
     interference: dict[str, Any] | None = Field(
         None, description="the measurement's interference figures; `attempts` when it was disturbed and repeated"
     )
+    plugins: dict[str, list[str]] | None = Field(
+        None, description="technique -> [distribution, version] of the plugin that produced the trial's checkpoint"
+    )
 
     @classmethod
     def from_trial(cls, t: Any) -> TrialRecord:
@@ -71,6 +74,7 @@ class TrialRecord(BaseModel):
             node=attrs.get("node"),
             recheck=attrs.get("recheck"),
             interference=attrs.get("interference"),
+            plugins=attrs.get("plugins"),
         )
 
     @property
