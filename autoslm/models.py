@@ -192,7 +192,8 @@ def oversized_config(config: dict[str, Any], directory: Path) -> str | None:
         return (
             f"its architecture ({layers:,} layers, hidden size {hidden:,}, intermediate size {inter:,}, vocabulary "
             f"{vocab:,}) implies at least {implied:,} weights, more than the {stored_bytes:,} bytes of weight files "
-            "could hold: the config does not belong to these weights; restore the model's config.json"
+            "could hold: config.json does not match the weights (a wrong config, or truncated weight files); restore "
+            "the model's files"
         )
     return None
 
