@@ -82,7 +82,7 @@ class Objective:
     busy_retries: int = 3  # a measurement the target calls disturbed is repeated up to this many times
     busy_wait_s: float = 120.0  # the longest a timed measurement waits for the machine to be quiet
     measure_timeout_s: float | None = None  # MeasureSettings.timeout_s: None scales the limit to the model
-    busy_streak: int = field(default=0, repr=False)  # trials in a row whose measurement never settled (this process)
+    busy_streak: int = field(default=0, repr=False)  # measurements in a row that never settled (this process)
 
     def get_target(self) -> Any:
         from autoslm.targets import get_target
@@ -272,12 +272,24 @@ class Objective:
     def measure_steady(self, target: Any, work: Path) -> tuple[Any, dict[str, Any] | None]:
         """Measure once the machine is quiet; while the target says the measurement was disturbed anyway (other
         processes used the CPU, the hypervisor stole time: `targets/interference.py`), measure again, `busy_retries`
-        times at most. Only when the budget limits a timing metric, and not after two trials in a row that never
-        settled. The target waits for quiet itself, up to `busy_wait_s` (`MeasureSettings.quiet_wait_s`, so a
+        times at most. Only when the budget limits a timing metric, and not on a machine known busy (below). The
+        target waits for quiet itself, up to `busy_wait_s` (`MeasureSettings.quiet_wait_s`, so a
         remote agent waits on its own device); a measurement that waited that long in vain is not repeated (the
         machine is busy, not briefly disturbed), and one from a target that does not wait is repeated after a
         back-off (5 s, doubling). Returns the least disturbed measurement and its figures (with `attempts`, every
-        try's figures, when there was more than one; `disturbed` stays true when the machine never settled)."""
+        try's figures, when there was more than one; `disturbed` stays true when the machine never settled).
+
+        Once the machine is known busy (a trial's measurement never settled, or the baseline's: `busy_streak`), a
+        trial is measured once without waiting and with one timed run (memory and size; its timing is replaced by
+        the paired one `measure_and_judge` makes next): a loaded machine slows the search, it does not stall it.
+        The first such measurement that comes back undisturbed ends that mode, and is taken again in full."""
+        if self._known_busy():
+            quick = self.measure_settings().model_copy(update={"quiet_wait_s": 0.0, "repeats": 1})
+            first = target.measure(work, quick)
+            if _disturbed(first):
+                figures = dict(first.interference) if first.interference else None
+                return first, {**(figures or {}), "known_busy": True}
+            self.busy_streak = 0  # seen quiet: back to single timings
         patient = self._patient()
         settings = self.measure_settings().model_copy(update={"quiet_wait_s": self.busy_wait_s if patient else 0.0})
         tries = [target.measure(work, settings)]
@@ -299,11 +311,16 @@ class Objective:
 
     def _patient(self) -> bool:
         """Whether to wait for a quiet machine and repeat disturbed measurements: the budget limits a timing metric
-        (memory and size do not depend on other work), `busy_retries` > 0, and not after two trials in a row on a
-        machine that never settled (each is then judged beside the baseline at once, until a measurement comes back
-        undisturbed)."""
+        (memory and size do not depend on other work), `busy_retries` > 0, and the machine is not known busy."""
         timed = self.budget is not None and self.budget.timed
-        return timed and self.busy_retries > 0 and self.busy_streak < 2
+        return timed and self.busy_retries > 0 and self.busy_streak < 1
+
+    def _known_busy(self) -> bool:
+        """A timing budget, retries on, and the last measurement (a trial's, or the baseline's) never settled: each
+        trial goes straight to its paired timing until a measurement comes back undisturbed. (It waited for two such
+        trials before: a loaded `make search` trial cost ~8x an idle one.)"""
+        timed = self.budget is not None and self.budget.timed
+        return timed and self.busy_retries > 0 and self.busy_streak >= 1
 
     def _quiet_wait_s(self) -> float:
         """How long the target may wait for quiet before timing (`MeasureSettings.quiet_wait_s`)."""
