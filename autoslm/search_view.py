@@ -107,6 +107,8 @@ class SearchView:
                 )
             self._references(payload)
             self.progress.update(self.task, description="searching")
+        elif kind == "forecast":
+            self.progress.console.print(payload.line(), highlight=False)
         elif kind == "reference_start":
             self.progress.update(self.task, description=f"measuring preset {payload['name']}")
         elif kind == "references":
@@ -139,6 +141,8 @@ class SearchView:
                 f"everything is saved in {result.run_dir}/ (trials.json, study.db, report.html); {hint}",
                 highlight=False,
             )
+            if getattr(result, "forecast", None):
+                self.console.print(result.forecast, highlight=False)
             return
         self.console.print(_table([result.best], bm, base["ppl"], title="best feasible policy"))
         self.console.print(_table(result.pareto, bm, base["ppl"], title="Pareto set (ppl, decode ms, memory MB)"))
@@ -146,6 +150,8 @@ class SearchView:
             f"recipe: {result.recipe_path}\ncheckpoint: {result.checkpoint_path}\nreport: {result.report_path}",
             highlight=False,
         )
+        if getattr(result, "forecast", None):
+            self.console.print(result.forecast, highlight=False)
 
 
 def recheck_text(row: TrialRecord) -> str:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class SearchResult:
     recipe_path: Path | None = None
     checkpoint_path: Path | None = None
     report_path: Path | None = None
+    forecast: str | None = None  # this run's forecast against its real duration (a run that did every trial)
 
 
 OUTPUTS = ("trials.json", "recipe.yaml", "checkpoint", "baseline.json", "report.html")  # what a search writes
@@ -56,6 +58,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
     from autoslm.models import parse_spec, peek_config, resolve
     from autoslm.runtimes import get_runtime
     from autoslm.searching.backends import BackendJob, get_backend
+    from autoslm.searching.forecast import after_baseline, against, refuse_if_it_cannot_fit
     from autoslm.searching.objective import Objective
     from autoslm.searching.references import measure_references, preset_steps
     from autoslm.searching.samplers import make_sampler
@@ -82,6 +85,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         raise UserError(f"--runtime {settings.runtime}: {refused}")
     if parse_spec(settings.model).kind != "hub":  # the runtime's own check of the files (llama.cpp: the tokenizer)
         get_runtime(settings.runtime).check_files(resolve(settings.model))
+        refuse_if_it_cannot_fit(resolve(settings.model), settings.model)  # a model that cannot fit: one line, now
     device = _check_target(settings)
     cores = int(device.get("cores") or 0)
     if cores and settings.threads > cores:
@@ -189,9 +193,21 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
             payload = {"trial": TrialRecord.from_trial(trial), "done": finished_count(st), "total": settings.trials}
             _emit(progress, "trial", {**payload, "best": best(rows)})
 
+        predicted = None
+        if remaining == settings.trials:  # a fresh search: say what it will cost (checked against the end below)
+            predicted = after_baseline(baseline, remaining, settings.runtime, settings.timeout_s)
+            if predicted is not None:
+                _emit(progress, "forecast", predicted)
+                study.set_user_attr("forecast", predicted.as_dict())
+        started = time.monotonic()
         if remaining > 0:
             backend.run(BackendJob(objective, study, storage, settings, baseline, remaining, after))
-        return _finish(study, settings, run_dir, baseline)
+        result = _finish(study, settings, run_dir, baseline)
+        if predicted is not None and finished_count(study) >= settings.trials:
+            took = time.monotonic() - started
+            result.forecast = against(predicted.as_dict(), took)
+            study.set_user_attr("forecast", {**predicted.as_dict(), "took_s": took})
+        return result
 
 
 LOCK = ".autoslm.lock"
@@ -274,6 +290,7 @@ def _baseline(objective: Any, study: Any, run_dir: Path, device: dict[str, Any],
                 f"{objective.target}: budget on {', '.join(sorted(out.metrics))}"
             )
         baseline = {"metrics": out.metrics, "ppl": out.ppl, "low_ppl": out.low_ppl, "quality": out.quality}
+        baseline["seconds"] = out.seconds  # every phase a trial goes through: the forecast's unit
         if out.interference:
             baseline["interference"] = out.interference
         baseline["device"] = device

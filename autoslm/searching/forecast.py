@@ -1,0 +1,141 @@
+"""What a search will cost, said before the work: time from the measured baseline, memory from the processes.
+
+Two moments:
+- before anything is loaded (`refuse_if_it_cannot_fit`): the model's fp32 size from its weight files' headers, times
+  the copies a search holds, against the memory available now. A model that cannot fit stops the search in one line.
+- after the baseline (`after_baseline`): the baseline went through every phase a trial does (apply, save or export,
+  measure, low and full evaluation), so a trial costs about what it cost; memory is this process's peak so far plus
+  the measuring process's (its fixed start, measured once below, plus the model in use as measured). The line
+  `30 trials: about 24 min (~45 s per trial, as the baseline took); peak memory about 3.1 GB of 24 GB` is printed,
+  stored in the study, and compared with the real duration at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from autoslm.errors import UserError
+
+# resident memory of a measuring process before it loads the model (this machine, Python 3.11, 2026-12-03): the
+# llama.cpp runtime imports llama.cpp alone; the torch runtime imports torch and transformers
+WORKER_START_MB = {"llama.cpp": 59.0, "torch": 257.0}
+# fp32 copies of the model a search holds at its peak, before anything is measured: the base, a trial's private
+# copy, and the measuring process's (docs/benchmarks.md: 5.3x the model for SmolLM2 in llama.cpp, issue #32)
+COPIES_BEFORE = 3.0
+BYTES_PER_DTYPE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def meminfo_mb(field: str) -> float | None:
+    """A /proc/meminfo figure in MB (None where there is none)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def parameters_in(directory: Path) -> int:
+    """Weights in a model directory's safetensors files, read from their headers (nothing is loaded)."""
+    total = 0
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            with path.open("rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                if length > 100 << 20:
+                    continue
+                header = json.loads(f.read(length))
+        except (OSError, struct.error, ValueError, RecursionError):
+            continue
+        for name, entry in header.items():
+            if name != "__metadata__" and isinstance(entry, dict):
+                shape = entry.get("shape") or []
+                n = 1
+                for d in shape:
+                    n *= int(d)
+                total += n
+    return total
+
+
+def refuse_if_it_cannot_fit(directory: Path, spec: str) -> None:
+    """Stop before any work when COPIES_BEFORE fp32 copies of the model exceed the memory available now."""
+    params = parameters_in(directory)
+    available = meminfo_mb("MemAvailable")
+    if not params or available is None:
+        return
+    need = COPIES_BEFORE * params * 4 / 2**20
+    if need > available:
+        raise UserError(
+            f"--model {spec}: {params / 1e9:.2f}B parameters; a search holds about {COPIES_BEFORE:g} fp32 copies "
+            f"({need / 1024:.1f} GB) and {available / 1024:.1f} GB are available now: free memory or use a machine "
+            "with more"
+        )
+
+
+@dataclass
+class Forecast:
+    trials: int
+    per_trial_s: float
+    total_s: float
+    peak_mb: float
+    memory_mb: float | None
+    timeout_s: float | None = None
+
+    def line(self) -> str:
+        total = _duration(self.total_s)
+        of = f" of {self.memory_mb / 1024:.0f} GB" if self.memory_mb else ""
+        text = (
+            f"forecast: {self.trials} trials, about {total} (~{self.per_trial_s:.0f} s per trial, as the baseline "
+            f"took); peak memory about {self.peak_mb / 1024:.1f} GB{of}"
+        )
+        if self.timeout_s and self.total_s > self.timeout_s:
+            fit = max(0, int(self.timeout_s // max(self.per_trial_s, 1e-9)))
+            text += f"; --timeout {self.timeout_s:g} s leaves time for about {fit} of them"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def after_baseline(
+    baseline: dict[str, Any], trials: int, runtime: str, timeout_s: float | None = None
+) -> Forecast | None:
+    """The forecast from a baseline measured in this study (None for one stored without its phases' seconds)."""
+    from autoslm.targets.measure import peak_rss_mb
+
+    seconds = baseline.get("seconds") or {}
+    if not seconds:
+        return None
+    per_trial = float(sum(seconds.values()))
+    worker = WORKER_START_MB.get(runtime, WORKER_START_MB["torch"]) + float(baseline["metrics"].get("memory_mb", 0))
+    return Forecast(
+        trials=trials,
+        per_trial_s=per_trial,
+        total_s=per_trial * trials,
+        peak_mb=peak_rss_mb() + worker,
+        memory_mb=meminfo_mb("MemTotal"),
+        timeout_s=timeout_s,
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def against(forecast: dict[str, Any], took_s: float) -> str:
+    """'took 23 min; the forecast said 24 min (-4%)'."""
+    said = float(forecast["total_s"])
+    error = (said - took_s) / took_s * 100 if took_s else 0.0
+    return f"took {_duration(took_s)}; the forecast said {_duration(said)} ({error:+.0f}%)"
+
+
+__all__ = ["Forecast", "after_baseline", "against", "parameters_in", "refuse_if_it_cannot_fit"]

@@ -1,0 +1,51 @@
+"""The cost forecast: refused up front when the model cannot fit, said after the baseline, checked at the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import autoslm
+from autoslm.errors import UserError
+from autoslm.searching import forecast
+
+
+def test_parameters_are_read_from_the_weight_headers(tiny) -> None:
+    from autoslm.models import resolve
+
+    params = forecast.parameters_in(resolve("tiny-llama"))
+    stored = sum(p.numel() for p in tiny.model.state_dict().values()) - tiny.model.lm_head.weight.numel()  # tied
+    assert params == stored
+
+
+def test_a_model_that_cannot_fit_stops_the_search_before_anything_is_written(tmp_path: Path, monkeypatch) -> None:
+    from autoslm.models import resolve
+
+    monkeypatch.setattr(forecast, "meminfo_mb", lambda field: 20.0)  # 20 MB available: 3 fp32 copies need ~40
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"a search holds about 3 fp32 copies .* available now"):
+        autoslm.search(model=str(resolve("tiny-llama")), space="tiny", budget="memory_mb<=3x", trials=1,
+                       fidelity="low", out=out)  # fmt: skip
+    assert not out.exists()
+
+
+def test_the_forecast_line_and_a_timeout_that_cannot_hold_the_trials() -> None:
+    f = forecast.Forecast(trials=30, per_trial_s=48.0, total_s=1440.0, peak_mb=3174.4, memory_mb=24 * 1024.0)
+    assert f.line() == (
+        "forecast: 30 trials, about 24 min (~48 s per trial, as the baseline took); peak memory about 3.1 GB of 24 GB"
+    )
+    short = forecast.Forecast(trials=30, per_trial_s=48.0, total_s=1440.0, peak_mb=100.0, memory_mb=None,
+                              timeout_s=600.0)  # fmt: skip
+    assert short.line().endswith("; --timeout 600 s leaves time for about 12 of them")
+    assert forecast.against({"total_s": 1440.0}, 1200.0) == "took 20 min; the forecast said 24 min (+20%)"
+
+
+def test_a_search_says_its_forecast_after_the_baseline_and_checks_it_at_the_end(tmp_path: Path) -> None:
+    events: list[tuple[str, object]] = []
+    result = autoslm.search(model="tiny-llama", space="tiny", budget="memory_mb<=3x", trials=2, fidelity="low",
+                            out=tmp_path / "run", progress=lambda k, p: events.append((k, p)))  # fmt: skip
+    said = [p for k, p in events if k == "forecast"]
+    assert len(said) == 1 and said[0].trials == 2 and said[0].per_trial_s > 0 and said[0].peak_mb > 100
+    assert result.baseline["seconds"] and result.forecast.startswith("took ")
+    assert "the forecast said" in result.forecast
