@@ -50,13 +50,44 @@ class SearchView:
         )
         self.task = None
 
+    HEARTBEAT_S = 30.0  # output that is not a terminal (a pipe, a log file): the running phase, this often
+
     def __enter__(self) -> SearchView:
+        import contextlib
+        import threading
+
+        from autoslm import progress
+
         self.progress.start()
         self.task = self.progress.add_task("baseline", total=self.trials, best="")
+        self._phase: tuple[str, float] | None = None
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(progress.listen(self._on_phase))
+        self._stop = threading.Event()
+        if not self.console.is_terminal:  # the live bar is not drawn there: say what runs, every HEARTBEAT_S
+            threading.Thread(target=self._heartbeat, daemon=True).start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._stack.close()
         self.progress.stop()
+
+    def _on_phase(self, name: str, done: int | None, total: int | None, seconds: float) -> None:
+        """The work's own report (autoslm.progress): which phase runs, how far it has got."""
+        import time
+
+        how_far = f" {done}/{total}" if done is not None and total else ""
+        self._phase = (f"{name}{how_far}", time.monotonic() - seconds)
+        self.progress.update(self.task, description=f"{name}{how_far}")
+
+    def _heartbeat(self) -> None:
+        import time
+
+        while not self._stop.wait(self.HEARTBEAT_S):
+            if self._phase:
+                text, since = self._phase
+                self.console.print(f"  ... {text} (for {time.monotonic() - since:.0f} s)", highlight=False)
 
     def _references(self, payload: dict[str, Any]) -> None:
         """The presets the budget names, as measured here, and the limits they set."""
@@ -115,9 +146,11 @@ class SearchView:
             self._references(payload)
             self.progress.update(self.task, description="searching")
         elif kind == "trial":
+            self._phase = None
             row, best = payload["trial"], payload["best"]
             self.progress.update(
                 self.task,
+                description="searching",
                 completed=min(payload["done"], self.trials),
                 best=f"best ppl {best.ppl:.2f} (trial {best.number})" if best else "no feasible yet",
             )

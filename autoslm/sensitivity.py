@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoslm import progress
+
 _BLOCK = re.compile(r"^blk\.(?P<block>\d+)\.(?P<cls>.+)$")
 _BLOCK_NAME = re.compile(r"^blk\.\d{1,4}\.[a-z_]{1,32}$")
 
@@ -266,7 +268,8 @@ def cached_table(
     if table is None:
         windows = ctx.calibration(samples=samples, seq_len=seq_len)
         ctx.logger.info("measuring the sensitivity of %d tensors at %s", len(tensors), probe)
-        table = tensor_table(model, windows, tensors, perturb, probe)
+        with progress.phase(f"sensitivity of {len(tensors)} tensors at {probe}", total=len(tensors)):
+            table = tensor_table(model, windows, tensors, perturb, probe, progress=progress.step)
         if path is not None:
             table.save(path)
     if len(TABLES) >= 4:

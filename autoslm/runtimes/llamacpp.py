@@ -20,6 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from autoslm import progress
 from autoslm.errors import UserError
 
 # llama.cpp's number formats, derived from gguf-py's tables
@@ -83,18 +84,22 @@ class LlamaCppRuntime(Runtime):
             directory.mkdir(parents=True, exist_ok=True)
             steps = [p for p in planned if getattr(p.entry.cls, "runtime", None) == self.name]
             if steps:
-                source = f32_export(model, tokenizer)
+                with progress.phase("exporting the F32 GGUF"):
+                    source = f32_export(model, tokenizer)
                 config = quantize_settings(steps[-1].config)
                 imatrix = None
                 if config.get("imatrix"):
-                    imatrix = cached_importance_matrix(
-                        model, tokenizer, config["imatrix_samples"], config["imatrix_seq_len"]
-                    )
-                quantize(source / "f32.gguf", directory / GGUF, config, imatrix)
+                    with progress.phase("importance matrix"):
+                        imatrix = cached_importance_matrix(
+                            model, tokenizer, config["imatrix_samples"], config["imatrix_seq_len"]
+                        )
+                with progress.phase("quantizing in llama.cpp"):
+                    quantize(source / "f32.gguf", directory / GGUF, config, imatrix)
             else:
                 source = scratch
-                checkpoint.save_dir(model, tokenizer, scratch)
-                export_gguf(scratch, directory / GGUF)
+                with progress.phase("exporting the GGUF"):
+                    checkpoint.save_dir(model, tokenizer, scratch)
+                    export_gguf(scratch, directory / GGUF)
             for name in (*TOKENIZER_FILES, "config.json"):
                 if (source / name).is_file():
                     shutil.copy2(source / name, directory / name)

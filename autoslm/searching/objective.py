@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoslm import progress
 from autoslm.evaluate import Fidelity
 from autoslm.pipeline import resolved_steps
 from autoslm.searching.budget import Budget
@@ -156,17 +157,21 @@ class Objective:
         out = TrialOutcome(steps=steps, policy_hash=policy_hash, seed=self.seed)
         out.plugins = {p.name: [p.entry.dist, p.entry.version] for p in planned}
         work = Path(self.run_dir) / "trials" / f"{trial_number:04d}"
+        label = "baseline" if baseline is None else (f"trial {trial_number}" if judge else "preset")
         try:
             t0 = time.perf_counter()
             before = [p.config for p in planned]
-            model, lm = self.apply_policy(steps, planned)
+            with progress.phase(f"{label}: applying the policy"):
+                model, lm = self.apply_policy(steps, planned)
             out.steps = resolved_steps(steps, before, planned)  # parameters a technique derived are recorded too
             out.seconds["apply"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             shutil.rmtree(work, ignore_errors=True)
-            runtime = self.save(model, lm.tokenizer, work, steps, planned)
+            with progress.phase(f"{label}: saving for {self.runtime}"):
+                runtime = self.save(model, lm.tokenizer, work, steps, planned)
             out.checkpoint = str(work)
-            self.measure_and_judge(out, self.get_target(), work, baseline if judge else None)
+            with progress.phase(f"{label}: measuring on {self.target}"):
+                self.measure_and_judge(out, self.get_target(), work, baseline if judge else None)
             out.seconds["measure"] = time.perf_counter() - t0
             if baseline is not None and judge:
                 out.feasible = all(v <= 0 for v in out.violations.values())
@@ -177,7 +182,8 @@ class Objective:
                 out.feasible = True
             t0 = time.perf_counter()
             reference = self.reference()
-            low = runtime.evaluate(model, lm.tokenizer, work, self.fidelity_low, reference=reference)
+            with progress.phase(f"{label}: evaluating (low fidelity)"):
+                low = runtime.evaluate(model, lm.tokenizer, work, self.fidelity_low, reference=reference)
             out.low_ppl = low.ppl
             out.seconds["quality_low"] = time.perf_counter() - t0
             if baseline is not None and judge and incumbent is not None:
@@ -190,7 +196,8 @@ class Objective:
                     )
             t0 = time.perf_counter()
             keep = REFERENCE_TOPK if baseline is None else 0  # the baseline's distribution: the KLD reference
-            q = evaluate_on(runtime, model, lm.tokenizer, work, self.fidelity_full, reference, keep, prior=low)
+            with progress.phase(f"{label}: evaluating"):
+                q = evaluate_on(runtime, model, lm.tokenizer, work, self.fidelity_full, reference, keep, prior=low)
             if q.reference is not None:
                 q.reference.save(self.reference_path())
             out.seconds["quality"] = time.perf_counter() - t0
