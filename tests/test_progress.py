@@ -13,9 +13,9 @@ from autoslm import progress
 
 def test_phases_nest_and_report_how_far_they_got() -> None:
     heard: list[tuple[str, int | None, int | None]] = []
-    with progress.listen(lambda name, done, total, s: heard.append((name, done, total))):
-        with progress.phase("trial 3: saving"), progress.phase("quantizing", total=4):
-            progress.step(2, 4)
+    listener = progress.listen(lambda name, done, total, s: heard.append((name, done, total)))
+    with listener, progress.phase("trial 3: saving"), progress.phase("quantizing", total=4):
+        progress.step(2, 4)
     assert heard == [("trial 3: saving", None, None), ("trial 3: saving: quantizing", 0, 4),
                      ("trial 3: saving: quantizing", 2, 4), ("trial 3: saving", None, None)]  # fmt: skip
     with progress.phase("nobody listens"):  # no listener: nothing happens
