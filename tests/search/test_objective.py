@@ -31,3 +31,17 @@ def test_with_an_incumbent_the_hard_rule_prunes_what_cannot_beat_it(tmp_path: Pa
     out = _objective(tmp_path).evaluate_policy(POLICY, BASELINE, trial_number=2, incumbent=1.0)
     assert out.status == "pruned" and "3x the baseline" in (out.reason or "")
     assert out.quality == {}  # full quality never computed
+
+
+def test_only_a_policy_that_changes_the_torch_model_gets_its_own_copy(tmp_path: Path) -> None:
+    """llama.cpp's quantization steps (and the baseline) only read the torch model: no second fp32 copy is loaded."""
+    objective = Objective(model="tiny-llama", space=None, budget=None, run_dir=str(tmp_path), runtime="llama.cpp")  # type: ignore[arg-type]
+    base = objective.base()
+    for steps in ([], [{"technique": "quant.gguf", "params": {"type": "Q4_0"}}]):
+        model, lm = objective.apply_policy(steps)
+        assert model is base.model and lm is base, steps
+    before = base.model.model.layers[0].mlp.gate_proj.weight.clone()
+    model, _ = objective.apply_policy([{"technique": "prune.width", "params": {"mlp_ratio": 0.5, "round_to": 16,
+                                       "calibration_samples": 2, "calibration_seq_len": 32}}])  # fmt: skip
+    assert model is not base.model and model.model.layers[0].mlp.gate_proj.weight.shape[0] < before.shape[0]
+    assert base.model.model.layers[0].mlp.gate_proj.weight.equal(before)  # the base untouched
