@@ -134,8 +134,9 @@ def one(name: str, sensitivity: bool) -> dict[str, Any]:
     timed("low", lambda: rt.evaluate(None, lm.tokenizer, q4, Fidelity.preset("low")))
     timed("full", lambda: rt.evaluate(None, lm.tokenizer, q4, Fidelity()))
     if sensitivity:
-        from autoslm.technique import ApplyContext
         from autoslm_plugins.quant_mixed import sensitivity_table
+
+        from autoslm.technique import ApplyContext
 
         ctx = ApplyContext(tokenizer=lm.tokenizer, seed=0)
         timed("sensitivity", lambda: sensitivity_table(lm.model, ctx, 2, 128))
@@ -202,8 +203,8 @@ def main() -> None:
         rows.append(row)
     phases = ["load", "export", "imatrix", "quantize", "measure", "low", "full", "sensitivity"]
     print(f"\nload average before: {load_before:.2f}, after: {os.getloadavg()[0]:.2f}; cores: {os.cpu_count()}")
-    print("| model | parameters | " + " | ".join(f"{p} s" for p in phases)
-          + " | search process peak MB | measuring process peak MB | total MB (x fp32) | 30 trials (est.) |")  # fmt: skip
+    tail = " | search process peak MB | measuring process peak MB | total MB (x fp32) | 30 trials (est.) |"
+    print("| model | parameters | " + " | ".join(f"{p} s" for p in phases) + tail)
     print("|---" * (len(phases) + 6) + "|")
     for r in rows:
         s = r["seconds"]
