@@ -20,7 +20,7 @@ def test_parse_spec_kinds(tmp_path: Path) -> None:
     (tmp_path / "m" / "config.json").write_text('{"model_type": "llama"}')
     assert models.parse_spec(str(tmp_path / "m")).kind == "dir"
     gguf = tmp_path / "x.gguf"
-    gguf.write_bytes(b"GGUF")
+    gguf.write_bytes(b"GGUF" + b"\x03\x00\x00\x00")  # the magic and a version: what a GGUF starts with
     assert models.parse_spec(str(gguf)).kind == "gguf"
 
 
