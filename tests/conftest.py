@@ -54,3 +54,23 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
         env={**os.environ, **(env or {})},
         cwd=REPO,
     )
+
+
+def tar_of(files: dict[str, bytes], kinds: dict[str, bytes] | None = None) -> bytes:
+    """An upload as the agent receives it: an uncompressed tar of `files`, plus `kinds` (name -> tar member type,
+    e.g. a symlink to /etc/passwd) for hostile members."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for name, kind in (kinds or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = "/etc/passwd"
+            tf.addfile(info)
+    return buf.getvalue()

@@ -3,7 +3,6 @@ measured through the agent, and an agent restarted in the middle of that search.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from conftest import REPO
+from conftest import REPO, tar_of
 
 TOKEN = "test-token-0123456789"
 
@@ -73,21 +72,6 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return checkpoint.save_dir(lm.model, lm.tokenizer, tmp_path_factory.mktemp("ck") / "tiny")
 
 
-def _tar(files: dict[str, bytes], kinds: dict[str, bytes] | None = None) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-        for name, kind in (kinds or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type = kind
-            info.linkname = "/etc/passwd"
-            tf.addfile(info)
-    return buf.getvalue()
-
-
 def _post(url: str, body: bytes, token: str | None = TOKEN) -> requests.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return requests.post(f"{url}/measure", data=body, headers=headers, timeout=120)
@@ -120,7 +104,7 @@ def test_safetensors_whose_header_length_looks_like_a_pickle_are_accepted(tmp_pa
 
     assert SAFETENSORS_896[:2] == b"\x80\x03"  # what the pickle test used to refuse
     archive = tmp_path / "up.tar"
-    archive.write_bytes(_tar({"config.json": b"{}", "model.safetensors": SAFETENSORS_896}))
+    archive.write_bytes(tar_of({"config.json": b"{}", "model.safetensors": SAFETENSORS_896}))
     (tmp_path / "out").mkdir()
     safe_extract(archive, tmp_path / "out")
     assert load_file(tmp_path / "out" / "model.safetensors") == {}
@@ -145,7 +129,7 @@ def test_safetensors_whose_header_length_looks_like_a_pickle_are_accepted(tmp_pa
     ],
 )
 def test_bad_payloads_are_400(agent: str, files: dict, kinds: dict | None, message: str) -> None:
-    body = b"this is not a tar archive at all" * 40 if not files else _tar(files, kinds)
+    body = b"this is not a tar archive at all" * 40 if not files else tar_of(files, kinds)
     r = _post(agent, body)
     assert r.status_code == 400, r.text
     assert message in r.json()["error"]
@@ -154,7 +138,7 @@ def test_bad_payloads_are_400(agent: str, files: dict, kinds: dict | None, messa
 def test_tampered_checkpoint_is_400(agent: str, tiny_ckpt: Path) -> None:
     files = {p.name: p.read_bytes() for p in tiny_ckpt.iterdir()}
     files["config.json"] = files["config.json"].replace(b'"hidden_act"', b'"hidden_act" ')
-    r = _post(agent, _tar(files))
+    r = _post(agent, tar_of(files))
     assert r.status_code == 400 and "sha256" in r.json()["error"]
 
 
@@ -163,7 +147,7 @@ def test_runtime_the_device_lacks_is_400(agent: str, tiny_ckpt: Path) -> None:
     r = requests.post(
         f"{agent}/measure",
         params={"settings": json.dumps({"runtime": "tensorrt"})},
-        data=_tar(files),
+        data=tar_of(files),
         headers={"Authorization": f"Bearer {TOKEN}"},
         timeout=30,
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, tar_of
 
 from autoslm.errors import ChecksumError, UserError
 
@@ -697,14 +697,7 @@ def _upload(**files: bytes) -> bytes:
     config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 16,
               "num_hidden_layers": 1, "intermediate_size": 32, "vocab_size": 64}  # fmt: skip
     weights = save({"model.embed_tokens.weight": np.zeros((64, 16), np.float32)})
-    members = {"config.json": json.dumps(config).encode(), "model.safetensors": weights, **files}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return tar_of({"config.json": json.dumps(config).encode(), "model.safetensors": weights, **files})
 
 
 def _measure(url: str, body: bytes) -> requests.Response:
