@@ -166,13 +166,13 @@ def _perplexity_kld(
     total_nll, total, kld, kept, position = 0.0, 0, [], [], skip * (fid.seq_len - 1)
     with torch.inference_mode():
         for batch in windows.split(batch_size) if len(windows) else ():  # all evaluated before: none
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            flat = logits.reshape(-1, logits.shape[-1])
-            nll = torch.nn.functional.cross_entropy(flat, batch[:, 1:].reshape(-1), reduction="sum")
-            total_nll += float(nll)
-            total += batch[:, 1:].numel()
-            if reference is not None or keep_topk:
-                logp = flat.log_softmax(-1)
+            logits = model(input_ids=batch, use_cache=False).logits
+            # one window at a time: each copy of a batch's logits is batch x seq_len x vocabulary floats (1.2 GB
+            # in all for SmolLM2's 49k at full fidelity; a 152k vocabulary triples it)
+            for row, ids in zip(logits, batch, strict=True):
+                logp = row[:-1].float().log_softmax(-1)
+                total_nll -= float(logp.gather(1, ids[1:, None]).sum())
+                total += len(ids) - 1
                 if keep_topk:
                     top = logp.topk(keep_topk, dim=-1)
                     kept.append((top.indices, top.values))
@@ -180,6 +180,8 @@ def _perplexity_kld(
                     idx = reference.indices[position : position + len(logp)].long()
                     kld += _kld(reference.logprobs[position : position + len(logp)], logp.gather(1, idx)).tolist()
                 position += len(logp)
+                del logp
+            del logits
     ref = None
     if kept:
         ref = Reference(indices=torch.cat([i for i, _ in kept]), logprobs=torch.cat([v for _, v in kept]))

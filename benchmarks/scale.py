@@ -17,11 +17,12 @@ weights). Each model runs in a fresh process, one phase after another, as a sear
   low / full  quality in llama.cpp at low and full fidelity (every trial; full only if not pruned)
   sensitivity quant.mixed's per-tensor table in torch (once per model; skipped above --no-sensitivity-above B params)
 
-Peak memory: this process's high-water mark over the phases (the search process) and the measuring process's
-(its fixed start, `forecast.WORKER_START_MB`, plus the model in use as the measurement reports it). Then the growth
-of each phase with the parameter count (a power law fitted in log-log), and a 30-trial `mixed-precision` search
-estimated from the phases (export + imatrix + sensitivity once, 30 x (quantize + measure + low + full)) against the
-goals (0.5B <= 30 min, 1.5B <= 90 min, 3B: finishes). Nothing else should run meanwhile; the output says what did.
+Peak memory: this process's high-water mark in each phase and over them all (the search process) and the measuring
+process's (its fixed start, `forecast.WORKER_START_MB`, plus the model in use as the measurement reports it). Then
+the growth of each phase with the parameter count (a power law fitted in log-log), and a 30-trial `mixed-precision`
+search estimated from the phases (export + imatrix + sensitivity once, 30 x (quantize + measure + low + full))
+against the goals (0.5B <= 30 min, 1.5B <= 90 min, 3B: finishes). Nothing else should run meanwhile; the output
+says what did.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def one(name: str, sensitivity: bool) -> dict[str, Any]:
     quiet_libraries()
     folder = Path(tempfile.mkdtemp(prefix="autoslm-scale-"))
     seconds: dict[str, float] = {}
+    peaks: dict[str, float] = {}  # this process's resident high-water mark during each phase
     spec = name
     if name in SHAPES:
         t0 = time.perf_counter()
@@ -106,10 +108,13 @@ def one(name: str, sensitivity: bool) -> dict[str, Any]:
     reset_peak_rss()
 
     def timed(phase: str, fn: Any) -> Any:
+        reset_peak_rss()
         t0 = time.perf_counter()
         value = fn()
         seconds[phase] = time.perf_counter() - t0
-        print(f"  {name}: {phase} {seconds[phase]:.1f} s (rss {rss_mb():.0f} MB)", file=sys.stderr, flush=True)
+        peaks[phase] = peak_rss_mb()
+        print(f"  {name}: {phase} {seconds[phase]:.1f} s (peak {peaks[phase]:.0f} MB, then {rss_mb():.0f} MB)",
+              file=sys.stderr, flush=True)  # fmt: skip
         return value
 
     lm = timed("load", lambda: load_model(spec))
@@ -140,7 +145,7 @@ def one(name: str, sensitivity: bool) -> dict[str, Any]:
 
         ctx = ApplyContext(tokenizer=lm.tokenizer, seed=0)
         timed("sensitivity", lambda: sensitivity_table(lm.model, ctx, 2, 128))
-    search_peak = peak_rss_mb()
+    search_peak = max(peaks.values())
     worker_peak = WORKER_START_MB["llama.cpp"] + m.memory_mb
     return {
         "model": name,
@@ -149,6 +154,7 @@ def one(name: str, sensitivity: bool) -> dict[str, Any]:
         "seconds": seconds,
         "search_process_start_mb": start_mb,
         "search_process_peak_mb": search_peak,
+        "phase_peak_mb": peaks,
         "measuring_process_peak_mb": worker_peak,
         "peak_total_mb": search_peak + worker_peak,
         "decode_ms": m.decode_ms,
@@ -224,6 +230,10 @@ def main() -> None:
             est = estimate_search_min(r)
             print(f"{r['model']}: 30 trials about {est:.0f} min (estimated from the phases) against the goal of "
                   f"{goal:.0f} min: {'met' if est <= goal else 'not met'}")  # fmt: skip
+    print("\nthe search process's peak MB in each phase (x the fp32 model):")
+    for r in rows:
+        cells = ", ".join(f"{p} {mb:.0f} ({mb / r['fp32_mb']:.1f}x)" for p, mb in r["phase_peak_mb"].items())
+        print(f"  {r['model']}: {cells}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -74,3 +74,26 @@ def tar_of(files: dict[str, bytes], kinds: dict[str, bytes] | None = None) -> by
             info.linkname = "/etc/passwd"
             tf.addfile(info)
     return buf.getvalue()
+
+
+TOKENIZER_CODE = [
+    "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
+    "for (int i = 0; i < 1024; ++i) { x[i] = {3.14, 2e-5}; }\n\tif (a != b) return -1;",
+    "It's 1999 -- they'd've said \"don't\"; we'll see. I'M SURE YOU'RE RIGHT.",
+    "Café naïve Zürich — 日本語のテキスト, русский текст, 🙂🚀 ≤ ∞\r\n\n\n   indented   spaces",
+    "x=[1,2,{3:'a'}]  # comment\n@decorator\nclass A(B):\n    pass\n\n\n",
+]
+
+
+def assert_same_tokens(gguf_file: Path, tokenizer) -> None:
+    """llama.cpp's tokenization of a GGUF equals the Hugging Face tokenizer's, token for token, on 30,000
+    characters of held-out prose and on code (digits, brackets, newlines, tabs, contractions, non-ASCII)."""
+    from autoslm import data
+    from autoslm.runtimes.llamacpp import open_gguf
+
+    text = "\n\n".join(data.corpus_texts("heldout"))
+    prose = [text[i : i + 3000] for i in range(0, 30000, 3000)]
+    with open_gguf(gguf_file, n_ctx=64) as llm:
+        add_bos = bool(llm.metadata.get("tokenizer.ggml.add_bos_token") == "true")
+        for sample in [*prose, *TOKENIZER_CODE]:
+            assert llm.tokenize(sample.encode(), add_bos=add_bos) == tokenizer(sample)["input_ids"], sample[:60]

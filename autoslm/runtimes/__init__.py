@@ -38,6 +38,12 @@ class Runtime(ABC):
         """What a recipe records about this runtime (library versions, build)."""
         return {}
 
+    def preload(self, directory: Path) -> list[str]:
+        """Modules a process measuring `directory` would import before it loads the model. Named ones are imported
+        once, by a fork server whose children do the measuring (`autoslm/targets/forkserver.py`); none (the
+        default): each measurement is a new `python -m autoslm.targets.worker`."""
+        return []
+
     def refuses(self, technique: type) -> str | None:
         """Why a technique cannot be part of a policy for this runtime (None: it can). By default a technique that
         belongs to another runtime (`Technique.runtime`) is refused."""

@@ -27,7 +27,7 @@ from autoslm.errors import UserError
 from autoslm.llamacpp.types import FTYPES, K_FALLBACK, TENSOR_TYPES, TYPE_BITS  # noqa: F401 (re-exported)
 from autoslm.runtimes import Runtime
 from autoslm.targets import MeasureSettings
-from autoslm.targets.measure import alternate, measure_loaded, prompt_ids
+from autoslm.targets.measure import alternate, measure_loaded, prompts
 
 GGUF = "model.gguf"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -158,7 +158,7 @@ class LlamaCppRuntime(Runtime):
 
         directory = Path(directory)
         checkpoint.verify_dir(directory)
-        decode_prompt, prefill_prompt = _prompts(directory, settings)
+        decode_prompt, prefill_prompt = prompts(directory, settings)
         _warm()
         return measure_loaded(
             directory,
@@ -175,7 +175,7 @@ class LlamaCppRuntime(Runtime):
         paths = {"baseline": Path(baseline), "candidate": Path(candidate)}
         for directory in paths.values():
             checkpoint.verify_dir(directory)
-        decode_prompt, prefill_prompt = _prompts(paths["baseline"], settings)
+        decode_prompt, prefill_prompt = prompts(paths["baseline"], settings)
         with contextlib.ExitStack() as stack:
             llms = {
                 name: stack.enter_context(open_gguf(d / GGUF, n_ctx=_n_ctx(settings), threads=settings.threads))
@@ -224,32 +224,6 @@ def _runner(llm: Any, decode_prompt: list[int], prefill_prompt: list[int], setti
 
 def _n_ctx(settings: MeasureSettings) -> int:
     return max(settings.prompt_tokens, 16 + settings.decode_tokens) + 8
-
-
-class _TokenizerJson:
-    """The checkpoint's tokenizer.json through the `tokenizers` library alone, called like a transformers tokenizer:
-    a measuring process needs only the prompt's token ids, and transformers with torch would cost it ~2 s and
-    ~300 MB of resident memory before the model is loaded."""
-
-    def __init__(self, path: Path) -> None:
-        from tokenizers import Tokenizer
-
-        self._tokenizer = Tokenizer.from_file(str(path))
-        self.name_or_path = str(path)
-
-    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
-        return {"input_ids": self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids}
-
-    def __len__(self) -> int:
-        return self._tokenizer.get_vocab_size()
-
-
-def _prompts(directory: Path, settings: MeasureSettings) -> tuple[list[int], list[int]]:
-    from autoslm import checkpoint
-
-    path = Path(directory) / "tokenizer.json"
-    tokenizer = _TokenizerJson(path) if path.is_file() else checkpoint.load_tokenizer(directory)
-    return prompt_ids(tokenizer, 16, settings.seed), prompt_ids(tokenizer, settings.prompt_tokens, settings.seed + 1)
 
 
 def _warm() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from autoslm.runtimes import Runtime
 from autoslm.targets import MeasureSettings
-from autoslm.targets.measure import alternate, measure_loaded, prompt_ids
+from autoslm.targets.measure import alternate, measure_loaded, prompts
 
 
 class TorchRuntime(Runtime):
@@ -23,6 +23,20 @@ class TorchRuntime(Runtime):
         import torch
 
         return {"torch": torch.__version__.split("+")[0]}
+
+    def preload(self, directory: Path) -> list[str]:
+        """torch and transformers (~5 s to import here, most of a small model's measurement), with the modeling
+        module of the checkpoint's architecture."""
+        import json
+
+        modules = ["torch", "transformers", "transformers.modeling_utils", "transformers.models.auto.modeling_auto"]
+        try:
+            kind = json.loads((Path(directory) / "config.json").read_text()).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if isinstance(kind, str) and kind.isidentifier():
+            modules.append(f"transformers.models.{kind}.modeling_{kind}")
+        return modules
 
     def save(self, model: Any, tokenizer: Any, directory: Path, planned: list[Any], **meta: Any) -> Path:
         from autoslm import checkpoint
@@ -121,9 +135,7 @@ def measure_checkpoint(directory: Path, settings: MeasureSettings) -> dict[str, 
     torch.manual_seed(settings.seed)
     directory = Path(directory)
     checkpoint.verify_dir(directory)
-    tokenizer = checkpoint.load_tokenizer(directory)
-    decode_prompt = _prompt(tokenizer, 16, settings.seed)
-    prefill_prompt = _prompt(tokenizer, settings.prompt_tokens, settings.seed + 1)
+    decode_prompt, prefill_prompt = _tensors(prompts(directory, settings))
     _warm_runtime(directory, decode_prompt, prefill_prompt)
 
     return measure_loaded(
@@ -146,9 +158,7 @@ def measure_pair(candidate: Path, baseline: Path, settings: MeasureSettings, rou
     for name, directory in (("baseline", Path(baseline)), ("candidate", Path(candidate))):
         checkpoint.verify_dir(directory)
         models[name] = checkpoint.load_model(directory, verify=False)
-    tokenizer = checkpoint.load_tokenizer(Path(baseline))
-    decode_prompt = _prompt(tokenizer, 16, settings.seed)
-    prefill_prompt = _prompt(tokenizer, settings.prompt_tokens, settings.seed + 1)
+    decode_prompt, prefill_prompt = _tensors(prompts(Path(baseline), settings))
     runs = {name: _runner(m, decode_prompt, prefill_prompt, settings) for name, m in models.items()}
     return alternate(runs["baseline"], runs["candidate"], settings, rounds)
 
@@ -157,7 +167,7 @@ def _runner(model: Any, decode_prompt: Any, prefill_prompt: Any, settings: Measu
     return lambda: (time_decode(model, decode_prompt, settings.decode_tokens), time_prefill(model, prefill_prompt))
 
 
-def _prompt(tokenizer: Any, n: int, seed: int) -> Any:
+def _tensors(ids: tuple[list[int], ...]) -> tuple[Any, ...]:
     import torch
 
-    return torch.tensor([prompt_ids(tokenizer, n, seed)], dtype=torch.long)
+    return tuple(torch.tensor([one], dtype=torch.long) for one in ids)

@@ -20,9 +20,10 @@ from typing import Any
 
 from autoslm.errors import UserError
 
-# resident memory of a measuring process before it loads the model (this machine, Python 3.11, 2026-12-03): the
-# llama.cpp runtime imports llama.cpp alone; the torch runtime imports torch and transformers
-WORKER_START_MB = {"llama.cpp": 59.0, "torch": 257.0}
+# resident memory of measuring before a model is loaded (this machine, Python 3.11, 2026-12-03): the llama.cpp
+# runtime's process imports llama.cpp alone; the torch runtime's fork server holds torch, transformers and the
+# modeling module (353 MB; its measuring children share those pages, targets/forkserver.py)
+WORKER_START_MB = {"llama.cpp": 59.0, "torch": 353.0}
 # fp32 copies of the model a search holds at its peak, before anything is measured: the base, a trial's private
 # copy, and the measuring process's (docs/benchmarks.md: 5.3x the model for SmolLM2 in llama.cpp, issue #32)
 COPIES_BEFORE = 3.0

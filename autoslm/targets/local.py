@@ -1,7 +1,8 @@
 """This machine's CPU as a target: each measurement loads the checkpoint in a fresh Python process.
 
 A fresh process gives an honest memory figure (nothing else resident, nothing shared with the search) and keeps
-one candidate's threads and caches from disturbing the next.
+one candidate's threads and caches from disturbing the next. It is `python -m autoslm.targets.worker`, or, for a
+runtime that names modules to preload (torch), a child of a fork server that imported them once (`forkserver.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from autoslm.targets import Measurement, MeasureSettings, PairMeasurement, Target, checkpoint_dir
+from autoslm.targets import Measurement, MeasureSettings, PairMeasurement, Target, checkpoint_dir, forkserver
 
 
 def die_with_parent() -> None:
@@ -91,23 +92,33 @@ class LocalTarget(Target):
         return timeout_for(settings, [checkpoint.weights_size_mb(d) for d in directories], rounds)
 
     def _run_worker(self, args: list[str], settings: MeasureSettings, directories: list[Path], rounds: int = 0) -> dict:
+        from autoslm.runtimes import get_runtime
+
         timeout_s = self.limit_s(settings, directories, rounds)
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": str(settings.threads),
-            "MKL_NUM_THREADS": str(settings.threads),
-        }
-        cmd = [sys.executable, "-m", "autoslm.targets.worker", *args]
-        try:
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=timeout_s, env=env, preexec_fn=die_with_parent
-            )
-        except subprocess.TimeoutExpired as exc:
+        preload = get_runtime(settings.runtime).preload(directories[0])
+        if preload:
+            code, output = forkserver.run(args, preload, timeout_s)
+        else:
+            code, output = _subprocess(args, settings, timeout_s)
+        if code is None:
             how = "its limit" if settings.timeout_s else "scaled to the model; raise it with --measure-timeout"
-            raise MeasurementError(f"measurement timed out after {timeout_s:.0f}s ({how})") from exc
-        for line in proc.stdout.splitlines():
+            raise MeasurementError(f"measurement timed out after {round(timeout_s, 1):g}s ({how})")
+        for line in output.splitlines():
             if line.startswith("AUTOSLM-RESULT "):
                 return json.loads(line.split(" ", 1)[1])
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        reason = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit {proc.returncode}"
+        tail = output.strip().splitlines()[-1:] or ["no output"]
+        reason = "killed (out of memory?)" if code in (-9, 137) else f"exit {code}"
         raise MeasurementError(f"measurement process failed ({reason}): {tail[0]}")
+
+
+def _subprocess(args: list[str], settings: MeasureSettings, timeout_s: float) -> tuple[int | None, str]:
+    """`python -m autoslm.targets.worker ARGS`: (exit code, stdout then stderr); None: killed at `timeout_s`."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads), "MKL_NUM_THREADS": str(settings.threads)}
+    cmd = [sys.executable, "-m", "autoslm.targets.worker", *args]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout_s, env=env, preexec_fn=die_with_parent
+        )
+    except subprocess.TimeoutExpired:
+        return None, ""
+    return proc.returncode, proc.stdout + "\n" + proc.stderr

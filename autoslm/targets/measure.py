@@ -113,6 +113,35 @@ def prompt_ids(tokenizer: Any, n: int, seed: int) -> list[int]:
     return [int(t) for t in ids]
 
 
+class TokenizerJson:
+    """A checkpoint's tokenizer.json through the `tokenizers` library alone, called like a transformers tokenizer:
+    a measuring process needs only the prompt's token ids, and loading a transformers tokenizer costs it ~2 s
+    (and, in llama.cpp's worker, ~300 MB of resident memory for transformers and torch) before the model is loaded.
+    The ids are the transformers tokenizer's (tests/runtimes/test_llamacpp.py)."""
+
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self.name_or_path = str(path)
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids}
+
+    def __len__(self) -> int:
+        return self._tokenizer.get_vocab_size()
+
+
+def prompts(directory: Path, settings: Any) -> tuple[list[int], list[int]]:
+    """The decode prompt (16 tokens) and the prefill prompt (`settings.prompt_tokens`) of a checkpoint directory,
+    from its tokenizer.json where it has one, else its transformers tokenizer."""
+    from autoslm import checkpoint
+
+    path = Path(directory) / "tokenizer.json"
+    tokenizer = TokenizerJson(path) if path.is_file() else checkpoint.load_tokenizer(Path(directory))
+    return prompt_ids(tokenizer, 16, settings.seed), prompt_ids(tokenizer, settings.prompt_tokens, settings.seed + 1)
+
+
 Timer = Any  # () -> (decode ms per token list, prefill ms): one decode run and one prefill of a loaded model
 
 

@@ -135,8 +135,7 @@ def test_a_llamacpp_measuring_process_never_loads_torch_or_transformers(fresh_ti
     import subprocess
     import sys
 
-    from autoslm.runtimes.llamacpp import _TokenizerJson
-    from autoslm.targets.measure import prompt_ids
+    from autoslm.targets.measure import TokenizerJson, prompt_ids
 
     _, directory = _save(fresh_tiny, [], tmp_path / "c")
     settings = MeasureSettings(runtime="llama.cpp", prompt_tokens=32, decode_tokens=4, repeats=1)
@@ -147,7 +146,7 @@ def test_a_llamacpp_measuring_process_never_loads_torch_or_transformers(fresh_ti
     out = subprocess.run([sys.executable, "-c", code, str(directory), settings.model_dump_json()],
                          capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
     assert "AUTOSLM-RESULT" in out and "HEAVY []" in out, out[-500:]
-    light = _TokenizerJson(directory / "tokenizer.json")
+    light = TokenizerJson(directory / "tokenizer.json")
     assert prompt_ids(light, 128, 1) == prompt_ids(fresh_tiny.tokenizer, 128, 1)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -191,7 +192,8 @@ def test_real_model_search_rechecks_exports_and_reapplies(tmp_path: Path) -> Non
     assert len(row["recheck"]["pair_ratios"]["decode_ms"]) == row["recheck"]["rounds"]
     assert 0.3 < row["recheck"]["ratios"]["decode_ms"] < 0.8  # int8 matmuls decode faster than fp32
     page = (out / "report.html").read_text()
-    assert f"close call: re-measured {row['recheck']['rounds']}x beside the baseline" in page
+    # why it was timed again: a close call, or (when other work disturbed the first timing) a busy machine
+    assert re.search(rf"(close call|machine busy): re-measured {row['recheck']['rounds']}x beside the baseline", page)
     baseline = json.loads((out / "baseline.json").read_text())
     assert baseline["ppl"] < row["ppl"] < 2 * baseline["ppl"]  # int8 costs some perplexity, not the model
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
