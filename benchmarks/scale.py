@@ -20,7 +20,7 @@ weights). Each model runs in a fresh process, one phase after another, as a sear
 Peak memory: this process's high-water mark in each phase and over them all (the search process) and the measuring
 process's (its fixed start, `forecast.WORKER_START_MB`, plus the model in use as the measurement reports it). Then
 the growth of each phase with the parameter count (a power law fitted in log-log), and a 30-trial `mixed-precision`
-search estimated from the phases (export + imatrix + sensitivity once, 30 x (quantize + measure + low + full))
+search estimated from the phases (export + imatrix + sensitivity once, 30 x (quantize + measure + full))
 against the goals (0.5B <= 30 min, 1.5B <= 90 min, 3B: finishes). Nothing else should run meanwhile; the output
 says what did.
 """
@@ -92,12 +92,13 @@ def one(name: str, sensitivity: bool) -> dict[str, Any]:
     from autoslm.runtimes.llamacpp import GGUF, cached_importance_matrix, f32_export, quantize
     from autoslm.searching.forecast import WORKER_START_MB
     from autoslm.targets import MeasureSettings, get_target
-    from autoslm.targets.measure import peak_rss_mb, reset_peak_rss, rss_mb
+    from autoslm.targets.measure import _status_mb, peak_rss_mb, reset_peak_rss, rss_mb
 
     quiet_libraries()
     folder = Path(tempfile.mkdtemp(prefix="autoslm-scale-"))
     seconds: dict[str, float] = {}
     peaks: dict[str, float] = {}  # this process's resident high-water mark during each phase
+    anon: dict[str, float] = {}  # its anonymous resident memory at each phase's end (not file pages: see below)
     spec = name
     if name in SHAPES:
         t0 = time.perf_counter()
@@ -113,8 +114,9 @@ def one(name: str, sensitivity: bool) -> dict[str, Any]:
         value = fn()
         seconds[phase] = time.perf_counter() - t0
         peaks[phase] = peak_rss_mb()
-        print(f"  {name}: {phase} {seconds[phase]:.1f} s (peak {peaks[phase]:.0f} MB, then {rss_mb():.0f} MB)",
-              file=sys.stderr, flush=True)  # fmt: skip
+        anon[phase] = _status_mb("RssAnon")
+        print(f"  {name}: {phase} {seconds[phase]:.1f} s (peak {peaks[phase]:.0f} MB, then {rss_mb():.0f} MB, "
+              f"{anon[phase]:.0f} MB of it anonymous)", file=sys.stderr, flush=True)  # fmt: skip
         return value
 
     lm = timed("load", lambda: load_model(spec))
@@ -155,6 +157,7 @@ def one(name: str, sensitivity: bool) -> dict[str, Any]:
         "search_process_start_mb": start_mb,
         "search_process_peak_mb": search_peak,
         "phase_peak_mb": peaks,
+        "phase_end_anonymous_mb": anon,
         "measuring_process_peak_mb": worker_peak,
         "peak_total_mb": search_peak + worker_peak,
         "decode_ms": m.decode_ms,
@@ -163,9 +166,12 @@ def one(name: str, sensitivity: bool) -> dict[str, Any]:
 
 
 def estimate_search_min(row: dict[str, Any]) -> float:
+    """Every trial quantized, measured and evaluated in full: a search's full evaluation is handed the low one and
+    scores only the rest (`evaluate(prior=low)`), so low + rest = the `full` phase here, which starts from nothing.
+    Pruned and infeasible trials cost less: an upper bound."""
     s = row["seconds"]
     once = s["export"] + s["imatrix"] + s.get("sensitivity", 0.0)
-    per_trial = s["quantize"] + s["measure"] + s["low"] + s["full"]
+    per_trial = s["quantize"] + s["measure"] + s["full"]
     return (once + TRIALS * per_trial) / 60
 
 
@@ -233,6 +239,13 @@ def main() -> None:
     print("\nthe search process's peak MB in each phase (x the fp32 model):")
     for r in rows:
         cells = ", ".join(f"{p} {mb:.0f} ({mb / r['fp32_mb']:.1f}x)" for p, mb in r["phase_peak_mb"].items())
+        print(f"  {r['model']}: {cells}")
+    print(
+        "\nits anonymous resident MB at each phase's end (the rest of its resident memory is file pages: the\n"
+        "checkpoint's weights, memory-mapped, and the libraries' code; the kernel drops them when memory is short):"
+    )
+    for r in rows:
+        cells = ", ".join(f"{p} {mb:.0f}" for p, mb in r.get("phase_end_anonymous_mb", {}).items())
         print(f"  {r['model']}: {cells}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

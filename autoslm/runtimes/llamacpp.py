@@ -271,25 +271,30 @@ def time_prefill(llm: Any, prompt: list[int]) -> float:
 class LlamaCppLM:
     """Just enough of a transformers causal LM for `autoslm.evaluate`: `model(input_ids=...).logits`.
 
-    Rows are decoded by llama.cpp as independent sequences packed into as few `llama_decode` calls as fit (a
-    context of its own: unified KV cache, up to `MAX_SEQS` sequences of `n_ctx` tokens in all), from an empty cache;
-    left padding (marked by `attention_mask`) is skipped. With `logits_to_keep` only the last positions' logits are
-    computed: the vocabulary projection dominates small models, and one call per short row costs ~40 ms here."""
+    Rows are decoded by llama.cpp as independent sequences of one context (unified KV cache, up to `MAX_SEQS`
+    sequences of `n_ctx` tokens in all), from an empty cache; left padding (marked by `attention_mask`) is skipped.
+    With `logits_to_keep` only the last positions' logits are computed: the vocabulary projection dominates small
+    models, and one call per short row costs ~40 ms here. The tokens go to `llama_decode` `BATCH` at a time, a
+    sequence continuing in the next call where it does not fit: llama.cpp's output buffer and its graph's result
+    are each `BATCH` x vocabulary floats (sized by the context, they were 1,024 x 152k floats, 623 MB each, for
+    Qwen2.5's vocabulary)."""
 
     MAX_SEQS = 64
+    BATCH = 256
 
-    def __init__(self, llm: Any, n_ctx: int, threads: int = 2) -> None:
+    def __init__(self, llm: Any, n_ctx: int, threads: int = 2, batch: int | None = None) -> None:
         import llama_cpp
         from llama_cpp import _internals
 
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = params.n_batch = params.n_ubatch = n_ctx
-        params.n_seq_max = self.MAX_SEQS
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = self.n_batch = min(batch or self.BATCH, n_ctx)
+        params.n_seq_max = self.max_seqs = min(self.MAX_SEQS, self.n_batch)  # llama.cpp: at most one per token
         params.kv_unified = True
         params.n_threads = params.n_threads_batch = threads
         self.n_ctx = n_ctx
         self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
-        self.batch = _internals.LlamaBatch(n_tokens=n_ctx, embd=0, n_seq_max=self.MAX_SEQS, verbose=False)
+        self.batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=self.max_seqs, verbose=False)
         self.vocab = llm.n_vocab()
 
     def close(self) -> None:
@@ -309,7 +314,7 @@ class LlamaCppLM:
             rows.append((i, ids[start:]))
         group: list[tuple[int, list[int]]] = []
         for row in rows:
-            if group and (sum(len(t) for _, t in group) + len(row[1]) > self.n_ctx or len(group) == self.MAX_SEQS):
+            if group and (sum(len(t) for _, t in group) + len(row[1]) > self.n_ctx or len(group) == self.max_seqs):
                 self._decode(group, keep, out)
                 group = []
             group.append(row)
@@ -318,27 +323,33 @@ class LlamaCppLM:
         return SimpleNamespace(logits=torch.from_numpy(out))
 
     def _decode(self, group: list[tuple[int, list[int]]], keep: int, out: Any) -> None:
-        """Decode `group`'s sequences in one call from an empty cache; their last `keep` logits into `out`."""
+        """Decode `group`'s sequences from an empty cache, `n_batch` tokens per call; their last `keep` logits
+        into `out`."""
         import numpy as np
 
         self.ctx.kv_cache_clear()
-        self.batch.reset()
-        spans = []
-        for seq, (_, tokens) in enumerate(group):
-            if len(tokens) > self.n_ctx:
-                raise ValueError(f"a sequence of {len(tokens)} tokens exceeds the context of {self.n_ctx}")
-            first = self.batch.batch.n_tokens
-            self.batch.add_sequence(tokens, seq_id=seq, logits_all=False)
-            n_out = min(keep, len(tokens))
-            for j in range(first + len(tokens) - n_out, first + len(tokens)):
-                self.batch.batch.logits[j] = True
-            spans.append(n_out)
-        self.ctx.decode(self.batch)
-        logits = np.ctypeslib.as_array(self.ctx.get_logits(), shape=(sum(spans) * self.vocab,)).reshape(-1, self.vocab)
-        offset = 0
-        for (i, _), n_out in zip(group, spans, strict=True):
-            out[i, keep - n_out :] = logits[offset : offset + n_out]
-            offset += n_out
+        tokens = []  # (sequence, position, token, (row, column) of `out` for its logits or None)
+        for seq, (i, ids) in enumerate(group):
+            if len(ids) > self.n_ctx:
+                raise ValueError(f"a sequence of {len(ids)} tokens exceeds the context of {self.n_ctx}")
+            first_kept = len(ids) - min(keep, len(ids))
+            tokens += [
+                (seq, pos, t, (i, keep - len(ids) + pos) if pos >= first_kept else None) for pos, t in enumerate(ids)
+            ]
+        batch = self.batch.batch
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            batch.n_tokens = len(chunk)
+            for j, (seq, pos, token, target) in enumerate(chunk):
+                batch.token[j], batch.pos[j], batch.n_seq_id[j] = token, pos, 1
+                batch.seq_id[j][0] = seq
+                batch.logits[j] = target is not None
+            self.ctx.decode(self.batch)
+            targets = [target for *_, target in chunk if target is not None]
+            if targets:
+                logits = np.ctypeslib.as_array(self.ctx.get_logits(), shape=(len(targets) * self.vocab,))
+                where = np.array(targets)
+                out[where[:, 0], where[:, 1]] = logits.reshape(-1, self.vocab)
 
 
 F32_EXPORTS: dict[str, Path] = {}  # weights + config digest -> folder with f32.gguf, config.json, tokenizer files

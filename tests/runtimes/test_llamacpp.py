@@ -129,6 +129,32 @@ def test_measure_and_evaluate_in_llamacpp(fresh_tiny, tmp_path: Path) -> None:
     assert ours.hyperbaton_acc == theirs.hyperbaton_acc and ours.cloze_acc == theirs.cloze_acc
 
 
+def test_evaluation_decodes_a_few_tokens_per_call_and_gets_each_row_s_own_logits(fresh_tiny, tmp_path: Path) -> None:
+    """`LlamaCppLM` sends `batch` tokens per `llama_decode` (llama.cpp's output buffer and graph result are that
+    many x vocabulary floats), a sequence continuing in the next call: each row's logits are still those of the row
+    decoded alone, whatever its length, padding, or the logits kept."""
+    from autoslm.runtimes.llamacpp import LlamaCppLM
+
+    _, directory = _save(fresh_tiny, [], tmp_path / "c")
+    rows = [IDS, IDS[:5], IDS[3:17], IDS[:1]]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    alone = [_llama_logits(directory, r) for r in rows]
+    with open_gguf(directory / GGUF, n_ctx=32) as llm:
+        for batch, keep in ((7, 0), (7, 3), (1, 2), (256, 0)):
+            lm = LlamaCppLM(llm, n_ctx=64, batch=batch)
+            try:
+                got = lm(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.numpy()
+            finally:
+                lm.close()
+            assert got.shape == (len(rows), keep or width, len(alone[0][0]))
+            for row, expected in zip(got, alone, strict=True):
+                n = min(len(expected), len(row))
+                assert np.abs(row[len(row) - n :] - expected[len(expected) - n :]).max() < 1e-3, (batch, keep)
+                assert not row[: len(row) - n].any()  # left padding gets no logits
+
+
 def test_a_llamacpp_measuring_process_never_loads_torch_or_transformers(fresh_tiny, tmp_path: Path) -> None:
     """The measuring process (local target, agent) needs llama.cpp and the prompt's ids only: no torch, no
     transformers (about 2 s and 300 MB each time), and its prompts are the ids transformers' tokenizer gives."""
