@@ -1,7 +1,7 @@
-"""llama.cpp evaluation, tokens per `llama_decode` call: time and the memory it adds, `LlamaCppLM.BATCH` (256)
+"""llama.cpp evaluation, tokens per `llama_decode` call: time and the memory it adds, `LlamaCppLM.BATCH` (512)
 against a call sized by the context (1,024 tokens: what evaluation did before).
 
-    python benchmarks/eval_batch.py [--model smollm2-135m] [--batches 256,1024] [--rounds 3] [--fidelity low]
+    python benchmarks/eval_batch.py [--model smollm2-135m] [--batches 512,1024] [--rounds 3] [--fidelity low]
 
 `--model` is a registry name or one of scale.py's shapes (qwen2.5-0.5b, ...: random weights, built here). The model
 is exported and quantized to Q4_K_M once (llama.cpp's converter and quantizer, no importance matrix); then each
@@ -75,7 +75,7 @@ def one(folder: Path, batch: int, fidelity: str) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--batches", default="256,1024")
+    ap.add_argument("--batches", default="512,1024")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--fidelity", default="low", choices=["low", "full"])
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)

@@ -280,7 +280,7 @@ class LlamaCppLM:
     Qwen2.5's vocabulary)."""
 
     MAX_SEQS = 64
-    BATCH = 256
+    BATCH = 512
 
     def __init__(self, llm: Any, n_ctx: int, threads: int = 2, batch: int | None = None) -> None:
         import llama_cpp
