@@ -89,3 +89,12 @@ def test_the_time_limit_scales_with_the_weights_and_the_rounds_and_can_be_set() 
     assert capped.limit_s(default, [Path("/nonexistent")]) == 900.0
     assert capped.limit_s(default.model_copy(update={"timeout_s": 1e6}), []) == 900.0
     assert capped.limit_s(default.model_copy(update={"timeout_s": 30.0}), []) == 30.0
+
+
+def test_a_new_process_measurement_past_its_limit_is_killed() -> None:
+    """The path of runtimes that preload nothing (llama.cpp): `python -m autoslm.targets.worker`, killed at its
+    limit (the fork server's path has its own test, tests/targets/test_forkserver.py)."""
+    from autoslm.targets.local import _subprocess
+
+    args = [str(resolve("tiny-llama")), FAST.model_dump_json()]
+    assert _subprocess(args, FAST, 0.2) == (None, "")
