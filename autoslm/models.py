@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -243,6 +244,124 @@ def load_model(spec: str | ModelSpec, *, dtype: str | torch.dtype = "auto") -> L
     return LoadedModel(model=model, tokenizer=tokenizer, spec=ms, source_dir=directory)
 
 
+@dataclass
+class ModelFiles:
+    """A model as its files on disk, never loaded into torch: config, tokenizer and the weight files' fingerprint.
+    What a search whose steps all run in the runtime (llama.cpp's quantization) works from: the runtime exports
+    and reads the weight files itself."""
+
+    spec: ModelSpec
+    source_dir: Path
+    config: Any  # transformers' PretrainedConfig
+    tokenizer: PreTrainedTokenizerBase
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = files_fingerprint(self.source_dir)
+        return self._fingerprint
+
+    @property
+    def num_parameters(self) -> int:
+        """Values in the weight files (a tied output projection is stored once, as the model counts it)."""
+        return sum(math.prod(entry["shape"]) for _, entry in _safetensors_entries(self.source_dir))
+
+
+def load_files(spec: str | ModelSpec) -> ModelFiles:
+    """The model of `spec` as files (resolved, converted or built once, as for `load_model`), its config and
+    tokenizer loaded; its weights are not read (`ModelFiles.fingerprint` hashes them on first use)."""
+    from transformers import AutoConfig
+
+    from autoslm import checkpoint
+
+    ms = parse_spec(spec) if isinstance(spec, str) else spec
+    directory = resolve(ms)
+    if directory not in VERIFIED:
+        checkpoint.verify_dir(directory)
+    if not any(directory.glob("*.safetensors")):
+        raise UserError(
+            f"model directory '{directory}' has no .safetensors weights: autoslm never loads pickled weights; "
+            "convert them with transformers' save_pretrained(safe_serialization=True)"
+        )
+    try:
+        config = AutoConfig.from_pretrained(directory)
+        tokenizer = checkpoint.load_tokenizer(directory)
+    except Exception as exc:  # a config or tokenizer transformers refuses: the user's files
+        if ms.kind != "dir":
+            raise
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise UserError(f"model directory '{ms.raw}' cannot be read ({type(exc).__name__}: {reason})") from exc
+    return ModelFiles(spec=ms, source_dir=directory, config=config, tokenizer=tokenizer)
+
+
+def files_fingerprint(directory: Path) -> str:
+    """sha256 over every tensor of the directory's safetensors files (name, dtype, shape, bytes), in name order:
+    the weights as stored, read without loading a model (a search's base model is identified by it, whether or not
+    it ever loads the model into torch)."""
+    import mmap
+
+    h = hashlib.sha256()
+    entries = sorted(_safetensors_entries(Path(directory)), key=lambda e: e[0])
+    if not entries:
+        raise UserError(f"model directory '{directory}' has no .safetensors weights")
+    maps: dict[Path, Any] = {}
+    try:
+        for name, entry in entries:
+            path, start, end = entry["file"], *entry["data_offsets"]
+            if path not in maps:
+                with open(path, "rb") as f:
+                    maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            base = entry["base"]
+            h.update(f"{name}|{entry['dtype']}|{tuple(entry['shape'])}|".encode())
+            view = memoryview(maps[path])[base + start : base + end]
+            try:
+                h.update(view)
+            finally:
+                view.release()
+    finally:
+        for m in maps.values():
+            m.close()
+    return h.hexdigest()
+
+
+def _safetensors_entries(directory: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(tensor name, header entry + the file and where its data starts) for every tensor of the directory's
+    safetensors files; a header that is not safetensors' is refused in one line."""
+    out = []
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            size = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+            if not 0 < size <= min(100_000_000, path.stat().st_size - 8):
+                raise UserError(f"'{path}' is not a safetensors file (its header is cut or corrupt): restore it")
+            try:
+                header = json.loads(f.read(size))
+            except ValueError as exc:
+                raise UserError(f"'{path}' is not a safetensors file (its header is not JSON): restore it") from exc
+        if not isinstance(header, dict):
+            raise UserError(f"'{path}' is not a safetensors file (its header is not a table): restore it")
+        room = path.stat().st_size - 8 - size
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+            shape = entry.get("shape") if isinstance(entry, dict) else None
+            ok = (
+                isinstance(entry.get("dtype"), str)
+                and isinstance(shape, list)
+                and all(type(d) is int and d >= 0 for d in shape)
+                and isinstance(offsets, list)
+                and len(offsets) == 2
+                and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= room
+            ) if isinstance(entry, dict) else False  # fmt: skip
+            if not ok:
+                raise UserError(f"'{path}': tensor {name[:80]!r} has a corrupt header entry: restore it")
+            out.append((name, {**entry, "file": path, "base": 8 + size}))
+    return out
+
+
 def fingerprint(model: torch.nn.Module) -> str:
     """sha256 over every tensor of the state dict (name, dtype, shape, bytes), in name order.
 
@@ -306,7 +425,8 @@ def count_parameters(model: Any) -> int:
 
 
 def model_info(model: Any) -> dict[str, int]:
-    """Shape facts a technique needs to declare its search space (from the model config)."""
+    """Shape facts a technique needs to declare its search space (from the model config); `model` is a torch model
+    or `ModelFiles`."""
     cfg = model.config
     return {
         "num_layers": int(cfg.num_hidden_layers),
@@ -315,7 +435,7 @@ def model_info(model: Any) -> dict[str, int]:
         "num_attention_heads": int(cfg.num_attention_heads),
         "num_key_value_heads": int(getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)),
         "vocab_size": int(cfg.vocab_size),
-        "num_parameters": count_parameters(model),
+        "num_parameters": model.num_parameters if isinstance(model, ModelFiles) else count_parameters(model),
     }
 
 

@@ -113,7 +113,7 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
     (unless `force`).
     """
     from autoslm import checkpoint
-    from autoslm.models import load_model
+    from autoslm.models import load_files, load_model
     from autoslm.pipeline import Step, apply_planned, plan
     from autoslm.plugins import get_registry
     from autoslm.runtimes import check_policy, get_runtime
@@ -142,13 +142,15 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file: give a directory for the rebuilt checkpoint")
     spec = model or recipe.base_model["name"]
-    base = load_model(spec)
-    _check_limits(recipe, base)
-    if base.fingerprint != recipe.base_model["fingerprint"] and not force:
-        raise UserError(
-            f"base model '{spec}' has fingerprint {base.fingerprint[:16]}, the recipe was made from "
-            f"{recipe.base_model['fingerprint'][:16]}: use the same base model, or pass --force to apply anyway"
-        )
+    planned = plan([Step(technique=s.technique, params=s.params) for s in recipe.steps])
+    runtime = recipe.target.get("runtime", "torch")
+    # as the search made it: from the model's files where no step needs the torch model (Objective.apply_policy)
+    files_only = get_runtime(runtime).takes_files and not any(p.entry.cls.needs_torch_model for p in planned)
+    files = load_files(spec)
+    base = files if files_only else load_model(spec)
+    subject = base if files_only else base.model
+    _check_limits(recipe, subject, spec)
+    _check_fingerprint(recipe, files, spec, force)
     teacher = {}
 
     def teacher_factory() -> object:
@@ -157,10 +159,8 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
         return teacher["model"]
 
     ctx = ApplyContext(tokenizer=base.tokenizer, seed=recipe.seed, teacher_factory=teacher_factory)
-    planned = plan([Step(technique=s.technique, params=s.params) for s in recipe.steps])
-    runtime = recipe.target.get("runtime", "torch")
-    check_policy(runtime, planned, base.model)
-    compressed = apply_planned(base.model, planned, ctx)
+    check_policy(runtime, planned, subject)
+    compressed = apply_planned(subject, planned, ctx)
     fingerprint = recipe.base_model["fingerprint"]
     get_runtime(runtime).save(compressed, base.tokenizer, out, planned, base_fingerprint=fingerprint)
     made = checkpoint.sha256_file(checkpoint.weights_file(out))
@@ -176,18 +176,32 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
     return out
 
 
-def _check_limits(recipe: Recipe, base: Any) -> None:
+def _check_fingerprint(recipe: Recipe, files: Any, spec: str, force: bool) -> None:
+    """The base model must be the recipe's: its weight files' fingerprint (`models.files_fingerprint`), or, for a
+    recipe written before autoslm identified models by their files, the loaded model's state dict's."""
+    from autoslm.models import load_model
+
+    wanted = recipe.base_model["fingerprint"]
+    if force or files.fingerprint == wanted or load_model(spec).fingerprint == wanted:
+        return
+    raise UserError(
+        f"base model '{spec}' has fingerprint {files.fingerprint[:16]}, the recipe was made from "
+        f"{wanted[:16]}: use the same base model, or pass --force to apply anyway"
+    )
+
+
+def _check_limits(recipe: Recipe, model: Any, spec: str) -> None:
     """Each step's numbers within what its technique can do to this base model (`blocks: 99` on 30 blocks)."""
     from autoslm.models import model_info
     from autoslm.plugins import get_registry
     from autoslm.technique import outside
 
-    info = model_info(base.model)
+    info = model_info(model)
     for step in recipe.steps:
         for param, (low, high) in get_registry().techniques[step.technique].cls.limits(info).items():
             value = step.params.get(param)
             if outside((low, high), value):
                 raise UserError(
                     f"recipe step '{step.technique}': {param}={value} is outside what model "
-                    f"'{base.spec.raw}' allows ({low}..{high}); fix the recipe"
+                    f"'{spec}' allows ({low}..{high}); fix the recipe"
                 )

@@ -96,6 +96,10 @@ class Technique:
     incompatible_with: ClassVar[tuple[str, ...]] = ()
     runtime: ClassVar[str | None] = None  # set: the runtime applies it at save time; `apply` leaves the model as is
     removes_blocks: ClassVar[bool] = False  # it drops whole decoder blocks (a runtime may refuse that on some models)
+    # False: `resolve`, `apply` and `refuses_model` never look inside the torch model (a runtime technique that only
+    # reads the weight files the runtime exports, as quant.gguf does): a search whose steps all say so, in a runtime
+    # that `takes_files`, gets the model as `autoslm.models.ModelFiles` and never loads it into torch
+    needs_torch_model: ClassVar[bool] = True
     Config: ClassVar[type[TechniqueConfig]] = TechniqueConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # name -> parameters (each a valid Config)
 

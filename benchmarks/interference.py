@@ -30,8 +30,8 @@ times with `--threads` threads (pinned; both schemes and the reference alike). T
 idle (nothing else started), then `--loaded-runs` runs with a load: a process spinning one core, started and
 stopped at random (on 30-90 s, off 10-40 s, seeded). Printed: every verdict, each pass's agreement with the
 reference (the idle passes' agreement is the noise floor: what measurement noise alone costs at this budget), on
-every candidate and on the clear ones (reference ratio more than 15% from the limit), and the measurement time each
-scheme spent.
+every candidate and on the clear ones (reference ratio more than 15% from the limit), the measurement time each
+scheme spent, and its loaded/idle ratio: what the load costs a trial's measuring (issue #32's goal: at most 2x).
 """
 
 from __future__ import annotations
@@ -256,6 +256,14 @@ def main() -> None:
             print(f"{scheme} {condition:<6}: agree with the reference {hits}/{total} ({100 * hits / total:.0f}%), on "
                   f"the clear ones {clear_hits}/{clear_total} ({100 * clear_hits / max(1, clear_total):.0f}%); "
                   f"{seconds:.0f} s per pass")  # fmt: skip
+    for scheme in schemes:
+        idle, loaded = summary.get(f"{scheme} idle"), summary.get(f"{scheme} loaded")
+        if idle and loaded:
+            ratio = loaded["seconds_per_pass"] / idle["seconds_per_pass"]
+            summary[f"{scheme} loaded/idle"] = ratio
+            each = [summary[f"{scheme} {c}"]["seconds_per_pass"] / (len(names) + 1) for c in ("loaded", "idle")]
+            print(f"{scheme}: a loaded pass cost {ratio:.2f}x an idle one ({len(names)} candidates + the baseline: "
+                  f"{each[0]:.0f} s vs {each[1]:.0f} s of measuring per trial)")  # fmt: skip
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}; work folder {work}")
     if args.json:
         record = {

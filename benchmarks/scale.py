@@ -9,13 +9,16 @@ built from a config and saved in bf16 as users download them (no download: timin
 trained weights). They are built as Llama blocks with SmolLM2's tokenizer (Qwen2's q/k/v biases add 0.1% of the
 weights). Each model runs in a fresh process, one phase after another, as a search's trials do:
 
-  load        the checkpoint into torch (`load_model`)
-  export      the F32 GGUF every llama.cpp trial starts from (llama.cpp's converter, once per search)
-  imatrix     the importance matrix quant.gguf computes in torch (once per search)
+  load        the model as its files (`load_files`: config, tokenizer; a quantization-only search never loads
+              it into torch)
+  export      the F32 GGUF every llama.cpp trial starts from (llama.cpp's converter from the weight files, once
+              per search; with the weights' fingerprint)
+  imatrix     the importance matrix quant.gguf has llama.cpp compute on that GGUF (once per search)
   quantize    llama.cpp's Q4_K_M with that matrix (every trial)
   measure     the local target's measurement of the Q4_K_M file (a fresh process; every trial)
   low / full  quality in llama.cpp at low and full fidelity (every trial; full only if not pruned)
-  sensitivity quant.mixed's per-tensor table in torch (once per model; skipped above --no-sensitivity-above B params)
+  sensitivity quant.mixed's per-tensor table in torch, the model loaded into torch for it (once per model; skipped
+              above --no-sensitivity-above B params)
 
 Peak memory: this process's high-water mark in each phase and over them all (the search process) and the measuring
 process's (its fixed start, `forecast.WORKER_START_MB`, plus the model in use as the measurement reports it). Then
@@ -86,7 +89,7 @@ def one(name: str, sensitivity: bool) -> dict[str, Any]:
     import gc
 
     from autoslm.evaluate import Fidelity
-    from autoslm.models import count_parameters, load_model
+    from autoslm.models import load_files, load_model
     from autoslm.quiet import quiet_libraries
     from autoslm.runtimes import get_runtime
     from autoslm.runtimes.llamacpp import GGUF, cached_importance_matrix, f32_export, quantize
@@ -119,11 +122,12 @@ def one(name: str, sensitivity: bool) -> dict[str, Any]:
               f"{anon[phase]:.0f} MB of it anonymous)", file=sys.stderr, flush=True)  # fmt: skip
         return value
 
-    lm = timed("load", lambda: load_model(spec))
-    params = count_parameters(lm.model)
+    lm = timed("load", lambda: load_files(spec))
+    params = lm.num_parameters
     rt = get_runtime("llama.cpp")
-    source = timed("export", lambda: f32_export(lm.model, lm.tokenizer))
-    imatrix = timed("imatrix", lambda: cached_importance_matrix(lm.model, lm.tokenizer, 16, 256))  # quant.gguf defaults
+    source = timed("export", lambda: f32_export(lm, lm.tokenizer))
+    # quant.gguf's defaults: 16 windows of 256 tokens
+    imatrix = timed("imatrix", lambda: cached_importance_matrix(source / "f32.gguf", lm.tokenizer, 16, 256))
     q4 = folder / "q4km"
     q4.mkdir()
 
@@ -146,7 +150,7 @@ def one(name: str, sensitivity: bool) -> dict[str, Any]:
         from autoslm.technique import ApplyContext
 
         ctx = ApplyContext(tokenizer=lm.tokenizer, seed=0)
-        timed("sensitivity", lambda: sensitivity_table(lm.model, ctx, 2, 128))
+        timed("sensitivity", lambda: sensitivity_table(load_model(spec).model, ctx, 2, 128))
     search_peak = max(peaks.values())
     worker_peak = WORKER_START_MB["llama.cpp"] + m.memory_mb
     return {

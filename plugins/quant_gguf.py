@@ -6,7 +6,8 @@ runtime when it writes a candidate. Every torch-side step (pruning, depth, disti
   token_embd_type   the token embedding's type (with a tied embedding it also serves as the output)
   overrides         per-tensor-class types, e.g. {"attn_v": "Q8_0", "ffn_down": "Q6_K"} (`tt_overrides`)
   imatrix           weigh rounding errors by an importance matrix: the mean squared input of every weight's
-                    columns on the calibration text, computed on the candidate itself (after pruning) in torch
+                    columns on the calibration text, computed by llama.cpp on the candidate's F32 GGUF (after
+                    pruning), as llama.cpp's imatrix tool does
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class GgufQuant(Technique):
     runtime = "llama.cpp"
     description = "llama.cpp quantization of the GGUF: whole-model, output/embedding and per-tensor types, imatrix"
     requires_calibration = True
+    needs_torch_model = False  # llama.cpp quantizes (and weighs, for the imatrix) the GGUF it exported
     Config = GgufQuantConfig
     # llama.cpp's whole-model types as people publish them (4 bits and below with an importance matrix), most used
     # first: the warm start tries each alone, so a search is never worse than the preset its budget allows

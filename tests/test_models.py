@@ -99,3 +99,51 @@ def test_gguf_path_spec_shares_the_conversion(smollm) -> None:
     assert spec.kind == "gguf"
     assert models.resolve(spec) == smollm.source_dir
     assert models.load_model(spec).fingerprint == smollm.fingerprint
+
+
+def test_model_files_need_no_torch_load_and_count_what_the_model_counts(tiny) -> None:
+    files = models.load_files("tiny-llama")
+    assert files.source_dir == tiny.source_dir and files.config.hidden_size == tiny.model.config.hidden_size
+    assert files.num_parameters == models.count_parameters(tiny.model)  # the tied head stored once, counted once
+    assert models.model_info(files) == models.model_info(tiny.model)
+    assert files.fingerprint == models.files_fingerprint(tiny.source_dir) == models.load_files("tiny-llama").fingerprint
+    assert files.tokenizer("hello").input_ids == tiny.tokenizer("hello").input_ids
+
+
+def _one_tensor_file(directory: Path, header: bytes, data: bytes = b"\0" * 8) -> Path:
+    directory.mkdir()
+    (directory / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + data)
+    return directory
+
+
+def test_files_fingerprint_follows_the_bytes_and_names(tmp_path: Path) -> None:
+    header = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    one = models.files_fingerprint(_one_tensor_file(tmp_path / "one", header))
+    assert one == models.files_fingerprint(_one_tensor_file(tmp_path / "same", header))
+    assert one != models.files_fingerprint(_one_tensor_file(tmp_path / "bytes", header, b"\0" * 7 + b"\1"))
+    renamed = header.replace(b'"a"', b'"b"')
+    assert one != models.files_fingerprint(_one_tensor_file(tmp_path / "name", renamed))
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b"", "header is cut or corrupt"),  # empty file
+        ((2**63).to_bytes(8, "little"), "header is cut or corrupt"),  # a header length past any file
+        (b"\x05\0\0\0\0\0\0\0{oops", "header is not JSON"),  # truncated JSON
+        (b"\x02\0\0\0\0\0\0\0[]", "header is not a table"),
+        (b"\x1c\0\0\0\0\0\0\0" + b'{"a": {"dtype": "F32"}}     ', "corrupt header entry"),  # no shape or offsets
+        (b"\x3e\0\0\0\0\0\0\0" + b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 99]}}', "corrupt header"),
+        (b"\x3e\0\0\0\0\0\0\0" + b'{"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 0]}}', "corrupt header"),
+    ],
+)
+def test_files_fingerprint_refuses_a_broken_safetensors_file_in_one_line(tmp_path: Path, raw: bytes, fragment) -> None:
+    (tmp_path / "model.safetensors").write_bytes(raw)
+    with pytest.raises(UserError, match=fragment) as info:
+        models.files_fingerprint(tmp_path)
+    assert "\n" not in str(info.value) and "model.safetensors" in str(info.value)
+
+
+def test_files_fingerprint_of_a_directory_without_weights_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"no \.safetensors weights"):
+        models.files_fingerprint(tmp_path)

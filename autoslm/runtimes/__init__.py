@@ -33,6 +33,9 @@ class Runtime(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     default_space: ClassVar[str] = "default"  # the search space a search uses when --space is not given
+    # True: `save` and `evaluate` also take the base model as its files (`autoslm.models.ModelFiles`) in place of a
+    # torch model, for policies whose techniques do not need one (`Technique.needs_torch_model`)
+    takes_files: ClassVar[bool] = False
 
     def version(self) -> dict[str, str]:
         """What a recipe records about this runtime (library versions, build)."""

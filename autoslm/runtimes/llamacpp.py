@@ -36,6 +36,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 class LlamaCppRuntime(Runtime):
     name = "llama.cpp"
     default_space = "llamacpp"
+    takes_files = True  # an unchanged model is exported from its files by the converter, never loaded in torch
     description = "GGUF run by llama.cpp (llama-cpp-python); quantized by llama.cpp (technique quant.gguf)"
 
     def version(self) -> dict[str, str]:
@@ -73,9 +74,11 @@ class LlamaCppRuntime(Runtime):
         return refuses_block_removal(model) if getattr(technique, "removes_blocks", False) else None
 
     def save(self, model: Any, tokenizer: Any, directory: Path, planned: list[Any], **meta: Any) -> Path:
-        """The torch model as an F32 GGUF, then quantized as the policy's quant.gguf step says (if any)."""
+        """The model as an F32 GGUF, then quantized as the policy's quant.gguf step says (if any). `model`: a torch
+        model, or `ModelFiles` (the converter reads its weight files: nothing is loaded into torch)."""
         from autoslm import checkpoint
         from autoslm.llamacpp import export_gguf
+        from autoslm.models import ModelFiles
 
         directory = Path(directory)
         scratch = directory.with_name(f".{directory.name}.torch")
@@ -91,10 +94,14 @@ class LlamaCppRuntime(Runtime):
                 if config.get("imatrix"):
                     with progress.phase("importance matrix"):
                         imatrix = cached_importance_matrix(
-                            model, tokenizer, config["imatrix_samples"], config["imatrix_seq_len"]
+                            source / "f32.gguf", tokenizer, config["imatrix_samples"], config["imatrix_seq_len"]
                         )
                 with progress.phase("quantizing in llama.cpp"):
                     quantize(source / "f32.gguf", directory / GGUF, config, imatrix)
+            elif isinstance(model, ModelFiles):
+                source = model.source_dir
+                with progress.phase("exporting the GGUF"):
+                    export_gguf(model.source_dir, directory / GGUF)
             else:
                 source = scratch
                 with progress.phase("exporting the GGUF"):
@@ -112,7 +119,7 @@ class LlamaCppRuntime(Runtime):
         """A checkpoint with model.gguf as it is; a .gguf file as it is (beside the tokenizer of its cached
         conversion); any other model exported once to an F32 GGUF (cached by fingerprint)."""
         from autoslm.cache import cache_dir
-        from autoslm.models import load_model, parse_spec, peek_config, resolve
+        from autoslm.models import load_files, parse_spec, peek_config, resolve
 
         ms = parse_spec(spec)
         if ms.kind == "dir" and (Path(spec) / GGUF).is_file():
@@ -133,10 +140,10 @@ class LlamaCppRuntime(Runtime):
             if not (out / GGUF).exists():
                 (out / GGUF).symlink_to(Path(ms.path).resolve())
             return out
-        lm = load_model(spec)
-        out = cache_dir("gguf") / f"f32-{lm.fingerprint[:16]}"
+        files = load_files(spec)  # exported from its files by the converter: nothing loaded into torch
+        out = cache_dir("gguf") / f"f32-{files.fingerprint[:16]}"
         if not (out / GGUF).is_file():
-            self.save(lm.model, lm.tokenizer, out, [], base_fingerprint=lm.fingerprint)
+            self.save(files, files.tokenizer, out, [], base_fingerprint=files.fingerprint)
         return out
 
     def evaluate(
@@ -359,65 +366,63 @@ def f32_export(model: Any, tokenizer: Any) -> Path:
     """A folder holding the model exported as an F32 GGUF (`f32.gguf`) with its config.json and tokenizer files,
     exported once per distinct weights and config in this process (the latest one is kept, in the temporary
     directory): a search quantizes the same unpruned model in most of its llama.cpp-only trials (3.6 s saved per
-    trial for SmolLM2-135M)."""
+    trial for SmolLM2-135M). `model`: a torch model, or `ModelFiles` (exported from its files)."""
     import atexit
     import hashlib
     import tempfile
 
     from autoslm import checkpoint
     from autoslm.llamacpp import export_gguf
-    from autoslm.models import fingerprint
+    from autoslm.models import ModelFiles, fingerprint
 
-    key = hashlib.sha256(f"{fingerprint(model)}:{model.config.to_json_string()}".encode()).hexdigest()[:16]
+    files = isinstance(model, ModelFiles)
+    weights = model.fingerprint if files else fingerprint(model)
+    key = hashlib.sha256(f"{weights}:{model.config.to_json_string()}".encode()).hexdigest()[:16]
     folder = F32_EXPORTS.get(key)
     if folder is not None and (folder / "f32.gguf").is_file():
         return folder
     for old in F32_EXPORTS.values():
         shutil.rmtree(old, ignore_errors=True)
     F32_EXPORTS.clear()
-    folder = Path(tempfile.mkdtemp(prefix="autoslm-f32-"))
+    folder = Path(tempfile.mkdtemp(prefix=f"autoslm-f32-{key}-"))  # the key in its name: the imatrix cache's key
     atexit.register(shutil.rmtree, folder, True)
-    checkpoint.save_dir(model, tokenizer, folder)
-    export_gguf(folder, folder / "f32.gguf.tmp").rename(folder / "f32.gguf")
-    (folder / "model.safetensors").unlink(missing_ok=True)  # only the GGUF is reused
+    if files:  # the converter reads the weight files themselves
+        for name in (*TOKENIZER_FILES, "config.json"):
+            if (model.source_dir / name).is_file():
+                shutil.copy2(model.source_dir / name, folder / name)
+        export_gguf(model.source_dir, folder / "f32.gguf.tmp").rename(folder / "f32.gguf")
+    else:
+        checkpoint.save_dir(model, tokenizer, folder)
+        export_gguf(folder, folder / "f32.gguf.tmp").rename(folder / "f32.gguf")
+        (folder / "model.safetensors").unlink(missing_ok=True)  # only the GGUF is reused
     F32_EXPORTS[key] = folder
     return folder
 
 
-IMATRIX_CACHE: dict[str, dict[str, Any]] = {}  # weights digest + settings -> importance matrix, this process
+IMATRIX_CACHE: dict[str, dict[str, Any]] = {}  # F32 export + settings -> importance matrix, this process
 
 
-def cached_importance_matrix(model: Any, tokenizer: Any, samples: int, seq_len: int) -> dict[str, Any]:
-    """`importance_matrix`, computed once per distinct set of weights in this process: a search tries several
-    llama.cpp types on the same torch-side candidate (its warm start tries every preset on the unpruned model)."""
-    from autoslm.models import fingerprint
-
-    key = f"{fingerprint(model)}:{samples}:{seq_len}"
+def cached_importance_matrix(f32: Path, tokenizer: Any, samples: int, seq_len: int) -> dict[str, Any]:
+    """`importance_matrix` of an F32 GGUF that `f32_export` wrote (its folder's name holds the key of its weights
+    and config), computed once per distinct export in this process: a search tries several llama.cpp types on the
+    same candidate (its warm start tries every preset on the unpruned model)."""
+    key = f"{Path(f32).parent.name}:{samples}:{seq_len}"
     if key not in IMATRIX_CACHE:
         if len(IMATRIX_CACHE) >= 4:
             IMATRIX_CACHE.pop(next(iter(IMATRIX_CACHE)))
-        IMATRIX_CACHE[key] = importance_matrix(model, tokenizer, samples, seq_len)
+        IMATRIX_CACHE[key] = importance_matrix(f32, tokenizer, samples, seq_len)
     return IMATRIX_CACHE[key]
 
 
-def importance_matrix(model: Any, tokenizer: Any, samples: int, seq_len: int) -> dict[str, Any]:
-    """What llama.cpp's imatrix tool computes, from the candidate in torch: for each weight (by its GGUF name), the
-    mean over calibration tokens of the squared input of each of its columns."""
+def importance_matrix(gguf: Path, tokenizer: Any, samples: int, seq_len: int) -> dict[str, Any]:
+    """What llama.cpp's imatrix tool computes, by llama.cpp (`autoslm/llamacpp/imatrix.py`) on `gguf`: for each
+    weight (by its GGUF name), the mean over `samples` calibration windows of `seq_len` tokens of the squared input
+    of each of its columns."""
     from autoslm import data
-    from autoslm.calibration import capture_inputs, run_windows
-
-    names = gguf_linear_names(model)
-    linears = {n: model.get_submodule(n) for n in names}
-    sums: dict[str, Any] = {}
-
-    def record(name: str, x: Any) -> None:
-        sq = x.double().pow(2).sum(0)
-        sums[name] = sums[name] + sq if name in sums else sq
+    from autoslm.llamacpp.imatrix import importance_matrix as collect
 
     windows = data.token_windows(tokenizer, "calibration", seq_len=seq_len, count=samples, seed=0)
-    with capture_inputs(linears, record):
-        tokens = run_windows(model, windows)
-    return {f"{names[name]}.weight": (total / tokens).float().numpy() for name, total in sums.items()}
+    return collect(Path(gguf), [[int(t) for t in row] for row in windows.tolist()])
 
 
 def gguf_linear_names(model: Any) -> dict[str, str]:

@@ -49,7 +49,7 @@ def export_best(
         base_model={
             "name": settings.model,
             "source": parse_spec(settings.model).kind,
-            "fingerprint": objective.base().fingerprint,
+            "fingerprint": objective.fingerprint,
         },
         steps=steps,
         calibration={"corpus": "calibration", "sha256": data.corpus_sha256("calibration")},

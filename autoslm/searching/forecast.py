@@ -27,6 +27,9 @@ WORKER_START_MB = {"llama.cpp": 59.0, "torch": 353.0}
 # fp32 copies of the model a search holds at its peak, before anything is measured: the base, a trial's private
 # copy, and the measuring process's (docs/benchmarks.md: 5.3x the model for SmolLM2 in llama.cpp, issue #32)
 COPIES_BEFORE = 3.0
+# the same for a search that never loads the model into torch (llama.cpp quantization alone): the F32 GGUF, memory
+# mapped (its pages shared by the search and the measuring process), and a quantized candidate or two
+COPIES_FILES_ONLY = 1.5
 BYTES_PER_DTYPE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
@@ -63,16 +66,18 @@ def parameters_in(directory: Path) -> int:
     return total
 
 
-def refuse_if_it_cannot_fit(directory: Path, spec: str) -> None:
-    """Stop before any work when COPIES_BEFORE fp32 copies of the model exceed the memory available now."""
+def refuse_if_it_cannot_fit(directory: Path, spec: str, files_only: bool = False) -> None:
+    """Stop before any work when the fp32 copies of the model a search holds (COPIES_BEFORE, or COPIES_FILES_ONLY
+    for one that never loads it into torch) exceed the memory available now."""
     params = parameters_in(directory)
     available = meminfo_mb("MemAvailable")
     if not params or available is None:
         return
-    need = COPIES_BEFORE * params * 4 / 2**20
+    copies = COPIES_FILES_ONLY if files_only else COPIES_BEFORE
+    need = copies * params * 4 / 2**20
     if need > available:
         raise UserError(
-            f"--model {spec}: {params / 1e9:.2f}B parameters; a search holds about {COPIES_BEFORE:g} fp32 copies "
+            f"--model {spec}: {params / 1e9:.2f}B parameters; a search holds about {copies:g} fp32 copies "
             f"({need / 1024:.1f} GB) and {available / 1024:.1f} GB are available now: free memory or use a machine "
             "with more"
         )

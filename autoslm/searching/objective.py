@@ -59,6 +59,7 @@ class TrialOutcome:
 
 
 BASE_MODELS: dict[str, Any] = {}  # model spec -> LoadedModel, loaded once per process
+BASE_FILES: dict[str, Any] = {}  # model spec -> ModelFiles (config, tokenizer, weights fingerprint), once per process
 
 
 @dataclass
@@ -96,15 +97,30 @@ class Objective:
         return MeasureSettings(runtime=self.runtime, threads=self.threads, timeout_s=self.measure_timeout_s)
 
     def base(self) -> Any:
-        """The base model, loaded once per process (each worker reuses it across trials)."""
+        """The base model loaded into torch, once per process (each worker reuses it across trials), on the first
+        policy that needs it: a llama.cpp search whose policies only quantize never loads it (`files`)."""
         if self.model not in BASE_MODELS:
             from autoslm.models import load_model
 
             BASE_MODELS[self.model] = load_model(self.model)
         return BASE_MODELS[self.model]
 
+    def files(self) -> Any:
+        """The base model as its files (`ModelFiles`: config, tokenizer, weights fingerprint), once per process."""
+        if self.model not in BASE_FILES:
+            from autoslm.models import load_files
+
+            BASE_FILES[self.model] = load_files(self.model)
+        return BASE_FILES[self.model]
+
+    @property
+    def fingerprint(self) -> str:
+        """The base model's identity in trial hashes, checkpoints and the recipe: its weight files' sha256
+        (`models.files_fingerprint`), the same whether or not this process loads it into torch."""
+        return str(self.files().fingerprint)
+
     def hash_extra(self) -> dict[str, Any]:
-        extra = {"model": self.base().fingerprint, "seed": self.seed, "fidelity": self.fidelity_full.model_dump()}
+        extra = {"model": self.fingerprint, "seed": self.seed, "fidelity": self.fidelity_full.model_dump()}
         return extra if self.runtime == "torch" else {**extra, "runtime": self.runtime}
 
     def identify(self, steps: list[dict[str, Any]]) -> tuple[list[Any], str]:
@@ -122,19 +138,27 @@ class Objective:
         from autoslm.runtimes import get_runtime
 
         runtime = get_runtime(self.runtime)
-        runtime.save(model, tokenizer, directory, planned, steps=steps, base_fingerprint=self.base().fingerprint)
+        runtime.save(model, tokenizer, directory, planned, steps=steps, base_fingerprint=self.fingerprint)
         return runtime
 
     def apply_policy(self, steps: list[dict[str, Any]], planned: list[Any] | None = None) -> tuple[Any, Any]:
-        """The base model with `steps` applied (deterministic for the seed); (model, loaded). A policy with a step
-        that changes the torch model works on a fresh copy; one whose steps all belong to the runtime (llama.cpp's
-        quantization: the torch model is only read, to export and to weigh columns) and the baseline use the base
-        model itself: one fp32 copy less in the search process (538 MB for SmolLM2-135M, 2 GB for a 0.5B)."""
+        """The base model with `steps` applied (deterministic for the seed); (model, loaded). Three cases, from the
+        cheapest:
+        - the runtime `takes_files` and no step `needs_torch_model` (llama.cpp's quantization, and the baseline):
+          the model's files (`ModelFiles`, as both), which the runtime exports itself: nothing loaded into torch;
+        - every step belongs to the runtime (quant.mixed reads the torch model for its sensitivity table): the base
+          model itself, one fp32 copy less in the search process (538 MB for SmolLM2-135M, 2 GB for a 0.5B);
+        - a step changes the torch model: a fresh copy."""
         from autoslm.pipeline import Step, apply_planned, plan
+        from autoslm.runtimes import get_runtime
         from autoslm.technique import ApplyContext
 
-        base = self.base()
         planned = planned or plan([Step(**s) for s in steps])
+        if get_runtime(self.runtime).takes_files and not any(p.entry.cls.needs_torch_model for p in planned):
+            files = self.files()
+            ctx = ApplyContext(tokenizer=files.tokenizer, seed=self.seed, run_dir=Path(self.run_dir))
+            return apply_planned(files, planned, ctx), files
+        base = self.base()
         reads_only = all(getattr(p.entry.cls, "runtime", None) not in (None, "torch") for p in planned)
         lm = base if reads_only else _fresh_copy(base)
         ctx = ApplyContext(

@@ -85,7 +85,8 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         raise UserError(f"--runtime {settings.runtime}: {refused}")
     if parse_spec(settings.model).kind != "hub":  # the runtime's own check of the files (llama.cpp: the tokenizer)
         get_runtime(settings.runtime).check_files(resolve(settings.model))
-        refuse_if_it_cannot_fit(resolve(settings.model), settings.model)  # a model that cannot fit: one line, now
+        # a model that cannot fit: one line, now
+        refuse_if_it_cannot_fit(resolve(settings.model), settings.model, files_only=_files_only(settings))
     device = _check_target(settings)
     cores = int(device.get("cores") or 0)
     if cores and settings.threads > cores:
@@ -147,10 +148,10 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
             measure_timeout_s=settings.measure_timeout,
         )
         try:
-            refused = get_runtime(settings.runtime).refuses_model(objective.base().model)
+            refused = get_runtime(settings.runtime).refuses_model(objective.files().config)
             if refused:
                 raise UserError(f"--runtime {settings.runtime}: {refused}")
-            objective.space = _runnable_space(settings, objective.base().model, progress)
+            objective.space = _runnable_space(settings, objective, progress)
         except UserError:
             if not stored and not had_db and not settings.storage:  # nothing searched: no study to trip the next run
                 db.unlink(missing_ok=True)
@@ -241,20 +242,44 @@ def run_dir_lock(run_dir: Path, shared: bool = False) -> Iterator[None]:
         os.close(fd)
 
 
-def _runnable_space(settings: SearchSettings, model: Any, progress: Any) -> Any:
+def _files_only(settings: SearchSettings) -> bool:
+    """Whether no technique of the space needs the torch model, in a runtime that takes the model's files: then the
+    search never loads it (`Objective.apply_policy`). False where the space cannot be read (refused later)."""
+    from autoslm.plugins import get_registry
+    from autoslm.runtimes import get_runtime
+    from autoslm.searching.space import find_space_file, space_techniques
+
+    try:
+        if not get_runtime(settings.runtime).takes_files:
+            return False
+        registry = get_registry()
+        return not any(
+            registry.technique(n).cls.needs_torch_model for n in space_techniques(find_space_file(settings.space_name))
+        )
+    except UserError:
+        return False
+
+
+def _runnable_space(settings: SearchSettings, objective: Any, progress: Any) -> Any:
     """The space to search on this model: the runtime's default space leaves out, with a warning, what the runtime
     refuses on this model (llama.cpp: depth pruning on SmolLM3) or what a technique refuses on it (width pruning on
-    Phi-3's fused MLP); a space the user named is refused instead."""
+    Phi-3's fused MLP); a space the user named is refused instead. Asked of the model's files (config.json), and of
+    the torch model only for a technique that needs one (`Technique.needs_torch_model`: the search loads it anyway)."""
     from autoslm.models import model_info
     from autoslm.plugins import get_registry
     from autoslm.runtimes import get_runtime
     from autoslm.searching.space import load_space
 
-    space = load_space(settings.space_name, model_info(model))
+    files = objective.files()
+    space = load_space(settings.space_name, model_info(files))
     runtime, registry = get_runtime(settings.runtime), get_registry()
+
+    def subject(cls: Any) -> Any:
+        return objective.base().model if cls.needs_torch_model else files
+
     reasons = {
-        t.name: runtime.refuses_on(registry.technique(t.name).cls, model)
-        or registry.technique(t.name).cls.refuses_model(model)
+        t.name: runtime.refuses_on(registry.technique(t.name).cls, files.config)
+        or registry.technique(t.name).cls.refuses_model(subject(registry.technique(t.name).cls))
         for t in space.techniques
     }
     refused = {name: why for name, why in reasons.items() if why}

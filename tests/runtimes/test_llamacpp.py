@@ -207,9 +207,10 @@ def test_cli_eval_and_profile_in_llamacpp(fresh_tiny, tmp_path: Path) -> None:
 
 
 def test_importance_matrix_changes_low_bit_rounding_deterministically(fresh_tiny, tmp_path: Path) -> None:
-    from autoslm.runtimes.llamacpp import importance_matrix
+    from autoslm.runtimes.llamacpp import f32_export, importance_matrix
 
-    imatrix = importance_matrix(fresh_tiny.model, fresh_tiny.tokenizer, samples=4, seq_len=64)
+    f32 = f32_export(fresh_tiny.model, fresh_tiny.tokenizer) / "f32.gguf"
+    imatrix = importance_matrix(f32, fresh_tiny.tokenizer, samples=4, seq_len=64)
     assert imatrix["blk.0.attn_q.weight"].shape == (fresh_tiny.model.config.hidden_size,)
     assert imatrix["blk.0.ffn_down.weight"].shape == (fresh_tiny.model.config.intermediate_size,)
     assert all(v.min() >= 0 for v in imatrix.values())

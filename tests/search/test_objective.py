@@ -34,12 +34,18 @@ def test_with_an_incumbent_the_hard_rule_prunes_what_cannot_beat_it(tmp_path: Pa
 
 
 def test_only_a_policy_that_changes_the_torch_model_gets_its_own_copy(tmp_path: Path) -> None:
-    """llama.cpp's quantization steps (and the baseline) only read the torch model: no second fp32 copy is loaded."""
+    """llama.cpp's quantization steps (and the baseline) need no torch model: they get the model's files; the torch
+    runtime's baseline reads the base model itself; a step that changes the torch model gets a copy."""
+    from autoslm.models import ModelFiles
+
     objective = Objective(model="tiny-llama", space=None, budget=None, run_dir=str(tmp_path), runtime="llama.cpp")  # type: ignore[arg-type]
-    base = objective.base()
     for steps in ([], [{"technique": "quant.gguf", "params": {"type": "Q4_0"}}]):
         model, lm = objective.apply_policy(steps)
-        assert model is base.model and lm is base, steps
+        assert isinstance(model, ModelFiles) and model is lm is objective.files(), steps
+    torch_objective = Objective(model="tiny-llama", space=None, budget=None, run_dir=str(tmp_path))  # type: ignore[arg-type]
+    base = torch_objective.base()
+    model, lm = torch_objective.apply_policy([])
+    assert model is base.model and lm is base
     before = base.model.model.layers[0].mlp.gate_proj.weight.clone()
     model, _ = objective.apply_policy([{"technique": "prune.width", "params": {"mlp_ratio": 0.5, "round_to": 16,
                                        "calibration_samples": 2, "calibration_seq_len": 32}}])  # fmt: skip

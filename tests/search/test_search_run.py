@@ -201,3 +201,31 @@ def test_real_model_search_rechecks_exports_and_reapplies(tmp_path: Path) -> Non
     rebuilt = run_cli("apply", str(out / "recipe.yaml"), "--out", str(tmp_path / "rebuilt"))
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
     assert recipe["checkpoint_sha256"] in rebuilt.stdout  # the recipe reproduces the searched checkpoint exactly
+
+
+def test_a_quant_only_llamacpp_search_never_loads_the_torch_model(tmp_path: Path, monkeypatch) -> None:
+    """llama.cpp's quantization alone works from the model's files: the converter exports them, llama.cpp weighs
+    (imatrix), quantizes, measures and scores. Loading the weights into torch fails here, as it would for a model
+    whose torch weights cannot be loaded; the search and the recipe's replay still run."""
+    from autoslm import checkpoint, models
+    from autoslm.runtimes.llamacpp import GGUF
+    from autoslm.searching.objective import Objective
+
+    models.resolve("tiny-llama")  # built (or found in the cache) before loading is refused
+
+    def refuse(*_a, **_k):
+        raise AssertionError("the torch model was loaded")
+
+    monkeypatch.setattr(checkpoint, "load_model", refuse)
+    monkeypatch.setattr(Objective, "base", refuse)
+    space = tmp_path / "quant.yaml"  # every trial weighed by an importance matrix: llama.cpp's, not a torch pass
+    space.write_text("techniques:\n  quant.gguf:\n    type: {choices: [Q8_0, Q4_0]}\n    imatrix: true\n"
+                     "    imatrix_samples: 2\n")  # fmt: skip
+    out = tmp_path / "run"
+    result = search(model="tiny-llama", runtime="llama.cpp", space=str(space), trials=3, out=out,
+                    fidelity="low", sampler="random", seed=0, budget="size_mb<=0.9x")  # fmt: skip
+    assert [t.status for t in result.trials if t.status == "failed"] == [], [t.reason for t in result.trials]
+    assert result.best is not None and (out / "checkpoint" / GGUF).is_file()
+    assert result.best.steps[0]["params"]["imatrix"] is True
+    rebuilt = autoslm.apply_recipe(str(out / "recipe.yaml"), str(tmp_path / "again"))
+    assert checkpoint.sha256_file(rebuilt / GGUF) == checkpoint.sha256_file(out / "checkpoint" / GGUF)

@@ -48,7 +48,7 @@ def _trainable(config: dict[str, Any], objective: Any, baseline: dict[str, Any])
     from ray import tune
 
     from autoslm.searching import policy
-    from autoslm.searching.objective import BASE_MODELS
+    from autoslm.searching.objective import BASE_FILES, BASE_MODELS
 
     number = int(config["__trial__"])
     ctx = ray.get_runtime_context()
@@ -57,7 +57,7 @@ def _trainable(config: dict[str, Any], objective: Any, baseline: dict[str, Any])
         "ip": ray.util.get_node_ip_address(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "base_reused": objective.model in BASE_MODELS,
+        "base_reused": objective.model in BASE_MODELS or objective.model in BASE_FILES,  # torch model, or files
     }
     if config.get("__cached__") is not None:
         tune.report({"objective": 0.0, "cached": int(config["__cached__"]), "node": json.dumps(node)})
