@@ -320,3 +320,19 @@ def test_search_on_smollm3_in_llamacpp_leaves_depth_out_and_apply_rebuilds_byte_
     assert all(r.reason is None or "Traceback" not in r.reason for r in result.trials)
     rebuilt = autoslm.apply_recipe(str(out / "recipe.yaml"), str(tmp_path / "again"))
     assert checkpoint.sha256_file(rebuilt / GGUF) == checkpoint.sha256_file(out / "checkpoint" / GGUF)
+
+
+def test_an_unchanged_model_saved_from_its_files_shares_the_f32_gguf_the_trials_quantize(tmp_path: Path) -> None:
+    """The baseline saved from the model's files is a hard link to the F32 export the trials quantize: one file and
+    one set of cached pages (12.8 GB each for a 3B model), not two."""
+    import os
+
+    from autoslm.models import load_files
+    from autoslm.runtimes.llamacpp import f32_export
+
+    files = load_files("tiny-llama")
+    saved = get_runtime("llama.cpp").save(files, files.tokenizer, tmp_path / "baseline", [])
+    assert os.path.samefile(saved / GGUF, f32_export(files, files.tokenizer) / "f32.gguf")
+    assert (saved / "tokenizer.json").is_file() and (saved / "config.json").is_file()
+    checkpoint.verify_dir(saved)
+    assert _llama_logits(saved, IDS).shape[0] == len(IDS)
