@@ -150,7 +150,7 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
     base = files if files_only else load_model(spec)
     subject = base if files_only else base.model
     _check_limits(recipe, subject, spec)
-    _check_fingerprint(recipe, files, spec, force)
+    _check_fingerprint(recipe, files, spec, force, None if files_only else base)
     teacher = {}
 
     def teacher_factory() -> object:
@@ -176,13 +176,14 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
     return out
 
 
-def _check_fingerprint(recipe: Recipe, files: Any, spec: str, force: bool) -> None:
+def _check_fingerprint(recipe: Recipe, files: Any, spec: str, force: bool, loaded: Any = None) -> None:
     """The base model must be the recipe's: its weight files' fingerprint (`models.files_fingerprint`), or, for a
-    recipe written before autoslm identified models by their files, the loaded model's state dict's."""
+    recipe written before autoslm identified models by their files, the loaded model's state dict's (`loaded`, or
+    loaded here only when the files' fingerprint differs)."""
     from autoslm.models import load_model
 
     wanted = recipe.base_model["fingerprint"]
-    if force or files.fingerprint == wanted or load_model(spec).fingerprint == wanted:
+    if force or files.fingerprint == wanted or (loaded or load_model(spec)).fingerprint == wanted:
         return
     raise UserError(
         f"base model '{spec}' has fingerprint {files.fingerprint[:16]}, the recipe was made from "
