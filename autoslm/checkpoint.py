@@ -308,6 +308,15 @@ def _check_listing(directory: Path, files: Any) -> None:
             raise ChecksumError(f"checkpoint '{directory}': {MANIFEST} has no sha256 for '{name}'; re-export it")
 
 
+def require_safetensors(directory: Path) -> None:
+    """A UserError unless the directory holds safetensors weights (autoslm never unpickles)."""
+    if not any(Path(directory).glob("*.safetensors")):
+        raise UserError(
+            f"model directory '{directory}' has no .safetensors weights: autoslm never loads pickled weights; "
+            "convert them with transformers' save_pretrained(safe_serialization=True)"
+        )
+
+
 def load_model(directory: Path, *, dtype: str | torch.dtype = "auto", verify: bool = True) -> PreTrainedModel:
     """Load the model of a checkpoint or Hugging Face directory (safetensors only, never pickle)."""
     from transformers import AutoModelForCausalLM
@@ -315,11 +324,7 @@ def load_model(directory: Path, *, dtype: str | torch.dtype = "auto", verify: bo
     directory = Path(directory)
     if verify:
         verify_dir(directory)
-    if not any(directory.glob("*.safetensors")):
-        raise UserError(
-            f"model directory '{directory}' has no .safetensors weights: autoslm never loads pickled weights; "
-            "convert them with transformers' save_pretrained(safe_serialization=True)"
-        )
+    require_safetensors(directory)
     manifest = _read_manifest(directory)
     if manifest and manifest.get("modules"):
         try:

@@ -264,8 +264,7 @@ class ModelFiles:
 
     @property
     def num_parameters(self) -> int:
-        """Values in the weight files (a tied output projection is stored once, as the model counts it)."""
-        return sum(math.prod(entry["shape"]) for _, entry in _safetensors_entries(self.source_dir))
+        return stored_parameters(self.source_dir)
 
 
 def load_files(spec: str | ModelSpec) -> ModelFiles:
@@ -279,11 +278,7 @@ def load_files(spec: str | ModelSpec) -> ModelFiles:
     directory = resolve(ms)
     if directory not in VERIFIED:
         checkpoint.verify_dir(directory)
-    if not any(directory.glob("*.safetensors")):
-        raise UserError(
-            f"model directory '{directory}' has no .safetensors weights: autoslm never loads pickled weights; "
-            "convert them with transformers' save_pretrained(safe_serialization=True)"
-        )
+    checkpoint.require_safetensors(directory)
     try:
         config = AutoConfig.from_pretrained(directory)
         tokenizer = checkpoint.load_tokenizer(directory)
@@ -301,10 +296,11 @@ def files_fingerprint(directory: Path) -> str:
     it ever loads the model into torch)."""
     import mmap
 
+    from autoslm import checkpoint
+
+    checkpoint.require_safetensors(directory)
     h = hashlib.sha256()
     entries = sorted(_safetensors_entries(Path(directory)), key=lambda e: e[0])
-    if not entries:
-        raise UserError(f"model directory '{directory}' has no .safetensors weights")
     maps: dict[Path, Any] = {}
     try:
         for name, entry in entries:
@@ -325,6 +321,12 @@ def files_fingerprint(directory: Path) -> str:
     return h.hexdigest()
 
 
+def stored_parameters(directory: Path) -> int:
+    """Values in the directory's safetensors files, from their headers (a tied output projection is stored once, as
+    the model counts it); a header that is not safetensors' is refused in one line."""
+    return sum(math.prod(entry["shape"]) for _, entry in _safetensors_entries(Path(directory)))
+
+
 def _safetensors_entries(directory: Path) -> list[tuple[str, dict[str, Any]]]:
     """(tensor name, header entry + the file and where its data starts) for every tensor of the directory's
     safetensors files; a header that is not safetensors' is refused in one line."""
@@ -337,7 +339,7 @@ def _safetensors_entries(directory: Path) -> list[tuple[str, dict[str, Any]]]:
                 raise UserError(f"'{path}' is not a safetensors file (its header is cut or corrupt): restore it")
             try:
                 header = json.loads(f.read(size))
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise UserError(f"'{path}' is not a safetensors file (its header is not JSON): restore it") from exc
         if not isinstance(header, dict):
             raise UserError(f"'{path}' is not a safetensors file (its header is not a table): restore it")

@@ -116,7 +116,7 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
     from autoslm.models import load_files, load_model
     from autoslm.pipeline import Step, apply_planned, plan
     from autoslm.plugins import get_registry
-    from autoslm.runtimes import check_policy, get_runtime
+    from autoslm.runtimes import check_policy, get_runtime, works_from_files
     from autoslm.technique import ApplyContext
 
     recipe = Recipe.read(Path(path))
@@ -145,7 +145,7 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
     planned = plan([Step(technique=s.technique, params=s.params) for s in recipe.steps])
     runtime = recipe.target.get("runtime", "torch")
     # as the search made it: from the model's files where no step needs the torch model (Objective.apply_policy)
-    files_only = get_runtime(runtime).takes_files and not any(p.entry.cls.needs_torch_model for p in planned)
+    files_only = works_from_files(runtime, [p.entry.cls for p in planned])
     files = load_files(spec)
     base = files if files_only else load_model(spec)
     subject = base if files_only else base.model

@@ -20,6 +20,7 @@ agent's on a remote device): decode and prefill timings, memory in use, size. Ru
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -114,6 +115,13 @@ def check_policy(runtime: str, planned: list[Any], model: Any = None) -> None:
             raise UserError(f"technique '{p.name}' cannot apply to this model: {reason}")
 
 
+def works_from_files(runtime: str, techniques: Iterable[Any]) -> bool:
+    """Whether a policy (or a space) of these technique classes runs from the model's files in `runtime`, never
+    loading it into torch: the runtime `takes_files` and no technique `needs_torch_model`. The one rule the search,
+    its memory check and `autoslm apply` share."""
+    return get_runtime(runtime).takes_files and not any(t.needs_torch_model for t in techniques)
+
+
 def get_runtime(name: str) -> Runtime:
     """An instance of the runtime registered under `name`, or a UserError listing the installed ones."""
     from autoslm.plugins import get_registry
@@ -121,4 +129,4 @@ def get_runtime(name: str) -> Runtime:
     return get_registry().lookup("runtimes", name, "--runtime")()
 
 
-__all__ = ["Runtime", "check_policy", "get_runtime"]
+__all__ = ["Runtime", "check_policy", "get_runtime", "works_from_files"]

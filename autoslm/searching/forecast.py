@@ -12,8 +12,6 @@ Two moments:
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,25 +43,14 @@ def meminfo_mb(field: str) -> float | None:
 
 
 def parameters_in(directory: Path) -> int:
-    """Weights in a model directory's safetensors files, read from their headers (nothing is loaded)."""
-    total = 0
-    for path in sorted(Path(directory).glob("*.safetensors")):
-        try:
-            with path.open("rb") as f:
-                (length,) = struct.unpack("<Q", f.read(8))
-                if length > 100 << 20:
-                    continue
-                header = json.loads(f.read(length))
-        except (OSError, struct.error, ValueError, RecursionError):
-            continue
-        for name, entry in header.items():
-            if name != "__metadata__" and isinstance(entry, dict):
-                shape = entry.get("shape") or []
-                n = 1
-                for d in shape:
-                    n *= int(d)
-                total += n
-    return total
+    """Weights in a model directory's safetensors files, read from their headers (nothing is loaded); 0 where they
+    cannot be read (the check is then skipped: loading the model says what is wrong)."""
+    from autoslm.models import stored_parameters
+
+    try:
+        return stored_parameters(directory)
+    except (UserError, OSError):
+        return 0
 
 
 def refuse_if_it_cannot_fit(directory: Path, spec: str, files_only: bool = False) -> None:

@@ -150,11 +150,11 @@ class Objective:
           model itself, one fp32 copy less in the search process (538 MB for SmolLM2-135M, 2 GB for a 0.5B);
         - a step changes the torch model: a fresh copy."""
         from autoslm.pipeline import Step, apply_planned, plan
-        from autoslm.runtimes import get_runtime
+        from autoslm.runtimes import works_from_files
         from autoslm.technique import ApplyContext
 
         planned = planned or plan([Step(**s) for s in steps])
-        if get_runtime(self.runtime).takes_files and not any(p.entry.cls.needs_torch_model for p in planned):
+        if works_from_files(self.runtime, [p.entry.cls for p in planned]):
             files = self.files()
             ctx = ApplyContext(tokenizer=files.tokenizer, seed=self.seed, run_dir=Path(self.run_dir))
             return apply_planned(files, planned, ctx), files

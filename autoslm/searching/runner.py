@@ -246,16 +246,12 @@ def _files_only(settings: SearchSettings) -> bool:
     """Whether no technique of the space needs the torch model, in a runtime that takes the model's files: then the
     search never loads it (`Objective.apply_policy`). False where the space cannot be read (refused later)."""
     from autoslm.plugins import get_registry
-    from autoslm.runtimes import get_runtime
+    from autoslm.runtimes import works_from_files
     from autoslm.searching.space import find_space_file, space_techniques
 
     try:
-        if not get_runtime(settings.runtime).takes_files:
-            return False
-        registry = get_registry()
-        return not any(
-            registry.technique(n).cls.needs_torch_model for n in space_techniques(find_space_file(settings.space_name))
-        )
+        names = space_techniques(find_space_file(settings.space_name))
+        return works_from_files(settings.runtime, [get_registry().technique(n).cls for n in names])
     except UserError:
         return False
 
