@@ -29,6 +29,8 @@ INFEASIBLE_PPL = 1e6  # objective value for candidates rejected on budget before
 # a paired recheck whose verdict is still within a third of the close-call margin (5% of the limit by default) is a
 # coin flip still: one 4-round pair of the same two GGUFs read 0.38-0.43x on the idle machine (docs/benchmarks.md)
 STILL_CLOSE = 1 / 3
+# waiting for quiet and repeating disturbed measurements may cost a process what its measuring cost, plus this
+WAIT_ALLOWANCE_S = 15.0
 
 
 class Pruned(Exception):
@@ -85,6 +87,8 @@ class Objective:
     busy_wait_s: float = 120.0  # the longest a timed measurement waits for the machine to be quiet
     measure_timeout_s: float | None = None  # MeasureSettings.timeout_s: None scales the limit to the model
     busy_streak: int = field(default=0, repr=False)  # measurements in a row that never settled (this process)
+    measured_s: float = field(default=0.0, repr=False)  # seconds this process spent timing (first tries only)
+    load_spent_s: float = field(default=0.0, repr=False)  # seconds it spent waiting for quiet and repeating
 
     def get_target(self) -> Any:
         from autoslm.targets import get_target
@@ -327,17 +331,21 @@ class Objective:
                 return first, {**(figures or {}), "known_busy": True}
             self.busy_streak = 0  # seen quiet: back to single timings
         patient = self._patient()
-        settings = self.measure_settings().model_copy(update={"quiet_wait_s": self.busy_wait_s if patient else 0.0})
-        tries = [target.measure(work, settings)]
-        backoff = min(5.0, self.busy_wait_s)
+        tries = [self._measure(target, work, self._quiet_wait_s(), first=True)]
+        backoff = 5.0
         while patient and _disturbed(tries[-1]) and len(tries) <= self.busy_retries:
             gate = (tries[-1].interference or {}).get("quiet")
             if gate is False:
-                break  # it waited busy_wait_s for a quiet moment and found none
+                break  # it waited as long as it could for a quiet moment and found none
+            wait = self._quiet_wait_s()
+            if wait <= 0:
+                break  # waiting and repeating have cost as much as measuring: judge it as it is (paired next)
             if gate is None:  # the target does not wait for quiet: back off here
-                time.sleep(backoff)
+                pause = min(backoff, wait)
+                time.sleep(pause)
+                self.load_spent_s += pause
                 backoff *= 2
-            tries.append(target.measure(work, settings))
+            tries.append(self._measure(target, work, wait, first=False))
         chosen = min(tries, key=lambda m: (_disturbed(m), (m.interference or {}).get("other_cores", 0.0)))
         self.busy_streak = self.busy_streak + 1 if _disturbed(chosen) else 0
         figures = dict(chosen.interference) if chosen.interference else None
@@ -359,8 +367,31 @@ class Objective:
         return timed and self.busy_retries > 0 and self.busy_streak >= 1
 
     def _quiet_wait_s(self) -> float:
-        """How long the target may wait for quiet before timing (`MeasureSettings.quiet_wait_s`)."""
-        return self.busy_wait_s if self._patient() else 0.0
+        """How long the target may wait for quiet before timing (`MeasureSettings.quiet_wait_s`): `busy_wait_s` at
+        most, and never more than the waiting account allows. Waiting for quiet and repeating disturbed
+        measurements together may cost this process as much time as its measuring itself (first tries), plus
+        WAIT_ALLOWANCE_S: on a machine that stays busy, the search then measures at about twice its idle cost instead
+        of waiting 120 s per measurement (issue #32: a loaded pass cost 2.94x an idle one with a flat 120 s)."""
+        if not self._patient():
+            return 0.0
+        left = WAIT_ALLOWANCE_S + self.measured_s - self.load_spent_s
+        return max(0.0, min(self.busy_wait_s, left))
+
+    def _measure(self, target: Any, work: Path, quiet_wait_s: float, first: bool) -> Any:
+        """One `target.measure`, waiting up to `quiet_wait_s` for quiet first, booked in the waiting account: the
+        wait is load cost; the measuring is idle cost on a first try and load cost on a repeat."""
+        start = time.perf_counter()
+        measurement = target.measure(work, self.measure_settings().model_copy(update={"quiet_wait_s": quiet_wait_s}))
+        self._book(time.perf_counter() - start, measurement.interference, first)
+        return measurement
+
+    def _book(self, seconds: float, figures: dict[str, Any] | None, first: bool) -> None:
+        waited = min(seconds, float((figures or {}).get("waited_s") or 0.0))
+        self.load_spent_s += waited
+        if first:
+            self.measured_s += seconds - waited
+        else:
+            self.load_spent_s += seconds - waited
 
     def _times(self, violations: dict[str, float]) -> bool:
         """A re-timing beside the baseline could change the verdict: rechecks are on, the budget limits a timing
@@ -411,6 +442,7 @@ class Objective:
             if not timing or abs(max(timing)) > self.recheck_margin * STILL_CLOSE:
                 break
             pair = pair.extended(target.measure_pair(work, other, self.recheck_rounds, settings))
+        self.load_spent_s += float((pair.interference or {}).get("waited_s") or 0.0)  # every set of rounds waited
         first = dict(out.metrics)
         out.metrics = self._paired(first, pair, pair.baseline)
         out.violations = self._paired_violations(self._paired(first, pair, frame), out.metrics, baseline)

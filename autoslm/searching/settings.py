@@ -81,7 +81,8 @@ class SearchSettings(BaseModel):
         ge=0,
         le=300,
         description="seconds a timed measurement waits at most for the target to be quiet (other processes under "
-        "0.3 cores for 3 s) before it times; only when the budget limits decode or prefill time",
+        "0.3 cores for 3 s) before it times; only when the budget limits decode or prefill time. Waiting and "
+        "repeating together never cost more than the measuring itself (+15 s): a busy machine stops being waited for",
     )
     measure_timeout: float | None = Field(
         None,

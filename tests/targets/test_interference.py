@@ -213,6 +213,39 @@ def test_a_measurement_that_waited_in_vain_is_not_repeated_but_judged_beside_the
     assert target.calls == 2 and target.pairs == 0 and out.metrics["decode_ms"] == 6.0 and out.feasible
 
 
+def test_waiting_for_quiet_never_costs_more_than_measuring(tmp_path, monkeypatch) -> None:
+    """The waiting account (issue #32): waits and repeats together cost at most what the first tries' measuring
+    cost, plus WAIT_ALLOWANCE_S. A target that waits the whole time it is allowed and is disturbed anyway is asked
+    to wait less and less, then not at all, and its repeats stop; an idle machine's short waits never run it dry."""
+    from autoslm.searching import objective as objective_module
+
+    clock = [0.0]
+
+    class Waiting(ScriptedTarget):
+        def measure(self, checkpoint: Path, settings=None) -> Measurement:
+            m = super().measure(checkpoint, settings)
+            waited = settings.quiet_wait_s if self.calls <= self.busy else min(settings.quiet_wait_s, 3.0)
+            clock[0] += waited + 2.0  # it waits, then measures for 2 s
+            return m.model_copy(update={"interference": {**m.interference, "quiet": True, "waited_s": waited}})
+
+    monkeypatch.setattr(objective_module, "WAIT_ALLOWANCE_S", 15.0)
+    monkeypatch.setattr(objective_module.time, "perf_counter", lambda: clock[0])
+    target = Waiting(decode_ms=6.0, busy=99, pair_ratio=0.6)
+    objective = _objective(tmp_path, target, 3, monkeypatch)
+    objective.busy_wait_s = 120.0
+    objective.evaluate_policy([], BASELINE, trial_number=1)
+    waits = [s.quiet_wait_s for s in target.settings]
+    assert waits == [15.0, 2.0]  # the allowance, then what the first try's 2 s of measuring earned
+    assert target.pairs == 1  # the account ran dry: no more repeats (of 3 allowed), judged beside the baseline
+    assert objective.load_spent_s == 15.0 + 2.0 + 2.0 and objective.measured_s == 2.0  # waits + the repeat
+    idle = Waiting(decode_ms=6.0, busy=0)
+    calm = _objective(tmp_path, idle, 3, monkeypatch)
+    calm.busy_wait_s = 120.0
+    for n in range(10):
+        calm.evaluate_policy([], BASELINE, trial_number=n)
+    assert all(s.quiet_wait_s > 0 for s in idle.settings)  # 3 s waits a measurement never run the account dry
+
+
 def test_a_close_call_on_a_quiet_machine_waits_for_quiet_before_its_paired_timing(tmp_path, monkeypatch) -> None:
     target = ScriptedTarget(decode_ms=7.2, busy=0, pair_ratio=0.65)  # 0.72x against a 0.7x limit: a close call
     objective = _objective(tmp_path, target, 3, monkeypatch)
