@@ -60,6 +60,7 @@ class SensitivityTable:
     fingerprint: str
     kld: dict[str, float] = field(default_factory=dict)
     numel: dict[str, int] = field(default_factory=dict)
+    method: str = "measured"  # or "estimated, N draws" (`estimate`)
 
     def density(self, name: str) -> float:
         """KL divergence per million values: what raising (or lowering) this tensor buys (costs) per bit spent."""
@@ -90,7 +91,35 @@ class SensitivityTable:
     @classmethod
     def load(cls, path: Path) -> SensitivityTable:
         raw = json.loads(Path(path).read_text())
-        return cls(**{k: raw[k] for k in ("probe", "tokens", "seconds", "fingerprint", "kld", "numel")})
+        table = cls(**{k: raw[k] for k in ("probe", "tokens", "seconds", "fingerprint", "kld", "numel")})
+        table.method = str(raw.get("method", "measured"))  # tables written before estimates existed: measured
+        return table
+
+
+def rank_correlation(a: SensitivityTable, b: SensitivityTable) -> float:
+    """Spearman's rank correlation of two tables' per-value densities over the tensors both name (the ranking
+    `split` works from): 1 when they rank the tensors alike."""
+    names = sorted(set(a.kld) & set(b.kld))
+    ra, rb = _ranks([a.density(n) for n in names]), _ranks([b.density(n) for n in names])
+    mean = (len(names) + 1) / 2
+    cov = sum((x - mean) * (y - mean) for x, y in zip(ra, rb, strict=True))
+    spread = (sum((x - mean) ** 2 for x in ra) * sum((y - mean) ** 2 for y in rb)) ** 0.5
+    return cov / spread if spread else 0.0
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """Ranks from 1, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
 
 
 def split(
@@ -161,6 +190,66 @@ def measure(
         return out
 
 
+def estimate(
+    model: Any,
+    windows: Any,
+    tensors: dict[str, str],
+    perturb: Callable[[str, Any], Any],
+    draws: int = 4,
+    seed: int = 0,
+    diagonal: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
+    """`measure`'s figures estimated to second order from gradients, every tensor from the same `draws` backward
+    passes instead of one forward pass each. For a small change d of the weights, the mean KL divergence per token
+    is about d'Fd / 2T, F the Fisher information of the model's own next-token distribution summed over the T
+    positions. Each draw samples a next token per position from the unchanged model and takes the gradient g of
+    their summed log-probabilities: E[g g'] = F. `diagonal` sums (g * d)^2 over the tensor's values (F's diagonal;
+    what quantization noise, independent per value, sees on average); otherwise (g . d)^2, the whole quadratic form
+    from one number per draw (unbiased, noisier). A tensor's gradient is used as soon as it is complete and dropped:
+    memory holds one tensor's gradient and change at a time, not a copy of the model."""
+    import torch
+
+    weights = {key: model.get_submodule(name).weight for name, key in tensors.items()}
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+    sums = dict.fromkeys(weights, 0.0)
+
+    def hook(key: str) -> Callable[[Any], None]:
+        def use(weight: Any) -> None:
+            w = weight.detach()
+            delta = (perturb(key, w) - w).float()
+            g = weight.grad.float()
+            sums[key] += float(((g * delta) ** 2).sum()) if diagonal else float((g * delta).sum()) ** 2
+            weight.grad = None
+
+        return use
+
+    handles = []
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for key, w in weights.items():
+            w.requires_grad_(True)
+            handles.append(w.register_post_accumulate_grad_hook(hook(key)))
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            logits = model(input_ids=windows, use_cache=False).logits.float()
+            probs = torch.softmax(logits.reshape(-1, logits.shape[-1]), -1)
+            labels = torch.multinomial(probs, draws, replacement=True, generator=generator)  # (positions, draws)
+        for d in range(draws):
+            logp = torch.log_softmax(model(input_ids=windows, use_cache=False).logits.float(), -1)
+            logp.reshape(-1, logp.shape[-1]).gather(1, labels[:, d : d + 1]).sum().backward()
+            if progress is not None:
+                progress(d + 1, draws)
+    finally:
+        for h in handles:
+            h.remove()
+        for name, p in model.named_parameters():
+            p.grad = None
+            p.requires_grad_(trainable[name])
+    return {key: total / (2 * draws * int(windows.numel())) for key, total in sums.items()}
+
+
 class _BlockReplay:
     """The input of every decoder block, recorded on one forward pass, so that the model's output after a change in
     block i is computed from block i onwards. Used only when replaying from block 0 reproduces the model's logits."""
@@ -215,12 +304,17 @@ def tensor_table(
     perturb: Callable[[str, Any], Any],
     probe: str,
     progress: Callable[[int, int], None] | None = None,
+    draws: int = 0,
 ) -> SensitivityTable:
-    """`measure`, timed and packed with each tensor's size and the model's fingerprint."""
+    """`measure` (`draws` 0) or `estimate` with `draws` backward passes, timed and packed with each tensor's size
+    and the model's fingerprint."""
     from autoslm.models import fingerprint
 
     t0 = time.perf_counter()
-    kld = measure(model, windows, tensors, perturb, progress)
+    if draws:
+        kld = estimate(model, windows, tensors, perturb, draws=draws, progress=progress)
+    else:
+        kld = measure(model, windows, tensors, perturb, progress)
     numel = {key: int(model.get_submodule(name).weight.numel()) for name, key in tensors.items()}
     return SensitivityTable(
         probe=probe,
@@ -229,6 +323,7 @@ def tensor_table(
         fingerprint=fingerprint(model),
         kld=kld,
         numel=numel,
+        method=f"estimated, {draws} draws" if draws else "measured",
     )
 
 
@@ -243,15 +338,18 @@ def cached_table(
     perturb: Callable[[str, Any], Any],
     samples: int,
     seq_len: int,
+    draws: int = 0,
 ) -> SensitivityTable:
     """The model's table at `probe` over `samples` calibration windows (`ctx`: the technique's ApplyContext): from
-    this process's cache, from the run directory (`RUN/sensitivity/<fingerprint>-<probe>-SxL.json`), or measured
-    and stored there (the report draws it). A damaged or foreign file is measured again."""
+    this process's cache, from the run directory (`RUN/sensitivity/<fingerprint>-<probe>-SxL[-eN].json`), or
+    measured (`draws` 0) or estimated from `draws` backward passes, and stored there (the report draws it). A
+    damaged or foreign file is measured again."""
     from autoslm.models import fingerprint
 
     fp = fingerprint(model)
-    key = f"{fp}:{probe}:{samples}:{seq_len}"
-    name = f"{fp[:16]}-{samples}x{seq_len}.json" if probe == "Q4_0" else f"{fp[:16]}-{probe}-{samples}x{seq_len}.json"
+    key = f"{fp}:{probe}:{samples}:{seq_len}:{draws}"
+    name = f"{fp[:16]}-{samples}x{seq_len}" if probe == "Q4_0" else f"{fp[:16]}-{probe}-{samples}x{seq_len}"
+    name += f"-e{draws}.json" if draws else ".json"
     path = Path(ctx.run_dir) / "sensitivity" / name if ctx.run_dir else None
     if key in TABLES:
         if path is not None and not path.is_file():
@@ -267,9 +365,10 @@ def cached_table(
             table = None
     if table is None:
         windows = ctx.calibration(samples=samples, seq_len=seq_len)
-        ctx.logger.info("measuring the sensitivity of %d tensors at %s", len(tensors), probe)
-        with progress.phase(f"sensitivity of {len(tensors)} tensors at {probe}", total=len(tensors)):
-            table = tensor_table(model, windows, tensors, perturb, probe, progress=progress.step)
+        how = f"estimating ({draws} backward passes)" if draws else "measuring"
+        ctx.logger.info("%s the sensitivity of %d tensors at %s", how, len(tensors), probe)
+        with progress.phase(f"sensitivity of {len(tensors)} tensors at {probe}", total=draws or len(tensors)):
+            table = tensor_table(model, windows, tensors, perturb, probe, progress=progress.step, draws=draws)
         if path is not None:
             table.save(path)
     if len(TABLES) >= 4:
@@ -317,6 +416,16 @@ def heatmap(
 
 
 __all__ = [
-    "SensitivityTable", "block_assignment", "block_key", "cached_table", "check_shares", "describe_blocks", "heatmap",
-    "measure", "split", "tensor_table",
+    "SensitivityTable",
+    "block_assignment",
+    "block_key",
+    "cached_table",
+    "check_shares",
+    "describe_blocks",
+    "estimate",
+    "heatmap",
+    "measure",
+    "rank_correlation",
+    "split",
+    "tensor_table",
 ]  # fmt: skip

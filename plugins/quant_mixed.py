@@ -64,6 +64,13 @@ class MixedPrecisionConfig(TechniqueConfig):
     imatrix_seq_len: int = Field(256, ge=8, le=4096)
     sensitivity_samples: int = Field(2, ge=1, le=64, description="calibration windows for the sensitivity table")
     sensitivity_seq_len: int = Field(128, ge=8, le=2048)
+    sensitivity_draws: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="0: measure each tensor's KL divergence (a forward pass per tensor); N: estimate every tensor's "
+        "from N backward passes (autoslm.sensitivity.estimate: far cheaper on big models)",
+    )
     tensors: dict[str, TensorType] = Field(
         default_factory=dict, description="the assignment, block tensor -> type (written by the search)"
     )
@@ -132,13 +139,15 @@ def assign(table: Any, config: MixedPrecisionConfig, rows: dict[str, int]) -> di
     return out
 
 
-def sensitivity_table(model: Any, ctx: ApplyContext, samples: int, seq_len: int) -> Any:
-    """The model's sensitivity table at PROBE (llama.cpp's own rounding): cached, or measured and stored."""
+def sensitivity_table(model: Any, ctx: ApplyContext, samples: int, seq_len: int, draws: int = 0) -> Any:
+    """The model's sensitivity table at PROBE (llama.cpp's own rounding): cached, or measured (estimated from
+    `draws` backward passes) and stored."""
     from autoslm import sensitivity
     from autoslm.runtimes.llamacpp import fake_quantize
 
     tensors = {module: name for name, (module, _, _) in block_tensors(model).items()}
-    return sensitivity.cached_table(model, ctx, tensors, PROBE, lambda _n, w: fake_quantize(w, PROBE), samples, seq_len)
+    perturb = lambda _n, w: fake_quantize(w, PROBE)  # noqa: E731
+    return sensitivity.cached_table(model, ctx, tensors, PROBE, perturb, samples, seq_len, draws=draws)
 
 
 class MixedPrecision(Technique):
@@ -195,7 +204,9 @@ class MixedPrecision(Technique):
         if config.raise_fraction == 0 and config.lower_fraction == 0:
             table = _Uniform(tensors)  # nothing to rank: no sensitivity needed
         else:
-            table = sensitivity_table(model, ctx, config.sensitivity_samples, config.sensitivity_seq_len)
+            table = sensitivity_table(
+                model, ctx, config.sensitivity_samples, config.sensitivity_seq_len, config.sensitivity_draws
+            )
             if set(table.kld) != set(tensors):
                 raise RuntimeError("the sensitivity table does not name this model's tensors")
         # validated like any recorded config: what the recipe will hold must load back

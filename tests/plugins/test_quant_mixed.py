@@ -79,6 +79,33 @@ def test_sensitivity_replays_blocks_exactly_and_ranks_low_bits_worse(tiny) -> No
     assert all(abs(slow[k] - q4[k]) <= 1e-5 + 1e-3 * slow[k] for k in slow)  # from block i on == whole model
 
 
+def test_the_gradient_estimate_ranks_tensors_like_the_measured_table(tiny) -> None:
+    """`sensitivity.estimate` (a few backward passes) against `measure` (a forward pass per tensor): the same
+    tensors, KLD of the same size, ranked alike; Q8_0 estimated far below Q4_0; the model left as it was."""
+    from autoslm import data
+    from autoslm.sensitivity import SensitivityTable, rank_correlation
+
+    model = tiny.model
+    windows = data.token_windows(tiny.tokenizer, "calibration", seq_len=32, count=2, seed=0)
+    names = {m: n for m, n in gguf_linear_names(model).items() if n.startswith("blk.")}
+    numel = {n: int(model.get_submodule(m).weight.numel()) for m, n in names.items()}
+    before = [(p.clone(), p.requires_grad) for p in model.parameters()]
+    q4 = lambda _n, w: fake_quantize(w, "Q4_0")  # noqa: E731
+    measured = sensitivity.measure(model, windows, names, q4)
+    guess = sensitivity.estimate(model, windows, names, q4, draws=8)
+    q8 = sensitivity.estimate(model, windows, names, lambda _n, w: fake_quantize(w, "Q8_0"), draws=8)
+    for (saved, grad_flag), p in zip(before, model.parameters(), strict=True):
+        assert torch.equal(saved, p) and grad_flag == p.requires_grad and p.grad is None
+    assert guess.keys() == measured.keys() and all(v >= 0 for v in guess.values())
+    ratio = sorted(guess[n] / measured[n] for n in guess)[len(guess) // 2]
+    assert 0.5 < ratio < 2  # second order: the same size as the measured KLD
+    tables = [SensitivityTable(probe="Q4_0", tokens=64, seconds=0, fingerprint="", kld=k, numel=numel)
+              for k in (measured, guess)]  # fmt: skip
+    assert rank_correlation(*tables) >= 0.8
+    assert rank_correlation(tables[0], tables[0]) == pytest.approx(1.0)
+    assert sum(q8.values()) * 10 < sum(guess.values())
+
+
 def test_assignment_is_a_function_of_the_table_and_the_parameters() -> None:
     from autoslm_plugins.quant_mixed import assign
 
