@@ -29,6 +29,10 @@ INFEASIBLE_PPL = 1e6  # objective value for candidates rejected on budget before
 # a paired recheck whose verdict is still within a third of the close-call margin (5% of the limit by default) is a
 # coin flip still: one 4-round pair of the same two GGUFs read 0.38-0.43x on the idle machine (docs/benchmarks.md)
 STILL_CLOSE = 1 / 3
+# a pair timed because the machine is busy: timed runs per model and round (a quiet close call keeps the settings'
+# repeats, 3). 4 rounds x 2 models x 3 runs cost ~6x a single measurement; the rounds' alternation, not the runs
+# within a round, is what makes a pair survive load
+BUSY_PAIR_REPEATS = 1
 # waiting for quiet and repeating disturbed measurements may cost a process what its measuring cost, plus this
 WAIT_ALLOWANCE_S = 15.0
 
@@ -270,7 +274,10 @@ class Objective:
         partner = self.pair_partner()
         if self.is_close_call(out.violations) or (self._times(out.violations) and (busy or partner is not None)):
             # a close call on a machine that settled waits for quiet again; a busy machine is paired at once
-            self._recheck(out, target, work, baseline, partner, quiet_wait_s=0.0 if busy else self._quiet_wait_s())
+            if busy:  # one timed run per model and round: the pair is the measurement, not a check of one
+                self._recheck(out, target, work, baseline, partner, repeats=BUSY_PAIR_REPEATS)
+            else:
+                self._recheck(out, target, work, baseline, partner, quiet_wait_s=self._quiet_wait_s())
 
     def pair_partner(self) -> str | None:
         """The preset every timing limit of the budget is written against (`decode_ms<=Q3_K_M`), or None. That
@@ -418,6 +425,7 @@ class Objective:
         baseline: dict[str, Any],
         partner: str | None = None,
         quiet_wait_s: float = 0.0,
+        repeats: int | None = None,
     ) -> None:
         """Time the candidate against the baseline, alternating them `recheck_rounds` times, and judge on that.
 
@@ -426,9 +434,12 @@ class Objective:
         timing ratios are immune to both. A limit relative to the partner judges the ratio; the trial's timing
         figures are the ratio x the partner's reading in the same pair (`_paired_violations`), never a stored
         reading that other work may have disturbed. Memory and size keep the first measurement (they vary by about
-        1%). `recheck` keeps the first figures and the pair, and says where the figures came from.
+        1%). `repeats`: timed runs per model and round (a busy machine's pair: BUSY_PAIR_REPEATS). `recheck` keeps
+        the first figures and the pair, and says where the figures came from.
         """
         settings = self.measure_settings().model_copy(update={"quiet_wait_s": quiet_wait_s})
+        if repeats is not None:
+            settings = settings.model_copy(update={"repeats": repeats})
         from autoslm.searching.references import reference_checkpoint
 
         other = self.baseline_checkpoint() if partner is None else reference_checkpoint(self.run_dir, partner)

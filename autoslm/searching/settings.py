@@ -73,7 +73,8 @@ class SearchSettings(BaseModel):
         le=10,
         description="a measurement disturbed by other work on the target (other processes' CPU or steal time while "
         "it timed) is repeated up to this many times, each after waiting for a quiet moment (--busy-wait); if the "
-        "target stays busy, timing is judged beside the baseline in one process (with --recheck-rounds rounds); "
+        "target stays busy, timing is judged beside the baseline in one process (--recheck-rounds rounds of one "
+        "timed run each); "
         "0 measures once and never waits",
     )
     busy_wait: float = Field(

@@ -97,11 +97,11 @@ def test_the_gradient_estimate_ranks_tensors_like_the_measured_table(tiny) -> No
     for (saved, grad_flag), p in zip(before, model.parameters(), strict=True):
         assert torch.equal(saved, p) and grad_flag == p.requires_grad and p.grad is None
     assert guess.keys() == measured.keys() and all(v >= 0 for v in guess.values())
-    ratio = sorted(guess[n] / measured[n] for n in guess)[len(guess) // 2]
-    assert 0.5 < ratio < 2  # second order: the same size as the measured KLD
+    ratio = sum(guess.values()) / sum(measured.values())
+    assert 0.5 < ratio < 2  # second order: the same size as the measured KLD (1.04 here)
     tables = [SensitivityTable(probe="Q4_0", tokens=64, seconds=0, fingerprint="", kld=k, numel=numel)
               for k in (measured, guess)]  # fmt: skip
-    assert rank_correlation(*tables) >= 0.8
+    assert rank_correlation(*tables) >= 0.9  # 0.975 here; SmolLM2 0.978, Gemma-3 0.960 (sensitivity_cost.py)
     assert rank_correlation(tables[0], tables[0]) == pytest.approx(1.0)
     assert sum(q8.values()) * 10 < sum(guess.values())
 

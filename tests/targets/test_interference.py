@@ -158,6 +158,7 @@ def test_a_machine_that_stays_busy_is_judged_beside_the_baseline(tmp_path, monke
     target = ScriptedTarget(decode_ms=6.0, busy=99, pair_ratio=0.6)
     out = _objective(tmp_path, target, 2, monkeypatch).evaluate_policy([], BASELINE, trial_number=1)
     assert target.calls == 3 and target.pairs == 1  # 1 + 2 repeats, then one paired measurement
+    assert target.pair_settings.repeats == 1  # a busy pair times one run per model and round: it costs ~2 measurements
     assert out.interference["disturbed"] is True and out.recheck is not None
     assert out.metrics["decode_ms"] == pytest.approx(6.0) and out.feasible  # 0.6 x the stored baseline's 10 ms
 
@@ -252,6 +253,7 @@ def test_a_close_call_on_a_quiet_machine_waits_for_quiet_before_its_paired_timin
     objective.recheck_margin = 0.15
     out = objective.evaluate_policy([], BASELINE, trial_number=1)
     assert target.pairs == 1 and target.pair_settings.quiet_wait_s == 0.01 and out.feasible
+    assert target.pair_settings.repeats == 3  # a close call on a quiet machine keeps every timed run
 
 
 def test_the_live_view_says_how_long_a_trial_waited_for_quiet() -> None:
