@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from autoslm.searching.forecast import duration
+
 if TYPE_CHECKING:
     from autoslm.searching.trials import TrialRecord
 
@@ -49,6 +51,7 @@ class SearchView:
             console=console,
         )
         self.task = None
+        self._left: float | None = None  # the search's time left at its pace so far (runner.time_left)
 
     HEARTBEAT_S = 30.0  # output that is not a terminal (a pipe, a log file): the running phase, this often
 
@@ -87,7 +90,8 @@ class SearchView:
         while not self._stop.wait(self.HEARTBEAT_S):
             if self._phase:
                 text, since = self._phase
-                self.console.print(f"  ... {text} (for {time.monotonic() - since:.0f} s)", highlight=False)
+                left = f"; the search: about {duration(self._left)} left" if self._left is not None else ""
+                self.console.print(f"  ... {text} (for {time.monotonic() - since:.0f} s{left})", highlight=False)
 
     def _references(self, payload: dict[str, Any]) -> None:
         """The presets the budget names, as measured here, and the limits they set."""
@@ -148,9 +152,10 @@ class SearchView:
         elif kind == "trial":
             self._phase = None
             row, best = payload["trial"], payload["best"]
+            left = self._left = payload.get("left_s")
             self.progress.update(
                 self.task,
-                description="searching",
+                description="searching" if left is None else f"searching, about {duration(left)} left",
                 completed=min(payload["done"], self.trials),
                 best=f"best ppl {best.ppl:.2f} (trial {best.number})" if best else "no feasible yet",
             )
@@ -201,6 +206,8 @@ def recheck_text(row: TrialRecord) -> str:
 
         settled = "settled" if not figures.get("disturbed") else f"still busy: {describe(figures)}"
         text += f" (machine busy: measured {len(figures['attempts'])} times, {settled})"
+    if figures.get("upper_bound"):
+        text += " (machine busy: timed under load, within budget even so; its timing is an upper bound)"
     recheck = row.recheck
     if not recheck:
         return text

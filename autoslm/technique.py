@@ -18,8 +18,11 @@ A technique is a small class with:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -168,3 +171,16 @@ def check_technique_class(cls: Any) -> None:
             cls.Config.model_validate(params)
         except (ValidationError, TypeError) as exc:
             raise ValueError(f"technique '{name}': preset {preset!r} is not a valid Config: {exc}") from exc
+
+
+@contextlib.contextmanager
+def scratch_cwd(prefix: str = "autoslm-scratch-") -> Iterator[None]:
+    """Run with a fresh temporary directory as the current one, for a library that writes into it (neural-compressor
+    writes ./nc_workspace): the user's directory stays clean, and the directory is removed afterwards."""
+    old = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        os.chdir(tmp)
+        try:
+            yield
+        finally:
+            os.chdir(old)

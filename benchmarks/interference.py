@@ -144,8 +144,14 @@ def judge_all(objective: Any, target: Any, baseline_dir: Path, candidates: dict[
     verdicts = {}
     for name, directory in candidates.items():
         out = TrialOutcome(steps=[], policy_hash=name)
+        t1 = time.perf_counter()
         objective.measure_and_judge(out, target, directory, baseline)
+        figures = out.interference or {}
         verdicts[name] = {
+            "seconds": time.perf_counter() - t1,
+            "waited_s": sum(float((f or {}).get("waited_s") or 0) for f in figures.get("attempts", [figures])),
+            "rounds": (out.recheck or {}).get("rounds"),
+            "known_busy": bool(figures.get("known_busy")),
             "feasible": all(v <= 0 for v in out.violations.values()),
             "decode_ms": out.metrics["decode_ms"],
             "violation": out.violations.get("decode_ms"),
@@ -234,6 +240,11 @@ def main() -> None:
                                   f"{'*' if v['paired'] else ''}" for n, v in result["verdicts"].items())  # fmt: skip
                 print(f"{condition:<9} {scheme}: baseline {result['baseline_ms']:.1f} ms, {result['seconds']:.0f} s | "
                       f"{cells}", flush=True)  # fmt: skip
+                spent = "  ".join(f"{n} {v['seconds']:.0f} s"
+                                  + (f" (waited {v['waited_s']:.0f})" if v["waited_s"] else "")
+                                  + (f" ({v['rounds']} rounds)" if v["rounds"] else "")
+                                  for n, v in result["verdicts"].items())  # fmt: skip
+                print(f"{'':<9} {'':<3}  spent: {spent}", flush=True)
         if load:
             print(f"          (spinner on {load.busy_share() * 100:.0f}% of this run)", flush=True)
     verdict = {n: reference[n] <= limit for n in names}

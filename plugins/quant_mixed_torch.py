@@ -30,6 +30,7 @@ import autoslm
 from autoslm import ApplyContext, Categorical, Float, Stage, Technique, TechniqueConfig
 from autoslm.errors import UserError
 from autoslm.sensitivity import block_assignment, block_key, check_shares, describe_blocks
+from autoslm.technique import scratch_cwd
 
 Precision = Literal["fp32", "w8", "int8", "w4"]
 RANK = {"w4": 0, "int8": 1, "w8": 2, "fp32": 3}  # how close to the fp32 layer each precision computes
@@ -155,11 +156,10 @@ class MixedPrecisionTorch(Technique):
 
 def _weight_only(model: Any, modules: list[str], bits: int, group_size: int) -> Any:
     """neural-compressor RTN on exactly `modules` (anchored names: blk.1 must not also take blk.10)."""
-    from autoslm_plugins.quant_weight_only import _scratch_cwd
     from neural_compressor.torch.quantization import RTNConfig, convert, prepare
 
     exact = [re.escape(m) + "$" for m in modules]
-    with _scratch_cwd():
+    with scratch_cwd(prefix="autoslm-inc-"):
         qconfig = RTNConfig(bits=bits, group_size=group_size, use_sym=True, use_layer_wise=False, white_list=exact)
         return convert(prepare(model, qconfig))
 

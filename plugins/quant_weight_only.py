@@ -11,10 +11,6 @@ embedding stays fp32).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import Field
@@ -22,6 +18,7 @@ from pydantic import Field
 import autoslm
 from autoslm import ApplyContext, Categorical, Codec, Stage, Technique, TechniqueConfig
 from autoslm.modeling import untie_lm_head
+from autoslm.technique import scratch_cwd
 
 
 class WeightOnlyConfig(TechniqueConfig):
@@ -32,18 +29,6 @@ class WeightOnlyConfig(TechniqueConfig):
     include_lm_head: bool = False
     calibration_samples: int = Field(16, ge=1, description="windows for GPTQ/AWQ (unused by RTN)")
     calibration_seq_len: int = Field(256, ge=8)
-
-
-@contextlib.contextmanager
-def _scratch_cwd() -> Iterator[None]:
-    """neural-compressor writes ./nc_workspace: keep it out of the user's directory."""
-    old = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="autoslm-inc-") as tmp:
-        os.chdir(tmp)
-        try:
-            yield
-        finally:
-            os.chdir(old)
 
 
 class WeightOnly(Technique):
@@ -79,7 +64,7 @@ class WeightOnly(Technique):
             untie_lm_head(model)
         torch.manual_seed(ctx.seed)
         windows = ctx.calibration(config.calibration_samples, config.calibration_seq_len)
-        with _scratch_cwd():
+        with scratch_cwd(prefix="autoslm-inc-"):
             if config.algorithm == "rtn":
                 qconfig: Any = RTNConfig(**common, use_layer_wise=False)
             elif config.algorithm == "gptq":

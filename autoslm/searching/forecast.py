@@ -80,7 +80,7 @@ class Forecast:
     timeout_s: float | None = None
 
     def line(self) -> str:
-        total = _duration(self.total_s)
+        total = duration(self.total_s)
         of = f" of {self.memory_mb / 1024:.0f} GB" if self.memory_mb else ""
         text = (
             f"forecast: {self.trials} trials, about {total} (~{self.per_trial_s:.0f} s per trial, as the baseline "
@@ -116,7 +116,8 @@ def after_baseline(
     )
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """'45 s', '24 min', '2.3 h'."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -128,7 +129,7 @@ def against(forecast: dict[str, Any], took_s: float) -> str:
     """'took 23 min; the forecast said 24 min (-4%)'."""
     said = float(forecast["total_s"])
     error = (said - took_s) / took_s * 100 if took_s else 0.0
-    return f"took {_duration(took_s)}; the forecast said {_duration(said)} ({error:+.0f}%)"
+    return f"took {duration(took_s)}; the forecast said {duration(said)} ({error:+.0f}%)"
 
 
-__all__ = ["Forecast", "after_baseline", "against", "parameters_in", "refuse_if_it_cannot_fit"]
+__all__ = ["Forecast", "after_baseline", "against", "duration", "parameters_in", "refuse_if_it_cannot_fit"]

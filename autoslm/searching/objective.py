@@ -272,12 +272,30 @@ class Objective:
         busy = any(bool((f or {}).get("disturbed")) for f in figures)
         out.violations = self.violations(out.metrics, baseline)
         partner = self.pair_partner()
+        if busy and partner is None and self._clear_under_load(out, baseline):
+            return
         if self.is_close_call(out.violations) or (self._times(out.violations) and (busy or partner is not None)):
             # a close call on a machine that settled waits for quiet again; a busy machine is paired at once
             if busy:  # one timed run per model and round: the pair is the measurement, not a check of one
                 self._recheck(out, target, work, baseline, partner, repeats=BUSY_PAIR_REPEATS)
             else:
                 self._recheck(out, target, work, baseline, partner, quiet_wait_s=self._quiet_wait_s())
+
+    def _clear_under_load(self, out: TrialOutcome, baseline: dict[str, Any]) -> bool:
+        """Other work only slows a timing down, so a candidate timed while the machine was busy, beside a baseline
+        timed while it was quiet, is at most as slow as it read. When that reading already keeps every timing limit
+        by more than the close-call margin (idle noise cannot turn it either), the verdict stands without the pair
+        (the pair under load costs ~10 timed runs, each slowed by the load). Its figures stay what they were: an
+        upper bound, and `interference` says so."""
+        from autoslm.metrics import timing_metrics
+
+        if (baseline.get("interference") or {}).get("disturbed"):
+            return False  # a slow baseline reading makes every ratio look better than it is
+        timing = [v for m, v in out.violations.items() if m in timing_metrics()]
+        if not timing or max(out.violations.values()) > 0 or max(timing) > -self.recheck_margin:
+            return False
+        out.interference = {**(out.interference or {}), "upper_bound": True}
+        return True
 
     def pair_partner(self) -> str | None:
         """The preset every timing limit of the budget is written against (`decode_ms<=Q3_K_M`), or None. That

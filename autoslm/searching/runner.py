@@ -185,14 +185,19 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
                 study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
         backend.prepare(study, resume)
         remaining = settings.trials - finished_count(study)
+        clock = {"start": time.monotonic()}
 
         def after(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             from autoslm.searching.trials import best, records
 
             rows = records(st)
             _keep_best_checkpoint(rows, run_dir)
-            payload = {"trial": TrialRecord.from_trial(trial), "done": finished_count(st), "total": settings.trials}
-            _emit(progress, "trial", {**payload, "best": best(rows)})
+            done = finished_count(st)
+            payload = {"trial": TrialRecord.from_trial(trial), "done": done, "total": settings.trials}
+            left = time_left(
+                time.monotonic() - clock["start"], done - (settings.trials - remaining), settings.trials - done
+            )
+            _emit(progress, "trial", {**payload, "best": best(rows), "left_s": left})
 
         predicted = None
         if remaining == settings.trials:  # a fresh search: say what it will cost (checked against the end below)
@@ -200,7 +205,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
             if predicted is not None:
                 _emit(progress, "forecast", predicted)
                 study.set_user_attr("forecast", predicted.as_dict())
-        started = time.monotonic()
+        started = clock["start"] = time.monotonic()
         if remaining > 0:
             backend.run(BackendJob(objective, study, storage, settings, baseline, remaining, after))
         result = _finish(study, settings, run_dir, baseline)
@@ -212,6 +217,12 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
 
 
 LOCK = ".autoslm.lock"
+
+
+def time_left(elapsed_s: float, ran: int, left: int) -> float | None:
+    """The rest of a search at the pace of this run so far (its trials as they came: cached, infeasible and pruned
+    ones included, and parallel workers): elapsed / ran x left; None before the first trial of this run."""
+    return elapsed_s / ran * left if ran > 0 else None
 
 
 @contextlib.contextmanager

@@ -49,3 +49,13 @@ def test_a_search_says_its_forecast_after_the_baseline_and_checks_it_at_the_end(
     assert len(said) == 1 and said[0].trials == 2 and said[0].per_trial_s > 0 and said[0].peak_mb > 100
     assert result.baseline["seconds"] and result.forecast.startswith("took ")
     assert "the forecast said" in result.forecast
+    left = [p["left_s"] for k, p in events if k == "trial"]  # the rest at this run's pace, after every trial
+    assert len(left) == 2 and left[0] > 0 and left[1] == 0
+
+
+def test_the_time_left_is_the_pace_of_this_run_times_the_trials_left() -> None:
+    from autoslm.searching.runner import time_left
+
+    assert time_left(100.0, ran=2, left=3) == 150.0
+    assert time_left(0.0, ran=0, left=30) is None  # nothing ran yet: no pace to go by
+    assert [forecast.duration(s) for s in (45, 1440, 9000)] == ["45 s", "24 min", "2.5 h"]

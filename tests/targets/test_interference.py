@@ -170,6 +170,29 @@ def test_a_machine_that_stays_busy_is_judged_beside_the_baseline(tmp_path, monke
     assert "(machine busy: re-measured 4x beside the baseline, decode 0.60x)" in recheck_text(row)
 
 
+def test_a_candidate_within_budget_even_under_load_is_not_paired(tmp_path, monkeypatch) -> None:
+    """Load only slows a timing: a candidate read at 0.3x under load (0.1x idle) beside an undisturbed baseline keeps
+    a 0.7x limit whatever the load did, so no pair is timed; its figure is marked an upper bound. A reading near the
+    limit, or a baseline that was itself disturbed, still gets the pair."""
+    from autoslm.search_view import recheck_text
+    from autoslm.searching.trials import TrialRecord
+
+    target = ScriptedTarget(decode_ms=1.0, busy=99, slowdown=3.0, pair_ratio=0.1)
+    out = _objective(tmp_path, target, 0, monkeypatch).evaluate_policy([], BASELINE, trial_number=1)
+    assert target.pairs == 0 and out.feasible and out.metrics["decode_ms"] == 3.0
+    assert out.interference["upper_bound"] is True
+    row = TrialRecord(number=1, state="complete", status="complete", interference=out.interference)
+    assert "within budget even so" in recheck_text(row)
+    near = ScriptedTarget(decode_ms=2.2, busy=99, slowdown=3.0, pair_ratio=0.22)  # 0.66x under load: a close call
+    objective = _objective(tmp_path, near, 0, monkeypatch)
+    objective.recheck_margin = 0.15
+    assert objective.evaluate_policy([], BASELINE, trial_number=2).feasible and near.pairs == 1
+    slow_base = ScriptedTarget(decode_ms=1.0, busy=99, slowdown=3.0, pair_ratio=0.1)
+    disturbed = {**BASELINE, "interference": {"disturbed": True}}
+    _objective(tmp_path, slow_base, 0, monkeypatch).evaluate_policy([], disturbed, trial_number=3)
+    assert slow_base.pairs == 1  # the baseline read slow: a ratio against it proves nothing
+
+
 def test_after_a_trial_that_never_settled_the_search_goes_straight_to_paired_timing(tmp_path, monkeypatch) -> None:
     """A loaded machine slows the search, it does not stall it: once a measurement never settled, each trial is
     measured once (no wait, one timed run: memory and size) and timed beside the baseline, until the machine is
