@@ -852,6 +852,15 @@ def test_a_client_that_pipelines_requests_and_never_reads_is_closed(agent) -> No
 # --- 6. Ctrl-C -------------------------------------------------------------------------------------------------------
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C as a shell delivers it: a process started from a terminal has SIGINT at its default and unblocked. In the
+    whole suite this test's process had it otherwise (a child exited 0, never interrupted; alone it passes): a
+    disposition left by a library earlier tests ran in-process is inherited across exec, and Python installs its
+    KeyboardInterrupt handler only where SIGINT is not ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.parametrize("when", ["baseline", "trial"])
 def test_ctrl_c_says_what_was_kept_exits_130_and_resume_reruns_the_interrupted_trial(tmp_path: Path, when: str):
     import shlex
@@ -860,7 +869,7 @@ def test_ctrl_c_says_what_was_kept_exits_130_and_resume_reruns_the_interrupted_t
     args = ["search", "--model", "tiny-llama", "--space", "tiny", "--budget", "memory_mb<=3x", "--trials", "2",
             "--fidelity", "low", "--out", str(out)]  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "autoslm.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_as_from_a_terminal)  # fmt: skip
     marker = "baseline:" if when == "trial" else "search space"
     for line in proc.stdout:  # the live view's lines, as they come
         if marker in line:
@@ -868,7 +877,9 @@ def test_ctrl_c_says_what_was_kept_exits_130_and_resume_reruns_the_interrupted_t
     time.sleep(1.0 if when == "trial" else 0.5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
+    blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    here = f"this process: SIGINT {signal.getsignal(signal.SIGINT)}, blocked {blocked}"
+    assert proc.returncode == 130, f"{here}\n{err[-2000:]}"
     assert "Traceback" not in err, err[-2000:]
     line = next(x for x in err.splitlines() if x.startswith("interrupted:"))
     assert "0 of 2 trials finished" in line and "Continue with: autoslm search" in line, line
