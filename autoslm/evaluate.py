@@ -164,13 +164,14 @@ def _perplexity_kld(
     count = max(1, fid.ppl_tokens // fid.seq_len)
     windows = data.token_windows(tokenizer, fid.corpus, seq_len=fid.seq_len, count=count, seed=fid.seed)[skip:]
     total_nll, total, kld, kept, position = 0.0, 0, [], [], skip * (fid.seq_len - 1)
+    # a model whose figures do not depend on how windows are batched (llama.cpp decodes each window in its own
+    # calls) takes fewer per call: each window's logits are seq_len x vocabulary floats (537 MB for Gemma-3's 262k)
+    per_call = min(batch_size, int(getattr(model, "windows_per_call", batch_size)))
     with torch.inference_mode():
-        for batch in windows.split(batch_size) if len(windows) else ():  # all evaluated before: none
+        for batch in windows.split(per_call) if len(windows) else ():  # all evaluated before: none
             logits = model(input_ids=batch, use_cache=False).logits
-            # one window at a time: each copy of a batch's logits is batch x seq_len x vocabulary floats (1.2 GB
-            # in all for SmolLM2's 49k at full fidelity; a 152k vocabulary triples it)
             for row, ids in zip(logits, batch, strict=True):
-                logp = row[:-1].float().log_softmax(-1)
+                logp = _log_softmax_(row[:-1].float())  # in place: no second copy of the window's logits
                 total_nll -= float(logp.gather(1, ids[1:, None]).sum())
                 total += len(ids) - 1
                 if keep_topk:
@@ -180,12 +181,23 @@ def _perplexity_kld(
                     idx = reference.indices[position : position + len(logp)].long()
                     kld += _kld(reference.logprobs[position : position + len(logp)], logp.gather(1, idx)).tolist()
                 position += len(logp)
-                del logp
+                del logp, row  # `row` is a view: it would keep the batch's logits alive through the next call
             del logits
     ref = None
     if kept:
         ref = Reference(indices=torch.cat([i for i, _ in kept]), logprobs=torch.cat([v for _, v in kept]))
     return total_nll, total, kld, ref
+
+
+def _log_softmax_(logits: Any, rows: int = 64) -> Any:
+    """`logits.log_softmax(-1)` computed in place, `rows` positions at a time: the temporary is rows x vocabulary
+    floats, not another copy of the whole window."""
+    import torch
+
+    for start in range(0, len(logits), rows):
+        part = logits[start : start + rows]
+        part -= torch.logsumexp(part, -1, keepdim=True)
+    return logits
 
 
 def _kld(base: Any, cand: Any) -> Any:
@@ -209,6 +221,8 @@ def _continuation_logprobs(
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    # rows x kept positions x vocabulary floats per call: a model that decodes each row alone takes fewer rows
+    batch_size = min(batch_size, int(getattr(model, "rows_per_call", batch_size)))
     results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     with torch.inference_mode():
         for idx in _batches(order, batch_size):
@@ -227,6 +241,7 @@ def _continuation_logprobs(
                 row = logits[row_i, keep - 1 - len(cont) : keep - 1].float().log_softmax(-1)
                 target = torch.tensor(cont)
                 results[i] = (row.gather(1, target[:, None]).squeeze(1), row.argmax(-1) == target)
+            del logits  # before the next call: two batches' logits are never held at once
     for i in range(len(pairs)):
         yield results[i]
 

@@ -327,6 +327,11 @@ def stored_parameters(directory: Path) -> int:
     return sum(math.prod(entry["shape"]) for _, entry in _safetensors_entries(Path(directory)))
 
 
+def weight_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in the directory's safetensors files, read from their headers (nothing is loaded)."""
+    return {name: tuple(int(n) for n in entry["shape"]) for name, entry in _safetensors_entries(Path(directory))}
+
+
 def _safetensors_entries(directory: Path) -> list[tuple[str, dict[str, Any]]]:
     """(tensor name, header entry + the file and where its data starts) for every tensor of the directory's
     safetensors files; a header that is not safetensors' is refused in one line."""

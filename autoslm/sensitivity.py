@@ -305,9 +305,10 @@ def tensor_table(
     probe: str,
     progress: Callable[[int, int], None] | None = None,
     draws: int = 0,
+    fingerprint_: str | None = None,
 ) -> SensitivityTable:
     """`measure` (`draws` 0) or `estimate` with `draws` backward passes, timed and packed with each tensor's size
-    and the model's fingerprint."""
+    and the model's fingerprint (`fingerprint_`, or the torch model's own)."""
     from autoslm.models import fingerprint
 
     t0 = time.perf_counter()
@@ -320,7 +321,7 @@ def tensor_table(
         probe=probe,
         tokens=int(windows.numel()),
         seconds=round(time.perf_counter() - t0, 2),
-        fingerprint=fingerprint(model),
+        fingerprint=fingerprint_ or fingerprint(model),
         kld=kld,
         numel=numel,
         method=f"estimated, {draws} draws" if draws else "measured",
@@ -328,6 +329,25 @@ def tensor_table(
 
 
 TABLES: dict[str, SensitivityTable] = {}  # fingerprint:probe:samples:seq_len -> table, this process
+
+
+def _load_for_table(files: Any, tensors: dict[str, str]) -> Any:
+    """The torch model of `files`, for a table; its modules must be the weight files' names."""
+    from autoslm.models import load_model
+
+    with progress.phase("loading the model into torch for the table"):
+        model = load_model(files.spec).model
+    missing = [m for m in tensors if not hasattr(_submodule(model, m), "weight")]
+    if missing:
+        raise RuntimeError(f"the torch model has no module {missing[0]} that its weight files name")
+    return model
+
+
+def _submodule(model: Any, name: str) -> Any:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def cached_table(
@@ -343,10 +363,12 @@ def cached_table(
     """The model's table at `probe` over `samples` calibration windows (`ctx`: the technique's ApplyContext): from
     this process's cache, from the run directory (`RUN/sensitivity/<fingerprint>-<probe>-SxL[-eN].json`), or
     measured (`draws` 0) or estimated from `draws` backward passes, and stored there (the report draws it). A
-    damaged or foreign file is measured again."""
-    from autoslm.models import fingerprint
+    damaged or foreign file is measured again. `model`: a torch model, or `ModelFiles` (loaded into torch only to
+    make the table, and let go)."""
+    from autoslm.models import ModelFiles, fingerprint
 
-    fp = fingerprint(model)
+    files = model if isinstance(model, ModelFiles) else None
+    fp = files.fingerprint if files is not None else fingerprint(model)
     key = f"{fp}:{probe}:{samples}:{seq_len}:{draws}"
     name = f"{fp[:16]}-{samples}x{seq_len}" if probe == "Q4_0" else f"{fp[:16]}-{probe}-{samples}x{seq_len}"
     name += f"-e{draws}.json" if draws else ".json"
@@ -367,8 +389,12 @@ def cached_table(
         windows = ctx.calibration(samples=samples, seq_len=seq_len)
         how = f"estimating ({draws} backward passes)" if draws else "measuring"
         ctx.logger.info("%s the sensitivity of %d tensors at %s", how, len(tensors), probe)
+        torch_model = _load_for_table(files, tensors) if files is not None else model
         with progress.phase(f"sensitivity of {len(tensors)} tensors at {probe}", total=draws or len(tensors)):
-            table = tensor_table(model, windows, tensors, perturb, probe, progress=progress.step, draws=draws)
+            table = tensor_table(
+                torch_model, windows, tensors, perturb, probe, progress=progress.step, draws=draws, fingerprint_=fp
+            )
+        del torch_model  # a model loaded for the table alone is let go here
         if path is not None:
             table.save(path)
     if len(TABLES) >= 4:

@@ -1,5 +1,6 @@
-"""llama.cpp evaluation, tokens per `llama_decode` call: time and the memory it adds, `LlamaCppLM.BATCH` (512)
-against a call sized by the context (1,024 tokens: what evaluation did before).
+"""llama.cpp evaluation, tokens per `llama_decode` call: time and the memory it adds, at each of `--batches` (set as
+`LlamaCppLM.BATCH`; by default 512 tokens, 256 for a vocabulary over ~131k), e.g. 512 against a call sized by the
+context (1,024 tokens: what evaluation did before).
 
     python benchmarks/eval_batch.py [--model smollm2-135m] [--batches 512,1024] [--rounds 3] [--fidelity low]
 

@@ -103,15 +103,25 @@ class MixedPrecisionConfig(TechniqueConfig):
 
 
 def block_tensors(model: Any) -> dict[str, tuple[str, int, int]]:
-    """The model's block weight tensors as GGUF names: name -> (torch module, values, row length)."""
-    from autoslm.runtimes.llamacpp import gguf_linear_names
+    """The model's block weight tensors as GGUF names: name -> (torch module, values, row length). `model`: a torch
+    model, or `ModelFiles` (the matrices of its weight files, read from their headers: nothing is loaded)."""
+    from autoslm.models import ModelFiles, weight_shapes
+    from autoslm.runtimes.llamacpp import gguf_linear_names, gguf_weight_names
 
-    out = {}
-    for module_name, name in gguf_linear_names(model).items():
-        if name.startswith("blk."):
-            weight = model.get_submodule(module_name).weight
-            out[name] = (module_name, int(weight.numel()), int(weight.shape[1]))
-    return dict(sorted(out.items(), key=lambda kv: block_key(kv[0])))
+    if isinstance(model, ModelFiles):
+        shapes = {
+            name.removesuffix(".weight"): shape
+            for name, shape in weight_shapes(model.source_dir).items()
+            if name.endswith(".weight") and len(shape) == 2
+        }
+        found = {module: (name, shapes[module]) for module, name in gguf_weight_names(model.config, shapes).items()}
+    else:
+        found = {
+            module: (name, tuple(model.get_submodule(module).weight.shape))
+            for module, name in gguf_linear_names(model).items()
+        }
+    out = {name: (module, shape[0] * shape[1], shape[1]) for module, (name, shape) in found.items()}
+    return dict(sorted(((k, v) for k, v in out.items() if k.startswith("blk.")), key=lambda kv: block_key(kv[0])))
 
 
 def assign(table: Any, config: MixedPrecisionConfig, rows: dict[str, int]) -> dict[str, str]:
@@ -161,6 +171,9 @@ class MixedPrecision(Technique):
     description = "llama.cpp type per weight tensor from a measured sensitivity table (base, raise/lower shares)"
     requires_calibration = True
     incompatible_with = ("quant.gguf",)
+    # tensor names and shapes come from the weight files; the torch model is loaded only while a sensitivity table
+    # is made, and let go (a search of quant.mixed alone never holds it: 6 GB in fp32 for a 1.5B model)
+    needs_torch_model = False
     Config = MixedPrecisionConfig
     # starting points for the warm start: every weight at 4.5 bits, and a sensitivity-balanced mix on Q4_0 (the
     # fastest 4.5-bit kernels here) at about the same bits (the most sensitive 15% of the block weights one bit

@@ -92,3 +92,14 @@ def test_a_full_evaluation_built_on_the_low_one_gives_the_same_figures(fresh_tin
     stranger = Reference(indices=ref.indices.clone(), logprobs=ref.logprobs.clone())
     again = evaluate.evaluate(model, tok, full, reference=stranger, prior=first)
     assert again.kld_mean == pytest.approx(scratch.kld_mean, rel=1e-5)
+
+
+def test_the_in_place_log_softmax_is_log_softmax_without_a_second_copy() -> None:
+    import torch
+
+    logits = torch.randn(150, 1000) * 8
+    expected = logits.log_softmax(-1)
+    got = evaluate._log_softmax_(logits, rows=64)  # 150 rows: three parts, the last one short
+    assert got.data_ptr() == logits.data_ptr()  # the same storage: the window's logits, normalised where they lie
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(got.exp().sum(-1), torch.ones(150), atol=1e-4)

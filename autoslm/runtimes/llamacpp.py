@@ -15,7 +15,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -150,8 +150,10 @@ class LlamaCppRuntime(Runtime):
         self, model: Any, tokenizer: Any, directory: Path, fidelity: Any, reference: Any = None, keep_topk: int = 0,
         prior: Any = None,
     ) -> Any:  # fmt: skip
+        from autoslm.allocator import unmap_large_blocks
         from autoslm.evaluate import evaluate
 
+        unmap_large_blocks()  # the logits of every task row, freed, would stay resident otherwise
         n_ctx = 2 * max(fidelity.seq_len, 512)  # two perplexity windows per call
         with open_gguf(Path(directory) / GGUF, n_ctx=32) as llm:
             lm = LlamaCppLM(llm, n_ctx=n_ctx)
@@ -284,10 +286,18 @@ class LlamaCppLM:
     models, and one call per short row costs ~40 ms here. The tokens go to `llama_decode` `BATCH` at a time, a
     sequence continuing in the next call where it does not fit: llama.cpp's output buffer and its graph's result
     are each `BATCH` x vocabulary floats (sized by the context, they were 1,024 x 152k floats, 623 MB each, for
-    Qwen2.5's vocabulary)."""
+    Qwen2.5's vocabulary). `BATCH` None: 512 tokens, fewer for a vocabulary that would make those buffers larger
+    than `BUFFER_MB` (Gemma-3's 262k: 256 tokens, 510 MB less for 2% more time; benchmarks/eval_batch.py)."""
 
     MAX_SEQS = 64
-    BATCH = 512
+    BATCH: int | None = None
+    BUFFER_MB = 256
+    # every window is decoded in calls of its own (BATCH tokens of one sequence), so its figures do not depend on
+    # the windows beside it: one per call holds one window's logits at a time (`evaluate._perplexity_kld`)
+    windows_per_call = 1
+    # task rows are independent sequences too: 16 per call keeps their logits (rows x kept positions x vocabulary
+    # floats) to 150 MB for Gemma-3, in as many llama_decode calls as 64 rows at `BATCH` tokens per call
+    rows_per_call = 16
 
     def __init__(self, llm: Any, n_ctx: int, threads: int = 2, batch: int | None = None) -> None:
         import llama_cpp
@@ -295,14 +305,22 @@ class LlamaCppLM:
 
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
-        params.n_batch = params.n_ubatch = self.n_batch = min(batch or self.BATCH, n_ctx)
+        vocab = llm.n_vocab()
+        params.n_batch = params.n_ubatch = self.n_batch = min(batch or self.BATCH or self.tokens_per_call(vocab), n_ctx)
         params.n_seq_max = self.max_seqs = min(self.MAX_SEQS, self.n_batch)  # llama.cpp: at most one per token
         params.kv_unified = True
         params.n_threads = params.n_threads_batch = threads
         self.n_ctx = n_ctx
-        self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        with _stderr_to(Path(os.devnull)):  # Gemma-3's sliding-window cache note bypasses the logger
+            self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
         self.batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=self.max_seqs, verbose=False)
-        self.vocab = llm.n_vocab()
+        self.vocab = vocab
+
+    @classmethod
+    def tokens_per_call(cls, vocab: int) -> int:
+        """512 tokens, or the largest power of two whose logits (tokens x `vocab` floats) fit `BUFFER_MB`."""
+        fit = cls.BUFFER_MB * 2**20 // (4 * max(vocab, 1))
+        return max(32, min(512, 1 << max(fit, 1).bit_length() - 1))
 
     def close(self) -> None:
         self.batch.close()
@@ -438,18 +456,25 @@ def importance_matrix(gguf: Path, tokenizer: Any, samples: int, seq_len: int) ->
 def gguf_linear_names(model: Any) -> dict[str, str]:
     """The torch model's linear layers that become GGUF tensors: module name -> GGUF tensor name without
     `.weight` (`model.layers.3.self_attn.v_proj` -> `blk.3.attn_v`)."""
-    import gguf
     import torch
+
+    linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    return gguf_weight_names(model.config, linear)
+
+
+def gguf_weight_names(config: Any, modules: Iterable[str]) -> dict[str, str]:
+    """Module names (`model.layers.3.self_attn.v_proj`, as in the weight files without `.weight`) -> the GGUF
+    tensor names llama.cpp's converter gives their weights (`blk.3.attn_v`); names it does not map are left out."""
+    import gguf
 
     from autoslm.llamacpp import gguf_arch
 
-    names = gguf.get_tensor_name_map(gguf_arch(model.config), int(model.config.num_hidden_layers))
+    names = gguf.get_tensor_name_map(gguf_arch(config), int(config.num_hidden_layers))
     out = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            found = names.get_name(name + ".weight", try_suffixes=(".weight",))
-            if found:
-                out[name] = found.removesuffix(".weight")
+    for name in modules:
+        found = names.get_name(name + ".weight", try_suffixes=(".weight",))
+        if found:
+            out[name] = found.removesuffix(".weight")
     return out
 
 

@@ -152,10 +152,11 @@ class Objective:
     def apply_policy(self, steps: list[dict[str, Any]], planned: list[Any] | None = None) -> tuple[Any, Any]:
         """The base model with `steps` applied (deterministic for the seed); (model, loaded). Three cases, from the
         cheapest:
-        - the runtime `takes_files` and no step `needs_torch_model` (llama.cpp's quantization, and the baseline):
-          the model's files (`ModelFiles`, as both), which the runtime exports itself: nothing loaded into torch;
-        - every step belongs to the runtime (quant.mixed reads the torch model for its sensitivity table): the base
-          model itself, one fp32 copy less in the search process (538 MB for SmolLM2-135M, 2 GB for a 0.5B);
+        - the runtime `takes_files` and no step `needs_torch_model` (llama.cpp's quantization, quant.mixed, and the
+          baseline): the model's files (`ModelFiles`, as both), which the runtime exports itself: nothing kept in
+          torch (quant.mixed loads the model for its sensitivity table alone, and lets it go);
+        - every step belongs to the runtime (a runtime that cannot take files): the base model itself, one fp32
+          copy less in the search process (538 MB for SmolLM2-135M, 2 GB for a 0.5B);
         - a step changes the torch model: a fresh copy."""
         from autoslm.pipeline import Step, apply_planned, plan
         from autoslm.runtimes import works_from_files

@@ -152,6 +152,25 @@ def test_an_assignment_that_does_not_fit_the_model_is_refused(fresh_tiny) -> Non
 
 
 @pytest.mark.parametrize("family", ["tiny-llama", "tiny-gemma3"])
+def test_the_weight_files_name_the_block_tensors_the_torch_model_does(family: str, tmp_path: Path) -> None:
+    """quant.mixed reads tensor names and shapes from the safetensors headers (a search never holds the torch
+    model for them): the same table as from the torch model's modules; a table made from the files loads the model
+    for itself and ranks like one made from the torch model."""
+    from autoslm_plugins.quant_mixed import block_tensors, sensitivity_table
+
+    from autoslm.models import load_files, load_model
+
+    loaded, files = load_model(family), load_files(family)
+    assert block_tensors(files) == block_tensors(loaded.model)
+    assert len(block_tensors(files)) == 7 * loaded.model.config.num_hidden_layers
+    ctx = ApplyContext(tokenizer=files.tokenizer, run_dir=tmp_path)
+    from_files = sensitivity_table(files, ctx, 2, 32, draws=2)
+    from_torch = sensitivity_table(loaded.model, ApplyContext(tokenizer=loaded.tokenizer), 2, 32, draws=2)
+    assert from_files.fingerprint == files.fingerprint and from_files.numel == from_torch.numel
+    assert from_files.kld == pytest.approx(from_torch.kld, rel=1e-4)  # the same weights, the same draws
+
+
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-gemma3"])
 def test_resolve_writes_every_tensor_and_the_table_into_the_run_dir(family: str, tmp_path: Path) -> None:
     from autoslm.models import load_model
 
@@ -174,7 +193,19 @@ def test_resolve_writes_every_tensor_and_the_table_into_the_run_dir(family: str,
     assert all(written[name] == kind for name, kind in tensors.items())  # llama.cpp wrote exactly the assignment
 
 
-def test_mixed_search_against_a_named_preset_replays_byte_identically(tmp_path: Path) -> None:
+def test_mixed_search_against_a_named_preset_replays_byte_identically(tmp_path: Path, monkeypatch) -> None:
+    """Also: quant.mixed works from the model's files (tensor names and shapes from the safetensors headers); the
+    torch model is loaded once, for the sensitivity table alone, and let go: the search never holds it."""
+    from autoslm import models
+    from autoslm.searching.objective import Objective
+
+    def refuse(*_a, **_k):
+        raise AssertionError("the search loaded the torch model to keep it")
+
+    loads = []
+    load_model = models.load_model
+    monkeypatch.setattr(Objective, "base", refuse)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(a) or load_model(*a, **k))
     out = tmp_path / "run"
     result = autoslm.search(model="tiny-llama", runtime="llama.cpp", space="tiny-mixed",
                             budget="size_mb<=Q4_0,decode_ms<=3xQ4_0", trials=3, out=out, fidelity="low",
@@ -192,6 +223,9 @@ def test_mixed_search_against_a_named_preset_replays_byte_identically(tmp_path: 
             assert r.metrics["decode_ms"] == pytest.approx(paired)  # x the preset's reading in the same pair
             assert (r.violations["decode_ms"] <= 0) == (r.recheck["ratios"]["decode_ms"] <= 3)  # the ratio judged
     assert result.best is not None, [r.reason for r in result.trials]
+    assert not [r for r in result.trials if r.status == "failed"], [r.reason for r in result.trials]
+    ranked = [r for r in result.trials if r.steps and r.steps[0]["params"].get("raise_fraction", 0) > 0]
+    assert ranked and len(loads) == 1, loads  # the table, once (then cached), and nothing else
     recipe = (out / "recipe.yaml").read_text()
     assert all(f"blk.{b}.{c}:" in recipe for b in range(4) for c in ("attn_q", "ffn_down"))
     rebuilt = autoslm.apply_recipe(str(out / "recipe.yaml"), str(tmp_path / "again"))

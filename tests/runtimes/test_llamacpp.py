@@ -155,6 +155,31 @@ def test_evaluation_decodes_a_few_tokens_per_call_and_gets_each_row_s_own_logits
                 assert not row[: len(row) - n].any()  # left padding gets no logits
 
 
+def test_perplexity_windows_decoded_one_per_call_give_the_figures_of_two_per_call(fresh_tiny, tmp_path: Path) -> None:
+    """The llama.cpp evaluation holds one perplexity window's logits at a time (`windows_per_call`): each window is
+    decoded in calls of its own either way, so its figures are those of two windows per call, to the bit."""
+    from autoslm import evaluate
+    from autoslm.runtimes.llamacpp import LlamaCppLM
+
+    _, directory = _save(fresh_tiny, [], tmp_path / "c")
+    fid = Fidelity(ppl_tokens=4 * 64, seq_len=64)
+    figures = {}
+    with open_gguf(directory / GGUF, n_ctx=32) as llm:
+        for per_call in (1, 2):
+            lm = LlamaCppLM(llm, n_ctx=128, batch=64)
+            lm.windows_per_call = per_call
+            try:
+                nll, tokens, _, kept = evaluate._perplexity_kld(lm, fresh_tiny.tokenizer, fid, keep_topk=4)
+            finally:
+                lm.close()
+            figures[per_call] = (nll, tokens, kept.logprobs)
+    assert LlamaCppLM.windows_per_call == 1
+    # tokens per call: 512, halved for vocabularies whose logits would pass 256 MB per buffer (Gemma-3, Qwen2.5)
+    assert [LlamaCppLM.tokens_per_call(v) for v in (49152, 128256, 151936, 262144)] == [512, 512, 256, 256]
+    assert figures[1][:2] == figures[2][:2] and figures[1][1] == 4 * 63
+    assert torch.equal(figures[1][2], figures[2][2])
+
+
 def test_a_llamacpp_measuring_process_never_loads_torch_or_transformers(fresh_tiny, tmp_path: Path) -> None:
     """The measuring process (local target, agent) needs llama.cpp and the prompt's ids only: no torch, no
     transformers (about 2 s and 300 MB each time), and its prompts are the ids transformers' tokenizer gives."""
