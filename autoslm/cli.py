@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from autoslm.errors import UserError
+from autoslm.models import spec_help
 
 app = typer.Typer(
     name="autoslm",
@@ -44,8 +45,7 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="smollm2-135m | gemma3-270m | tiny-llama | tiny-gemma3 | MODEL_DIR | FILE.gguf | owner/name (hub, "
-        "needs internet)",
+        help=spec_help(),
     ),
 ]
 RuntimeOpt = Annotated[

@@ -60,6 +60,13 @@ TINY_GEMMA3 = {
 TINY_SEED = 0
 TINY_VERSION = 1  # bump when TINY_LLAMA, TINY_GEMMA3 or their construction changes
 TINY = ("tiny-llama", "tiny-gemma3", *tiny_names())  # tiny-NAME: the family matrix (families.py)
+
+
+def spec_help() -> str:
+    """What `--model` takes, from the tables themselves (a help text written by hand drifted from them)."""
+    return " | ".join([*BUILTIN_GGUF, *TINY, "MODEL_DIR", "FILE.gguf", "owner/name (hub, needs internet)"])
+
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -14,7 +14,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from autoslm.errors import UserError
+from autoslm.models import DEFAULT_MODEL, spec_help
 from autoslm.searching.budget import Budget
+from autoslm.searching.space import spaces_dir
+
+
+def _shipped_spaces() -> str:
+    """The shipped spaces' names, for the help text (read from the folder: it cannot drift)."""
+    return ", ".join(sorted(p.stem for p in spaces_dir().glob("*.yaml")))
+
 
 # A resumed (or joined) search must keep these: trials measured or judged under other values are not comparable.
 # The seed may differ: processes sharing one study each seed their own sampler, and each trial records its seed.
@@ -27,8 +35,8 @@ class SearchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     model: str = Field(
-        "smollm2-135m",
-        description="smollm2-135m | gemma3-270m | tiny-llama | tiny-gemma3 | MODEL_DIR | FILE.gguf | owner/name",
+        DEFAULT_MODEL,
+        description=spec_help(),
     )
     budget: str = Field(
         "decode_ms<=0.7x",
@@ -38,9 +46,8 @@ class SearchSettings(BaseModel):
     )
     space: str | None = Field(
         None,
-        description="search space: a shipped one (search_spaces/: default, llamacpp, mixed-precision, quant-only, "
-        "prune-quant, tiny, tiny-llamacpp, tiny-mixed) or a YAML file; unset: the runtime's own (default for "
-        "torch, llamacpp for llama.cpp)",
+        description=f"search space: a shipped one ({_shipped_spaces()}) or a YAML file; unset: the runtime's own "
+        "(default for torch, llamacpp for llama.cpp)",
     )
     trials: int = Field(12, ge=1, le=100_000, description="candidate policies to evaluate (the baseline is extra)")
     out: str = Field("runs/search", description="run directory (study.db, recipe.yaml, checkpoint/)")

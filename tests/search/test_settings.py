@@ -166,3 +166,16 @@ def test_threads_reach_the_recipe_and_a_resume_keeps_them(tmp_path: Path) -> Non
     with pytest.raises(UserError, match=r"threads: 1 -> 2"):
         autoslm.search(**{**TINY, "budget": "size_mb<=1.5x"}, threads=2, trials=2, out=out, resume=True)
     assert len(json.loads((out / "trials.json").read_text())) == 1
+
+
+def test_the_help_texts_name_every_shipped_space_and_model() -> None:
+    """Rendered from the tables: a space file or model added later appears in --help without editing it."""
+    from autoslm.models import BUILTIN_GGUF, TINY
+    from autoslm.searching.settings import SearchSettings
+    from autoslm.searching.space import spaces_dir
+
+    space_help = SearchSettings.model_fields["space"].description or ""
+    names = [p.stem for p in spaces_dir().glob("*.yaml")]
+    assert len(names) >= 10 and all(f"{n}," in space_help or f"{n})" in space_help for n in names)
+    model_help = SearchSettings.model_fields["model"].description or ""
+    assert all(f"{n} |" in model_help for n in (*BUILTIN_GGUF, *TINY))
