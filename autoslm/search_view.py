@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from autoslm.searching.forecast import duration
+from autoslm.searching.forecast import duration, revised_line
 
 if TYPE_CHECKING:
     from autoslm.searching.trials import TrialRecord
@@ -144,6 +144,8 @@ class SearchView:
             self.progress.update(self.task, description="searching")
         elif kind == "forecast":
             self.progress.console.print(payload.line(), highlight=False)
+        elif kind == "forecast_revised":
+            self.progress.console.print(revised_line(payload["total_s"], payload["per_trial_s"]), highlight=False)
         elif kind == "reference_start":
             self.progress.update(self.task, description=f"measuring preset {payload['name']}")
         elif kind == "references":

@@ -194,10 +194,13 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
             _keep_best_checkpoint(rows, run_dir)
             done = finished_count(st)
             payload = {"trial": TrialRecord.from_trial(trial), "done": done, "total": settings.trials}
-            left = time_left(
-                time.monotonic() - clock["start"], done - (settings.trials - remaining), settings.trials - done
-            )
+            elapsed, ran = time.monotonic() - clock["start"], done - (settings.trials - remaining)
+            left = time_left(elapsed, ran, settings.trials - done)
             _emit(progress, "trial", {**payload, "best": best(rows), "left_s": left})
+            if predicted is not None and ran == 1 and left is not None and "after_first_s" not in clock:
+                # the baseline prices a trial like the unquantized model; the first trial is a real one
+                clock["after_first_s"] = elapsed + left
+                _emit(progress, "forecast_revised", {"total_s": elapsed + left, "per_trial_s": elapsed})
 
         predicted = None
         if remaining == settings.trials:  # a fresh search: say what it will cost (checked against the end below)
@@ -211,8 +214,9 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         result = _finish(study, settings, run_dir, baseline)
         if predicted is not None and finished_count(study) >= settings.trials:
             took = time.monotonic() - started
-            result.forecast = against(predicted.as_dict(), took)
-            study.set_user_attr("forecast", {**predicted.as_dict(), "took_s": took})
+            said = {**predicted.as_dict(), "after_first_s": clock.get("after_first_s")}
+            result.forecast = against(said, took)
+            study.set_user_attr("forecast", {**said, "took_s": took})
         return result
 
 

@@ -39,6 +39,9 @@ def test_the_forecast_line_and_a_timeout_that_cannot_hold_the_trials() -> None:
                               timeout_s=600.0)  # fmt: skip
     assert short.line().endswith("; --timeout 600 s leaves time for about 12 of them")
     assert forecast.against({"total_s": 1440.0}, 1200.0) == "took 20 min; the forecast said 24 min (+20%)"
+    assert forecast.against({"total_s": 1440.0, "after_first_s": 1140.0}, 1200.0) == (
+        "took 20 min; the forecast said 24 min (+20%), after the first trial 19 min (-5%)"
+    )
 
 
 def test_a_search_says_its_forecast_after_the_baseline_and_checks_it_at_the_end(tmp_path: Path) -> None:
@@ -49,6 +52,9 @@ def test_a_search_says_its_forecast_after_the_baseline_and_checks_it_at_the_end(
     assert len(said) == 1 and said[0].trials == 2 and said[0].per_trial_s > 0 and said[0].peak_mb > 100
     assert result.baseline["seconds"] and result.forecast.startswith("took ")
     assert "the forecast said" in result.forecast
+    revised = [p for k, p in events if k == "forecast_revised"]  # once, after the first trial, at its pace
+    assert len(revised) == 1 and revised[0]["total_s"] == pytest.approx(2 * revised[0]["per_trial_s"])
+    assert ", after the first trial " in result.forecast
     left = [p["left_s"] for k, p in events if k == "trial"]  # the rest at this run's pace, after every trial
     assert len(left) == 2 and left[0] > 0 and left[1] == 0
 
