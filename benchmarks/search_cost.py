@@ -8,9 +8,10 @@ The model is SmolLM2-135M or Gemma-3-270M (`--model smollm2-135m`), or a random-
 from `benchmarks/scale.py` (built into a temporary folder, in bf16). `autoslm search` runs as users run it (the
 CLI, llama.cpp runtime, the local target), while this script samples the resident memory of the search process
 and of every process it starts, every 0.25 s: the peak of their sum, and of each. Printed: the search's forecast
-line and its closing "took ...; the forecast said ..." line (the forecast's error), the peak memory summed and per
-process against the model's fp32 size, and the load average before. A file-backed page both processes map (the
-F32 GGUF) counts in each: the sum is an upper bound. Nothing else should run meanwhile.
+line, the one revised after the first trial, and the closing "took ...; the forecast said ..." line (both errors),
+the peak memory summed and per process against the model's fp32 size, and the load average before. A file-backed
+page both processes map (the F32 GGUF) counts in each: the sum is an upper bound. Nothing else should run
+meanwhile.
 """
 
 from __future__ import annotations
@@ -93,16 +94,18 @@ def main() -> None:
     watcher.join()
     wall = time.perf_counter() - t0
     forecast = next((ln.strip() for ln in lines if ln.strip().startswith("forecast:")), None)
+    revised = next((ln.strip() for ln in lines if ln.strip().startswith("forecast after the first trial:")), None)
     took = next((ln.strip() for ln in lines if re.search(r"took .*; the forecast said", ln)), None)
     record: dict[str, Any] = {
         "model": args.model, "parameters": params, "fp32_mb": fp32_mb, "space": args.space, "trials": args.trials,
-        "budget": args.budget, "exit": proc.returncode, "wall_s": wall, "forecast": forecast, "took": took,
+        "budget": args.budget, "exit": proc.returncode, "wall_s": wall, "forecast": forecast, "revised": revised,
+        "took": took,
         "peak_total_mb": peaks.get("total"), "peak_search_mb": peaks.get("search"),
         "peak_child_mb": peaks.get("child"), "load_before": load,
     }  # fmt: skip
     print(f"\n{args.model}: {params / 1e6:.0f}M parameters, fp32 {fp32_mb:.0f} MB; exit {proc.returncode}, "
           f"{wall / 60:.1f} min in all")  # fmt: skip
-    print(f"  {forecast}\n  {took}")
+    print(f"  {forecast}\n  {revised}\n  {took}")
     total = peaks.get("total", 0.0)
     print(f"  peak memory summed over processes {total:.0f} MB ({total / fp32_mb:.2f}x fp32); search process "
           f"{peaks.get('search', 0):.0f} MB, largest child {peaks.get('child', 0):.0f} MB")  # fmt: skip

@@ -35,9 +35,7 @@ def export_best(
     shutil.rmtree(staged, ignore_errors=True)
     src = Path(best.checkpoint or "")
     seed = settings.seed if best.seed is None else best.seed  # processes sharing a study may differ in seed
-    objective = Objective(
-        model=settings.model, space=None, budget=None, run_dir=str(run_dir), seed=seed, runtime=settings.runtime
-    )  # type: ignore[arg-type]
+    objective = Objective.from_settings(settings, run_dir, seed=seed)
     steps = build_steps(best.steps)
     if not checkpoint.weights_file(src).is_file():
         _rebuild(objective, best, staged)  # the winner ran on another node: apply its policy here (deterministic)

@@ -94,6 +94,28 @@ class Objective:
     measured_s: float = field(default=0.0, repr=False)  # seconds this process spent timing (first tries only)
     load_spent_s: float = field(default=0.0, repr=False)  # seconds it spent waiting for quiet and repeating
 
+    @classmethod
+    def from_settings(cls, settings: Any, run_dir: Path, seed: int | None = None) -> Objective:
+        """The objective of a search's `SearchSettings` (the one place its fields are read into it); the space is set
+        once the base model is known. `seed`: a trial's own, where it differs from the settings'."""
+        return cls(
+            model=settings.model,
+            space=None,  # type: ignore[arg-type]
+            budget=settings.limits,
+            run_dir=str(run_dir),
+            seed=settings.seed if seed is None else seed,
+            fidelity_full=Fidelity.preset(settings.fidelity),
+            target=settings.target,
+            target_token=settings.target_token,
+            runtime=settings.runtime,
+            threads=settings.threads,
+            recheck_rounds=settings.recheck_rounds,
+            recheck_margin=settings.recheck_margin,
+            busy_retries=settings.busy_retries,
+            busy_wait_s=settings.busy_wait,
+            measure_timeout_s=settings.measure_timeout,
+        )
+
     def get_target(self) -> Any:
         from autoslm.targets import get_target
 

@@ -130,23 +130,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
             study.set_user_attr("settings", settings.model_dump())
         backend = get_backend(settings.backend)
 
-        objective = Objective(
-            model=settings.model,
-            space=None,  # type: ignore[arg-type]  (set below, once the base model is known)
-            budget=settings.limits,
-            run_dir=str(run_dir),
-            seed=settings.seed,
-            fidelity_full=_fidelity(settings.fidelity),
-            target=settings.target,
-            target_token=settings.target_token,
-            runtime=settings.runtime,
-            threads=settings.threads,
-            recheck_rounds=settings.recheck_rounds,
-            recheck_margin=settings.recheck_margin,
-            busy_retries=settings.busy_retries,
-            busy_wait_s=settings.busy_wait,
-            measure_timeout_s=settings.measure_timeout,
-        )
+        objective = Objective.from_settings(settings, run_dir)
         try:
             refused = get_runtime(settings.runtime).refuses_model(objective.files().config)
             if refused:
@@ -301,12 +285,6 @@ def _runnable_space(settings: SearchSettings, objective: Any, progress: Any) -> 
         raise UserError(f"search space {settings.space_name}: {why} (drop it from the space, or use --runtime torch)")
     _emit(progress, "warning", f"left out of the search on this model in {settings.runtime}: {why}")
     return space.without(set(refused))
-
-
-def _fidelity(name: str) -> Any:
-    from autoslm.evaluate import Fidelity
-
-    return Fidelity.preset(name)
 
 
 def _baseline(objective: Any, study: Any, run_dir: Path, device: dict[str, Any], progress: Any) -> dict[str, Any]:
