@@ -3,8 +3,9 @@
 glibc serves a block of 128 KB or more with its own mapping and unmaps it when it is freed, but each such free raises
 that threshold to the block's size (up to 32 MB), so later blocks up to that size come from the heap, where freed
 ones stay resident. Evaluation allocates logits of 1-30 MB per task row, many times over: Gemma-3-270M's full
-evaluation in llama.cpp peaked at 3.1 GB resident with the moving threshold against 1.6 GB with a fixed 1 MB one,
-in the same time (`docs/benchmarks.md`, "Evaluation memory"). Setting the threshold once fixes it for the process.
+evaluation in llama.cpp added 2.47 GB to its process with the moving threshold against 1.46 GB with a fixed 1 MB one,
+in the same time (`benchmarks/eval_memory.py`; docs/benchmarks.md, "Evaluation memory"). Setting the threshold once
+fixes it for the process.
 """
 
 from __future__ import annotations
