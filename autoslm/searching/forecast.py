@@ -7,7 +7,9 @@ Two moments:
   measure, low and full evaluation), so a trial costs about what it cost; memory is this process's peak so far plus
   the measuring process's (its fixed start, measured once below, plus the model in use as measured). The line
   `30 trials: about 24 min (~45 s per trial, as the baseline took); peak memory about 3.1 GB of 24 GB` is printed,
-  stored in the study, and compared with the real duration at the end.
+  stored in the study, and compared with the real duration at the end. In llama.cpp it is an upper bound: the
+  baseline evaluates the F32 model, slower than a quantized candidate (+30% to +51% on mixed-precision searches).
+- after the first trial (`revised_line`, from the runner): the same at that trial's pace, also compared at the end.
 """
 
 from __future__ import annotations
