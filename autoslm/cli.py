@@ -15,6 +15,7 @@ from rich.table import Table
 
 from autoslm.errors import UserError
 from autoslm.models import spec_help
+from autoslm.run_dir import RunDir
 
 app = typer.Typer(
     name="autoslm",
@@ -297,7 +298,7 @@ def _interrupted(settings: Any) -> None:
 
     from autoslm.searching.trials import best, finished_count, records
 
-    db = settings.run_dir / "study.db"
+    db = RunDir(settings.run_dir).study_db
     done, lead = 0, None
     if settings.storage or db.is_file():
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoslm.errors import UserError
+from autoslm.run_dir import RunDir
 
 if TYPE_CHECKING:
     from autoslm.searching.trials import TrialRecord
@@ -31,7 +32,7 @@ def load_run(run_dir: Path, storage: str | None = None, study_name: str | None =
     from autoslm.searching.trials import best, records
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    db = run_dir / "study.db"
+    db = RunDir(run_dir).study_db
     if storage is None and not db.is_file():
         raise UserError(f"'{run_dir}' holds no search (no study.db): give the --out directory of `autoslm search`")
     from autoslm.searching.storage import make_storage
@@ -247,7 +248,7 @@ def _sensitivity_html(run_dir: Path, best: Any) -> str:
     from autoslm.sensitivity import SensitivityTable, heatmap
 
     tables = []
-    for path in sorted((run_dir / "sensitivity").glob("*.json")):
+    for path in sorted(RunDir(run_dir).sensitivity.glob("*.json")):
         try:
             tables.append(SensitivityTable.load(path))
         except (ValueError, KeyError, TypeError, OSError):
@@ -256,7 +257,7 @@ def _sensitivity_html(run_dir: Path, best: Any) -> str:
         return ""
     chosen = assignment(best.steps) if best else None
     table = next((t for t in tables if chosen and set(t.kld) == set(chosen)), tables[0])
-    png = heatmap(table, run_dir / "sensitivity.png", chosen if chosen and set(chosen) == set(table.kld) else None,
+    png = heatmap(table, RunDir(run_dir).sensitivity_png, chosen if chosen and set(chosen) == set(table.kld) else None,
                   order=_bits_order)  # fmt: skip
     image = base64.b64encode(png.read_bytes()).decode()
     return (

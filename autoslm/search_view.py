@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from autoslm.run_dir import RunDir
 from autoslm.searching.forecast import duration, revised_line
 
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ class SearchView:
             failed = [r for r in result.trials if r.counted and r.status == "failed"]
             counted = [r for r in result.trials if r.counted]
             hint = (
-                f"{len(failed)} of {len(counted)} trials failed: see {result.run_dir}/logs/"
+                f"{len(failed)} of {len(counted)} trials failed: see {RunDir(result.run_dir).logs}/"
                 if counted and len(failed) == len(counted)
                 else "loosen the budget or widen the space and --resume"
             )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from autoslm import progress
+from autoslm.run_dir import RunDir
 
 _BLOCK = re.compile(r"^blk\.(?P<block>\d+)\.(?P<cls>.+)$")
 _BLOCK_NAME = re.compile(r"^blk\.\d{1,4}\.[a-z_]{1,32}$")
@@ -372,7 +373,7 @@ def cached_table(
     key = f"{fp}:{probe}:{samples}:{seq_len}:{draws}"
     name = f"{fp[:16]}-{samples}x{seq_len}" if probe == "Q4_0" else f"{fp[:16]}-{probe}-{samples}x{seq_len}"
     name += f"-e{draws}.json" if draws else ".json"
-    path = Path(ctx.run_dir) / "sensitivity" / name if ctx.run_dir else None
+    path = RunDir(ctx.run_dir).sensitivity / name if ctx.run_dir else None
     if key in TABLES:
         if path is not None and not path.is_file():
             TABLES[key].save(path)  # measured for another run in this process: this run's report shows it too

@@ -1,13 +1,18 @@
 """distill.kd: recover a compressed model by knowledge distillation from the original (KL on logits).
 
 The teacher is the uncompressed base model (ctx.teacher()); the data is calibration text, in a fixed seeded order.
-`steps` is the budget the search chooses (0 = skip). Runs on the CPU in fp32 with AdamW; the same seed gives the
-same weights. Pruned models without recovery are often useless; this is what makes them competitive.
+`steps` is the budget the search chooses (0 = skip). Runs on the CPU in fp32; the same seed gives the same weights.
+Pruned models without recovery are often useless; this is what makes them competitive.
+
+The optimizer: AdamW keeps two fp32 values per trained value (the student's size twice over); Adafactor keeps a row
+and a column per matrix, next to nothing. Adafactor steps each value by its learning rate times the tensor's RMS, so
+each tensor gets the rate that makes its step per value `lr`, as AdamW's: `lr` and its range mean the same for both
+(benchmarks/distill_memory.py measures the memory and the perplexity each reaches).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -22,6 +27,27 @@ class KDConfig(TechniqueConfig):
     seq_len: int = Field(128, ge=8)
     temperature: float = Field(1.0, gt=0.0)
     train_embeddings: bool = Field(False, description="also update the (tied) embedding and lm_head")
+    optimizer: Literal["adamw", "adafactor"] = Field(
+        "adamw", description="adamw (state: twice the trained weights) or adafactor (a row and a column per matrix)"
+    )
+
+
+# Adafactor's floor on a tensor's RMS in its relative step (torch's default eps[1])
+ADAFACTOR_EPS2 = 1e-3
+
+
+def make_optimizer(params: list[Any], config: KDConfig) -> Any:
+    """The optimizer `config` names over `params`. Adafactor gets a group per tensor, with the rate that makes its
+    step per value `config.lr` (its step is the rate times the tensor's RMS)."""
+    import torch
+
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    groups = []
+    for p in params:
+        rms = float(p.detach().float().pow(2).mean().sqrt())
+        groups.append({"params": [p], "lr": config.lr / max(ADAFACTOR_EPS2, rms)})
+    return torch.optim.Adafactor(groups, lr=config.lr, eps=(None, ADAFACTOR_EPS2), weight_decay=0.0)
 
 
 class Distill(Technique):
@@ -55,7 +81,7 @@ class Distill(Technique):
                 params.append(p)
         if not params:
             raise ValueError("distill.kd: the model has no trainable floating-point parameters (quantize after it)")
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        opt = make_optimizer(params, config)
         model.train()
         t = config.temperature
         losses = []

@@ -16,6 +16,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from autoslm.run_dir import RunDir
 from autoslm.searching.settings import SearchSettings
 from autoslm.searching.trials import TrialRecord
 
@@ -31,7 +32,7 @@ def export_best(
     from autoslm.searching.objective import Objective
 
     recover(run_dir)
-    dest, staged = run_dir / "checkpoint", run_dir / STAGED
+    dest, staged = RunDir(run_dir).checkpoint, run_dir / STAGED
     shutil.rmtree(staged, ignore_errors=True)
     src = Path(best.checkpoint or "")
     seed = settings.seed if best.seed is None else best.seed  # processes sharing a study may differ in seed
@@ -85,7 +86,7 @@ STAGED, OLD = ".checkpoint.new", ".checkpoint.old"
 
 def _commit(run_dir: Path, staged: Path) -> Path:
     """The staged checkpoint into place, then its recipe beside it (see the module's note)."""
-    dest, old = run_dir / "checkpoint", run_dir / OLD
+    dest, old = RunDir(run_dir).checkpoint, run_dir / OLD
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
         os.replace(dest, old)
@@ -99,7 +100,7 @@ def _commit(run_dir: Path, staged: Path) -> Path:
 
 
 def _write_recipe(run_dir: Path, text: str) -> Path:
-    path = run_dir / "recipe.yaml"
+    path = RunDir(run_dir).recipe
     tmp = run_dir / ".recipe.yaml.new"
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -109,13 +110,12 @@ def _write_recipe(run_dir: Path, text: str) -> Path:
 def recover(run_dir: Path) -> None:
     """Put right a run directory whose export was killed midway: the old pair back if the new checkpoint was not in
     place yet, else recipe.yaml from the checkpoint it belongs to. Leftover staging is removed."""
-    dest, old = run_dir / "checkpoint", run_dir / OLD
+    run = RunDir(run_dir)
+    dest, old = run.checkpoint, run_dir / OLD
     if not dest.exists() and old.exists():
         os.replace(old, dest)
     inner = dest / "recipe.yaml"
-    if inner.is_file() and (
-        not (run_dir / "recipe.yaml").is_file() or (run_dir / "recipe.yaml").read_text() != inner.read_text()
-    ):
+    if inner.is_file() and (not run.recipe.is_file() or run.recipe.read_text() != inner.read_text()):
         _write_recipe(run_dir, inner.read_text())
     for leftover in (run_dir / STAGED, old, run_dir / ".recipe.yaml.new"):
         if leftover.is_dir():

@@ -20,6 +20,7 @@ from typing import Any
 from autoslm import progress
 from autoslm.evaluate import Fidelity
 from autoslm.pipeline import resolved_steps
+from autoslm.run_dir import RunDir
 from autoslm.searching.budget import Budget
 from autoslm.searching.space import SearchSpace
 
@@ -216,7 +217,7 @@ class Objective:
         planned, policy_hash = identity or self.identify(steps)
         out = TrialOutcome(steps=steps, policy_hash=policy_hash, seed=self.seed)
         out.plugins = {p.name: [p.entry.dist, p.entry.version] for p in planned}
-        work = Path(self.run_dir) / "trials" / f"{trial_number:04d}"
+        work = RunDir(self.run_dir).trial(trial_number)
         label = "baseline" if baseline is None else (f"trial {trial_number}" if judge else "preset")
         try:
             t0 = time.perf_counter()
@@ -269,8 +270,9 @@ class Objective:
         except Exception as exc:  # a technique or measurement failure is a failed trial, not a failed search
             out.status = "failed"
             out.reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-            (Path(self.run_dir) / "logs").mkdir(parents=True, exist_ok=True)
-            (Path(self.run_dir) / "logs" / f"trial-{trial_number:04d}.txt").write_text(traceback.format_exc())
+            log = RunDir(self.run_dir).trial_log(trial_number)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
             return out
 
     def violations(self, metrics: dict[str, float], baseline: dict[str, Any]) -> dict[str, float]:
@@ -527,7 +529,7 @@ class Objective:
         return {m: relative[m] if kinds.get(m, True) else plain[m] for m in relative}
 
     def reference_path(self) -> Path:
-        return Path(self.run_dir) / "reference-topk.safetensors"
+        return RunDir(self.run_dir).reference_topk
 
     def reference(self) -> Any:
         """The baseline's next-token distribution (top-k per position), once the baseline was evaluated."""
@@ -543,7 +545,7 @@ class Objective:
         """The unmodified model saved in the run directory (made once; each node of a cluster makes its own)."""
         from autoslm import checkpoint
 
-        directory = Path(self.run_dir) / "baseline"
+        directory = RunDir(self.run_dir).baseline
         if (directory / checkpoint.MANIFEST).is_file():
             return directory
         tmp = directory.with_name(f".baseline-{socket.gethostname()}-{os.getpid()}")

@@ -66,9 +66,9 @@ def measure_references(objective: Any, baseline: dict[str, Any], names: tuple[st
 
 def reference_checkpoint(run_dir: Any, name: str) -> Any:
     """Where a study keeps the checkpoint of the preset `name`: RUN/references/NAME."""
-    from pathlib import Path
+    from autoslm.run_dir import RunDir
 
-    return Path(run_dir) / "references" / name
+    return RunDir(run_dir).reference(name)
 
 
 def reference_metrics(baseline: dict[str, Any] | None) -> dict[str, dict[str, float]]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from autoslm.errors import UserError
+from autoslm.run_dir import RunDir
 from autoslm.searching.settings import SearchSettings
 from autoslm.searching.trials import TrialRecord
 
@@ -47,9 +48,6 @@ class SearchResult:
     forecast: str | None = None  # this run's forecast against its real duration (a run that did every trial)
 
 
-OUTPUTS = ("trials.json", "recipe.yaml", "checkpoint", "baseline.json", "report.html")  # what a search writes
-
-
 def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any = None) -> SearchResult:
     """Run (or continue, with `resume`) the search `settings` describe. Nothing is written before the settings
     are known to be valid and the run directory is known to be free (or resumable with these settings)."""
@@ -67,11 +65,11 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial: one line from the view; traceback in logs/
     run_dir = settings.run_dir
-    db = run_dir / "study.db"
+    db = RunDir(run_dir).study_db
     if not settings.storage and db.exists() and not resume:
         raise UserError(f"run directory '{run_dir}' already holds a search: pass --resume, or choose another --out")
     had_db = not settings.storage and db.exists()
-    outputs = [n for n in OUTPUTS if (run_dir / n).exists()]
+    outputs = RunDir(run_dir).outputs()
     if not settings.storage and not db.exists() and outputs:
         raise UserError(
             f"run directory '{run_dir}' holds a previous search's outputs ({', '.join(outputs)}) but no study.db: "
@@ -139,7 +137,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         except UserError:
             if not stored and not had_db and not settings.storage:  # nothing searched: no study to trip the next run
                 db.unlink(missing_ok=True)
-                (run_dir / LOCK).unlink(missing_ok=True)
+                RunDir(run_dir).lock.unlink(missing_ok=True)
                 if created and not any(run_dir.iterdir()):
                     run_dir.rmdir()
             raise
@@ -159,7 +157,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         if any(name not in (baseline.get("references") or {}) for name in settings.limits.references):
             measure_references(objective, baseline, settings.limits.references, progress)
             study.set_user_attr("baseline", baseline)
-            (run_dir / "baseline.json").write_text(json.dumps(baseline, indent=2))
+            RunDir(run_dir).baseline_json.write_text(json.dumps(baseline, indent=2))
             _emit(progress, "references", {"baseline": baseline, "budget": settings.limits})
 
         if settings.warm_start and not study.get_trials(deepcopy=False):
@@ -204,9 +202,6 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         return result
 
 
-LOCK = ".autoslm.lock"
-
-
 def time_left(elapsed_s: float, ran: int, left: int) -> float | None:
     """The rest of a search at the pace of this run so far (its trials as they came: cached, infeasible and pruned
     ones included, and parallel workers): elapsed / ran x left; None before the first trial of this run."""
@@ -222,7 +217,7 @@ def run_dir_lock(run_dir: Path, shared: bool = False) -> Iterator[None]:
     import fcntl
     import socket
 
-    path = run_dir / LOCK
+    path = RunDir(run_dir).lock
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -309,10 +304,10 @@ def _baseline(objective: Any, study: Any, run_dir: Path, device: dict[str, Any],
             baseline["interference"] = out.interference
         baseline["device"] = device
         study.set_user_attr("baseline", baseline)
-        if objective.recheck_rounds > 0 and not (run_dir / "baseline").exists():
-            Path(out.checkpoint or "").rename(run_dir / "baseline")  # kept: close calls re-measure against it
+        if objective.recheck_rounds > 0 and not RunDir(run_dir).baseline.exists():
+            Path(out.checkpoint or "").rename(RunDir(run_dir).baseline)  # kept: close calls re-measure against it
         shutil.rmtree(out.checkpoint or "", ignore_errors=True)
-    (run_dir / "baseline.json").write_text(json.dumps(baseline, indent=2))
+    RunDir(run_dir).baseline_json.write_text(json.dumps(baseline, indent=2))
     return baseline
 
 
@@ -323,7 +318,7 @@ def _keep_best_checkpoint(rows: list[TrialRecord], run_dir: Path) -> None:
     winner = best(rows)
     keep = Path(winner.checkpoint).resolve() if winner and winner.checkpoint else None
     finished = {r.number for r in rows if r.state not in ("running", "waiting")}
-    for d in (run_dir / "trials").glob("*"):
+    for d in RunDir(run_dir).trials.glob("*"):
         # only finished trials' folders: other workers (Ray, or processes sharing the study) may be writing theirs
         if d.name.isdigit() and int(d.name) in finished and d.resolve() != keep:
             shutil.rmtree(d, ignore_errors=True)
@@ -335,7 +330,7 @@ def _finish(study: Any, settings: SearchSettings, run_dir: Path, baseline: dict[
     from autoslm.searching.trials import best, records
 
     rows = records(study)
-    (run_dir / "trials.json").write_text(json.dumps([r.model_dump() for r in rows], indent=2, default=str))
+    RunDir(run_dir).trials_json.write_text(json.dumps([r.model_dump() for r in rows], indent=2, default=str))
     winner = best(rows)
     result = SearchResult(
         run_dir=run_dir, settings=settings, baseline=baseline, trials=rows, best=winner, pareto=pareto_front(rows)

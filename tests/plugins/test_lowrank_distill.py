@@ -77,7 +77,8 @@ def _kl_to_teacher(student, teacher, windows) -> float:
     return float(F.kl_div(s, t, log_target=True, reduction="batchmean"))
 
 
-def test_kd_moves_student_toward_teacher_deterministically(kd) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
+def test_kd_moves_student_toward_teacher_deterministically(kd, optimizer: str) -> None:
     depth = Registry().load().technique("prune.depth").cls
     teacher = load_model("tiny-llama").model
     results = []
@@ -87,13 +88,40 @@ def test_kd_moves_student_toward_teacher_deterministically(kd) -> None:
         ctx = ApplyContext(tokenizer=lm.tokenizer, teacher_factory=lambda: teacher, seed=1)
         depth().apply(lm.model, depth.make_config({"blocks": 2}), ctx)
         before = _kl_to_teacher(lm.model, teacher, held_out)
-        kd().apply(lm.model, kd.make_config({"steps": 16, "lr": 1e-3, "seq_len": 64, "batch_size": 2}), ctx)
+        config = {"steps": 16, "lr": 1e-3, "seq_len": 64, "batch_size": 2, "optimizer": optimizer}
+        kd().apply(lm.model, kd.make_config(config), ctx)
         after = _kl_to_teacher(lm.model, teacher, held_out)
         results.append((before, after, fingerprint(lm.model)))
     assert results[0] == results[1]
     before, after, _ = results[0]
     assert after < 0.8 * before  # measured: 0.47 -> 0.32
     assert not any(p.requires_grad for p in lm.model.parameters())
+
+
+def test_adafactor_keeps_a_sliver_of_adamws_state_and_steps_each_value_by_lr(kd) -> None:
+    from autoslm_plugins.distill import make_optimizer
+
+    state, step = {}, {}
+    for name in ("adamw", "adafactor"):
+        model = load_model("tiny-llama").model
+        params = [p for p in model.parameters() if p.dim() == 2]
+        for p in params:
+            p.requires_grad_(True)
+        before = [p.detach().clone() for p in params]
+        opt = make_optimizer(params, kd.make_config({"lr": 1e-3, "optimizer": name}))
+        model(IDS).logits.float().pow(2).mean().backward()
+        opt.step()
+        state[name] = sum(t.numel() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+        # the first step's size per value, tensor by tensor (a tensor with no gradient does not move)
+        step[name] = [float((p.detach() - b).pow(2).mean().sqrt()) for p, b in zip(params, before, strict=True)]
+    trained = sum(p.numel() for p in params)
+    assert state["adamw"] >= 2 * trained
+    assert state["adafactor"] < 0.05 * trained
+    moved = [(a, f) for a, f in zip(step["adamw"], step["adafactor"], strict=True) if a > 0]
+    assert moved
+    for adamw_step, adafactor_step in moved:  # both first steps are about lr per value (AdamW's eps trims tiny grads)
+        assert 0.8e-3 < adamw_step <= 1.001e-3
+        assert 0.5e-3 < adafactor_step <= 1.01e-3
 
 
 def test_kd_zero_steps_is_identity_and_needs_teacher(kd, fresh_tiny) -> None:
@@ -104,3 +132,5 @@ def test_kd_zero_steps_is_identity_and_needs_teacher(kd, fresh_tiny) -> None:
         kd().apply(fresh_tiny.model, kd.make_config({"steps": 1}), ApplyContext(tokenizer=fresh_tiny.tokenizer))
     with pytest.raises(UserError, match="lr"):
         kd.make_config({"lr": -1})
+    with pytest.raises(UserError, match="optimizer"):
+        kd.make_config({"optimizer": "sgd"})

@@ -17,6 +17,7 @@ from conftest import run_cli
 
 import autoslm
 from autoslm import search
+from autoslm.run_dir import RunDir
 from autoslm.searching.storage import GRACE_S
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,7 +118,8 @@ def test_failing_technique_becomes_failed_trial_and_search_finishes(tmp_path: Pa
         registry.remove("exploding")
     failed = [r for r in result.trials if r.state == "fail"]
     assert failed and all("this technique always fails" in r.reason for r in failed)
-    assert (tmp_path / "run" / "logs").is_dir()
+    for r in failed:  # each failed trial's traceback, where the closing message points
+        assert "this technique always fails" in RunDir(tmp_path / "run").trial_log(r.number).read_text()
     assert len([r for r in result.trials if r.state in ("complete", "fail", "pruned")]) == 4
     # a policy without the failing technique wins and is exported
     if result.best is not None:
@@ -136,8 +138,8 @@ def test_nothing_feasible_still_saves_everything(tmp_path: Path) -> None:
         sampler="random",
     )
     assert result.best is None and result.closest
-    assert (tmp_path / "run" / "trials.json").exists() and (tmp_path / "run" / "study.db").exists()
-    assert not (tmp_path / "run" / "recipe.yaml").exists()
+    run = RunDir(tmp_path / "run")
+    assert run.study_db.exists() and run.outputs() == ["trials.json", "baseline.json", "report.html"]  # no recipe
 
 
 def test_existing_run_needs_resume(tmp_path: Path) -> None:

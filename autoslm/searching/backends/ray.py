@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from autoslm.run_dir import RunDir
 from autoslm.searching.backends import BackendJob, SearchBackend
 
 META = ("__trial__", "__cached__", "__incumbent__")
@@ -62,7 +63,7 @@ def _trainable(config: dict[str, Any], objective: Any, baseline: dict[str, Any])
     if config.get("__cached__") is not None:
         tune.report({"objective": 0.0, "cached": int(config["__cached__"]), "node": json.dumps(node)})
         return
-    workers = Path(objective.run_dir) / "workers"
+    workers = RunDir(objective.run_dir).workers
     workers.mkdir(parents=True, exist_ok=True)
     (workers / f"{number:04d}.pid").write_text(str(os.getpid()))
     steps = policy.steps(objective.space, {k: v for k, v in config.items() if k not in META})
@@ -203,7 +204,7 @@ def run_ray(job: BackendJob) -> None:
         ),
         run_config=tune.RunConfig(
             name=f"autoslm-{study.study_name}",
-            storage_path=str((Path(objective.run_dir) / "ray").resolve()),
+            storage_path=str(RunDir(objective.run_dir).ray.resolve()),
             failure_config=tune.FailureConfig(max_failures=2),
             verbose=0,
         ),
