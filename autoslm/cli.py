@@ -284,6 +284,8 @@ def _search(ctx: typer.Context, resume: bool, **options: object) -> None:
         raise typer.Exit(130) from None
     result.report_path, _ = report.write(result.run_dir, result.settings.storage, result.settings.study)
     view.summary(result)
+    if result.all_failed:  # nothing was learnt: a script or a scheduler must see it
+        raise typer.Exit(1)
 
 
 app.command("search")(_with_settings_options(_search))

@@ -171,11 +171,9 @@ class SearchView:
             self.console.print("[bold red]no feasible policy[/bold red] met the budget; closest candidates:")
             table = _table(result.closest, bm, base["ppl"])
             self.console.print(table)
-            failed = [r for r in result.trials if r.counted and r.status == "failed"]
-            counted = [r for r in result.trials if r.counted]
             hint = (
-                f"{len(failed)} of {len(counted)} trials failed: see {RunDir(result.run_dir).logs}/"
-                if counted and len(failed) == len(counted)
+                f"all {len(result.failed)} trials failed: see {RunDir(result.run_dir).logs}/"
+                if result.all_failed
                 else "loosen the budget or widen the space and --resume"
             )
             self.console.print(

@@ -47,6 +47,17 @@ class SearchResult:
     report_path: Path | None = None
     forecast: str | None = None  # this run's forecast against its real duration (a run that did every trial)
 
+    @property
+    def failed(self) -> list[TrialRecord]:
+        """The counted trials that failed (a technique or a measurement raised)."""
+        return [r for r in self.trials if r.counted and r.status == "failed"]
+
+    @property
+    def all_failed(self) -> bool:
+        """Every counted trial failed: nothing was learnt, and the search exits non-zero."""
+        counted = [r for r in self.trials if r.counted]
+        return bool(counted) and len(self.failed) == len(counted)
+
 
 def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any = None) -> SearchResult:
     """Run (or continue, with `resume`) the search `settings` describe. Nothing is written before the settings

@@ -127,6 +127,25 @@ def test_failing_technique_becomes_failed_trial_and_search_finishes(tmp_path: Pa
         assert result.recipe_path and result.recipe_path.exists()
 
 
+def test_a_search_whose_every_trial_fails_exits_non_zero(tmp_path: Path, capsys) -> None:
+    from autoslm.cli import main
+    from autoslm.plugins import get_registry
+
+    registry = get_registry()
+    registry.add(_ExplodingPlugin(), "exploding")
+    space = tmp_path / "space.yaml"
+    space.write_text("techniques:\n  test.explodes: {}\nrequired: [test.explodes]\n")
+    args = ["search", "--model", "tiny-llama", "--budget", "memory_mb<=3x", "--space", str(space), "--trials", "2",
+            "--out", str(tmp_path / "run"), "--fidelity", "low", "--sampler", "random"]  # fmt: skip
+    try:
+        code = main(args)
+    finally:
+        registry.remove("exploding")
+    assert code == 1  # a scheduler or a script sees that nothing was learnt
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"all 2 trials failed: see {RunDir(tmp_path / 'run').logs}/" in out
+
+
 def test_nothing_feasible_still_saves_everything(tmp_path: Path) -> None:
     result = search(
         model="tiny-llama",
