@@ -65,16 +65,52 @@ TargetTokenOpt = Annotated[
 ]
 
 
+def _options_from(
+    settings: type[Any], skip: tuple[str, ...] = (), flags: dict[str, tuple[str, ...]] | None = None,
+    envvars: dict[str, str] | None = None,
+) -> list[Any]:  # fmt: skip
+    """One keyword-only CLI option per field of the pydantic `settings` (its description is the help), so a command
+    line and the settings it builds cannot drift apart. `flags`: field -> option names where they are not the field's
+    name in dashes; `skip`: fields the command declares itself."""
+    import inspect
+
+    params = []
+    for name, field in settings.model_fields.items():
+        if name in skip:
+            continue
+        decls = (flags or {}).get(name, () if field.annotation is bool else ("--" + name.replace("_", "-"),))
+        secret = bool(field.exclude)
+        option = typer.Option(*decls, help=field.description, envvar=(envvars or {}).get(name), show_default=not secret)
+        annotation = Annotated[field.annotation, option]  # type: ignore[name-defined]
+        params.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=annotation)
+        )
+    return params
+
+
+def _with_options(func: Callable[..., None], fixed: list[Any], generated: list[Any]) -> Callable[..., None]:
+    """`func(**fixed, **generated)` as a typer command with those parameters (its docstring is the help)."""
+    import inspect
+
+    params = [*fixed, *generated]
+
+    def command(**options: object) -> None:
+        func(**options)
+
+    command.__doc__ = func.__doc__
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
 def _with_settings_options(func: Callable[..., None]) -> Callable[..., None]:
-    """Give `func(ctx, resume, **options)` one CLI option per SearchSettings field (its description is the help),
-    so the command line, the API and the stored settings cannot drift apart."""
+    """`func(ctx, resume, **options)` with one CLI option per SearchSettings field, so the command line, the API and
+    the stored settings cannot drift apart."""
     import inspect
 
     from autoslm.searching.settings import SearchSettings
 
-    flags = {"model": ("--model", "-m"), "timeout_s": ("--timeout",)}
-    envvars = {"target_token": "AUTOSLM_TARGET_TOKEN"}
-    params = [
+    fixed = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
         inspect.Parameter(
             "resume",
@@ -83,22 +119,9 @@ def _with_settings_options(func: Callable[..., None]) -> Callable[..., None]:
             annotation=Annotated[bool, typer.Option(help="continue the search stored in --out")],
         ),
     ]
-    for name, field in SearchSettings.model_fields.items():
-        decls = flags.get(name, () if field.annotation is bool else ("--" + name.replace("_", "-"),))
-        secret = bool(field.exclude)
-        option = typer.Option(*decls, help=field.description, envvar=envvars.get(name), show_default=not secret)
-        annotation = Annotated[field.annotation, option]  # type: ignore[name-defined]
-        params.append(
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=annotation)
-        )
-
-    def command(ctx: typer.Context, resume: bool = False, **options: object) -> None:
-        func(ctx, resume, **options)
-
-    command.__doc__ = func.__doc__
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    return command
+    flags = {"model": ("--model", "-m"), "timeout_s": ("--timeout",)}
+    generated = _options_from(SearchSettings, flags=flags, envvars={"target_token": "AUTOSLM_TARGET_TOKEN"})
+    return _with_options(func, fixed, generated)
 
 
 def _quiet_libraries() -> None:
@@ -166,22 +189,10 @@ def eval_cmd(
     console.print(f"[dim]fingerprint {fingerprint[:16]}  ·  {q.seconds:.1f}s[/dim]")
 
 
-@app.command()
-def profile(
-    model: ModelOpt = "smollm2-135m",
-    threads: Annotated[int, typer.Option(help="torch threads (pinned)")] = 2,
-    prompt_tokens: Annotated[int, typer.Option(help="prompt length for prefill_ms")] = 128,
-    decode_tokens: Annotated[int, typer.Option(help="tokens generated per decode run")] = 32,
-    repeats: Annotated[int, typer.Option(help="timed runs after one warm-up")] = 3,
-    measure_timeout: Annotated[
-        float | None, typer.Option(help="kill the measurement after this many seconds (default: 600, more if big)")
-    ] = None,
-    target: TargetOpt = "local",
-    target_token: TargetTokenOpt = None,
-    runtime: RuntimeOpt = "torch",
-    allow_unverified: UnverifiedOpt = False,
-    as_json: JsonOpt = False,
-) -> None:
+def _profile(
+    model: str, target: str, target_token: str | None, runtime: str, allow_unverified: bool, as_json: bool,
+    **measure: Any,
+) -> None:  # fmt: skip
     """Measure latency and memory on this machine's CPU in a fresh process, or on a device running `autoslm agent`.
 
     decode_ms: median (and p90) ms per generated token, batch 1, greedy, with KV cache.
@@ -191,31 +202,22 @@ def profile(
     Examples:  autoslm profile --model smollm2-135m --threads 2
                autoslm profile --model runs/x/checkpoint --target http://phone.lan:8765 --target-token $TOKEN
     """
-    for flag, value in (("--threads", threads), ("--prompt-tokens", prompt_tokens), ("--repeats", repeats)):
-        _positive(flag, value)
-    if decode_tokens < 2:
-        raise UserError(f"--decode-tokens must be at least 2 (got {decode_tokens})")
-    if measure_timeout is not None and not 0 < measure_timeout <= 7 * 86400:
-        raise UserError(f"--measure-timeout must be positive seconds, at most a week (got {measure_timeout:g})")
+    from pydantic import ValidationError
+
+    from autoslm.searching.settings import one_line_error
+    from autoslm.targets import MeasureSettings, get_target
+
+    try:  # checked before anything is loaded
+        settings = MeasureSettings(runtime=runtime, **measure)
+    except ValidationError as exc:
+        raise UserError(one_line_error(exc, {"timeout_s": "--measure-timeout"})) from exc
     _allow_unverified(allow_unverified)
     from autoslm.runtimes import get_runtime
-    from autoslm.targets import MeasureSettings, get_target
 
     rt = get_runtime(runtime)
     measuring = get_target(target, token=target_token)
     _quiet_libraries()
-
-    from pydantic import ValidationError
-
-    from autoslm.searching.settings import one_line_error
-
-    try:
-        settings = MeasureSettings(
-            runtime=runtime, threads=threads, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
-            repeats=repeats, timeout_s=measure_timeout,
-        )  # fmt: skip
-    except ValidationError as exc:
-        raise UserError(one_line_error(exc, {"timeout_s": "--measure-timeout"})) from exc
+    threads = settings.threads
     with console.status(f"preparing {model}"):
         directory = rt.prepare(model)
     from autoslm.targets.local import MeasurementError
@@ -245,6 +247,28 @@ def profile(
         )
     versions = "  ·  ".join(f"{k} {v}" for k, v in rt.version().items()) or f"torch {m.target['torch']}"
     console.print(f"[dim]target {m.target['id']}  ·  {runtime}: {versions}  ·  load {m.load_s:.2f}s[/dim]")
+
+
+def _profile_command() -> Callable[..., None]:
+    """`profile`'s options: the model, where and in what it runs, and one per MeasureSettings field."""
+    import inspect
+
+    from autoslm.targets import MeasureSettings
+
+    kw = inspect.Parameter.KEYWORD_ONLY
+    fixed = [
+        inspect.Parameter("model", kw, default="smollm2-135m", annotation=ModelOpt),
+        inspect.Parameter("target", kw, default="local", annotation=TargetOpt),
+        inspect.Parameter("target_token", kw, default=None, annotation=TargetTokenOpt),
+        inspect.Parameter("runtime", kw, default="torch", annotation=RuntimeOpt),
+        inspect.Parameter("allow_unverified", kw, default=False, annotation=UnverifiedOpt),
+        inspect.Parameter("as_json", kw, default=False, annotation=JsonOpt),
+    ]
+    generated = _options_from(MeasureSettings, skip=("runtime",), flags={"timeout_s": ("--measure-timeout",)})
+    return _with_options(_profile, fixed, generated)
+
+
+app.command("profile")(_profile_command())
 
 
 def _search(ctx: typer.Context, resume: bool, **options: object) -> None:

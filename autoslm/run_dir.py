@@ -7,8 +7,9 @@ RUN/
   baseline/                   the baseline's checkpoint, kept where close calls re-measure against it
   reference-topk.safetensors  the baseline's top-k next-token distribution (KL divergence's reference)
   references/NAME/            a budget's named reference (a preset such as Q4_K_M), measured once
-  trials/NNNN/                a trial's checkpoint while it is the best or still running
-  logs/trial-NNNN.txt         a failed trial's traceback
+  trials/NNNN/                a trial's checkpoint while it is the best or still running (trials/baseline,
+                              trials/reference-NAME: those measurements' own, until kept or removed)
+  logs/trial-NNNN.txt         a failed trial's traceback (trial-baseline.txt, ...)
   sensitivity/                per-tensor sensitivity tables (sensitivity.png: the report's heat map)
   workers/                    Ray workers' own folders
   ray/                        Ray Tune's storage
@@ -57,15 +58,16 @@ class RunDir:
     def trials(self) -> Path:
         return self.path / "trials"
 
-    def trial(self, number: int) -> Path:
-        return self.trials / f"{number:04d}"
+    def trial(self, number: int | str) -> Path:
+        """A trial's work folder; a name for the measurements that are no Optuna trial (the baseline, a reference)."""
+        return self.trials / _name(number)
 
     @property
     def logs(self) -> Path:
         return self.path / "logs"
 
-    def trial_log(self, number: int) -> Path:
-        return self.logs / f"trial-{number:04d}.txt"
+    def trial_log(self, number: int | str) -> Path:
+        return self.logs / f"trial-{_name(number)}.txt"
 
     @property
     def sensitivity(self) -> Path:
@@ -103,6 +105,10 @@ class RunDir:
         """The names of what a finished search writes that are here (a folder holding them holds a search)."""
         kept = (self.trials_json, self.recipe, self.checkpoint, self.baseline_json, self.report)
         return [p.name for p in kept if p.exists()]
+
+
+def _name(number: int | str) -> str:
+    return f"{number:04d}" if isinstance(number, int) else number
 
 
 __all__ = ["RunDir"]

@@ -102,7 +102,7 @@ def test_a_search_runs_on_a_plugin_runtime_target_and_sampler(toy_plugin, tmp_pa
         runtime="toy",
         warm_start=False,
     )
-    assert MEASURED and MEASURED[0] == "9999"  # the baseline, then each measured candidate, through the toy runtime
+    assert MEASURED and MEASURED[0] == "baseline"  # the baseline, then each measured candidate, through the toy runtime
     assert len([r for r in result.trials if r.counted]) == 2
     if result.recipe_path:
         recipe = result.recipe_path.read_text()

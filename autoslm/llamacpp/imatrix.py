@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from autoslm.targets import THREADS
+
 GGML_MAX_DIMS = 4
 GGML_MAX_SRC = 10
 GGML_MAX_NAME = 64
@@ -132,7 +134,7 @@ def _eval_callback_type() -> Any:
     return llama_cpp.ggml_backend_sched_eval_callback
 
 
-def importance_matrix(gguf: Path, windows: list[list[int]], threads: int = 2) -> dict[str, Any]:
+def importance_matrix(gguf: Path, windows: list[list[int]], threads: int = THREADS) -> dict[str, Any]:
     """For each weight (by its GGUF name), the mean over the tokens of `windows` (token id lists, each decoded as
     one sequence from an empty cache, every position's logits computed so that every block sees every token) of
     the squared input of each of its columns: float32 vectors, as `llama_model_quantize` takes them."""

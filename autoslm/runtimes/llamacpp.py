@@ -26,7 +26,7 @@ from autoslm.errors import UserError
 # llama.cpp's number formats, derived from gguf-py's tables
 from autoslm.llamacpp.types import FTYPES, K_FALLBACK, TENSOR_TYPES, TYPE_BITS  # noqa: F401 (re-exported)
 from autoslm.runtimes import Runtime
-from autoslm.targets import MeasureSettings
+from autoslm.targets import THREADS, MeasureSettings
 from autoslm.targets.measure import alternate, measure_loaded, prompts
 
 GGUF = "model.gguf"
@@ -202,7 +202,7 @@ def quantize_settings(config: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def open_gguf(path: Path, n_ctx: int, threads: int = 2, logits_all: bool = False) -> Iterator[Any]:
+def open_gguf(path: Path, n_ctx: int, threads: int = THREADS, logits_all: bool = False) -> Iterator[Any]:
     """A llama.cpp model + context (quiet), closed on exit."""
     from llama_cpp import Llama
 
@@ -299,7 +299,7 @@ class LlamaCppLM:
     # floats) to 150 MB for Gemma-3, in as many llama_decode calls as 64 rows at `BATCH` tokens per call
     rows_per_call = 16
 
-    def __init__(self, llm: Any, n_ctx: int, threads: int = 2, batch: int | None = None) -> None:
+    def __init__(self, llm: Any, n_ctx: int, threads: int = THREADS, batch: int | None = None) -> None:
         import llama_cpp
         from llama_cpp import _internals
 

@@ -23,6 +23,7 @@ from autoslm.pipeline import resolved_steps
 from autoslm.run_dir import RunDir
 from autoslm.searching.budget import Budget
 from autoslm.searching.space import SearchSpace
+from autoslm.targets import THREADS
 
 REFERENCE_TOPK = 64  # the baseline's top-k next-token log-probs per position: the reference of every KLD
 REFERENCES: dict[tuple[str, str], Any] = {}  # (reference file, runtime) -> Reference, loaded once per process
@@ -83,7 +84,7 @@ class Objective:
     target: str = "local"
     target_token: str | None = None
     runtime: str = "torch"
-    threads: int = 2  # measuring threads, pinned (MeasureSettings.threads)
+    threads: int = THREADS  # measuring threads, pinned (MeasureSettings.threads)
     prune_factor: float = 3.0  # prune when low-fidelity ppl exceeds this x the baseline's
     recheck_rounds: int = 4  # close calls: rounds of timing the candidate beside the baseline; 0 = never
     recheck_margin: float = 0.15  # a close call: the worst timing violation within +-15% of its limit
@@ -203,7 +204,7 @@ class Objective:
         steps: list[dict[str, Any]],
         baseline: dict[str, Any] | None,
         report_low: Any = None,
-        trial_number: int = 0,
+        trial_number: int | str = 0,
         identity: tuple[list[Any], str] | None = None,
         incumbent: float | None = 0.0,
         judge: bool = True,

@@ -47,13 +47,13 @@ def measure_references(objective: Any, baseline: dict[str, Any], names: tuple[st
     import shutil
 
     refs = baseline.setdefault("references", {})
-    for i, name in enumerate(names):
+    for name in names:
         if name in refs:
             continue
         steps = preset_steps(name, objective.runtime)
         if progress is not None:
             progress("reference_start", {"name": name, "steps": steps})
-        out = objective.evaluate_policy(steps, baseline, trial_number=9990 - i, judge=False)
+        out = objective.evaluate_policy(steps, baseline, trial_number=f"reference-{name}", judge=False)
         if out.status != "complete":
             raise RuntimeError(f"preset {name} could not be measured: {out.reason}")
         keep = reference_checkpoint(objective.run_dir, name)  # kept: compare with the winner, time candidates beside

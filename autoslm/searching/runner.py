@@ -298,7 +298,7 @@ def _baseline(objective: Any, study: Any, run_dir: Path, device: dict[str, Any],
     baseline = study.user_attrs.get("baseline")
     if baseline is None:
         _emit(progress, "baseline_start", None)
-        out = objective.evaluate_policy([], None, trial_number=9999)
+        out = objective.evaluate_policy([], None, trial_number="baseline")
         if out.status != "complete":
             if (out.reason or "").startswith("UserError: "):  # the user's to fix: one line, no traceback
                 raise UserError(f"the baseline model could not be measured: {out.reason.removeprefix('UserError: ')}")

@@ -17,6 +17,7 @@ from autoslm.errors import UserError
 from autoslm.models import DEFAULT_MODEL, spec_help
 from autoslm.searching.budget import Budget
 from autoslm.searching.space import spaces_dir
+from autoslm.targets import THREADS
 
 
 def _shipped_spaces() -> str:
@@ -102,7 +103,7 @@ class SearchSettings(BaseModel):
     target: str = Field("local", description="where to measure: local, or http://HOST:PORT of `autoslm agent`")
     runtime: str = Field("torch", description="what runs each candidate on the target (see `autoslm plugins`)")
     threads: int = Field(
-        2,
+        THREADS,
         ge=1,
         le=256,
         description="threads every measurement runs the candidate with (pinned): the deployment's thread count. On "

@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoslm.errors import UserError
 
+# threads of every measurement, evaluation and quantization unless told: this machine's 2 cores (a phone's big cores)
+THREADS = 2
+
 
 class MeasureSettings(BaseModel):
     """How to measure. Fixed threads, warm-up and repeats keep figures comparable between candidates."""
@@ -26,12 +29,12 @@ class MeasureSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     runtime: str = Field("torch", max_length=64, description="what executes the checkpoint (autoslm/runtimes/)")
-    threads: int = Field(2, ge=1, le=1024, description="threads, pinned for every measurement")
+    threads: int = Field(THREADS, ge=1, le=1024, description="threads, pinned for every measurement")
     prompt_tokens: int = Field(128, ge=1, le=8192, description="prompt length for prefill_ms")
     decode_tokens: int = Field(32, ge=2, le=2048, description="greedy tokens generated per decode run")
     repeats: int = Field(3, ge=1, le=100, description="timed runs after warm-up (median and p90 over all of them)")
     warmup: int = Field(1, ge=0, le=20, description="untimed runs first")
-    seed: int = Field(0, ge=0, lt=2**32)
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the prompts' tokens")
     quiet_wait_s: float = Field(
         0.0,
         ge=0,
