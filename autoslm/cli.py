@@ -239,6 +239,12 @@ def _profile(
     table.add_row(f"prefill ms ({m.prompt_tokens} tokens)", f"{m.prefill_ms:.1f}")
     table.add_row("memory MB (peak in use)", f"{m.memory_mb:.1f}")
     table.add_row("size MB (weights on disk)", f"{m.size_mb:.1f}")
+    from autoslm.metrics import BUILTIN, all_metrics
+
+    values, builtin = m.metrics(), {metric.name for metric in BUILTIN}
+    for metric in all_metrics().values():  # what a plugin measures and declared (register_metrics)
+        if metric.name not in builtin and metric.name in values:
+            table.add_row(f"{metric.header} ({metric.label})", metric.format(values[metric.name]))
     console.print(table)
     if m.decode_p90_ms > 2 * m.decode_ms:
         console.print(

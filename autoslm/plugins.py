@@ -170,6 +170,9 @@ class Registry:
         return info
 
     def remove(self, name: str) -> None:
+        from autoslm import metrics
+
+        metrics.forget(name)
         if self.pm.get_plugin(name) is not None:
             self.pm.unregister(name=name)
         self.plugins.pop(name, None)
@@ -208,7 +211,7 @@ class Registry:
             ("register_techniques", register),
             ("register_codecs", register_codec),
             ("register_samplers", register_sampler),
-            ("register_metrics", metrics.register),
+            ("register_metrics", lambda metric: metrics.register(metric, plugin=info.name)),
             *((hook, table_callback(*spec)) for hook, spec in TABLES.items()),
         ]
         for hook, callback in callbacks:

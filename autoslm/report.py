@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoslm.errors import UserError
+from autoslm.metrics import columns
 from autoslm.run_dir import RunDir
 
 if TYPE_CHECKING:
@@ -304,18 +305,17 @@ def _write(run: dict[str, Any], run_dir: Path, out_dir: Path) -> tuple[Path, Pat
             return ""
         return f" ({(value / ref - 1) * 100:+.0f}%)"
 
+    metrics = columns()
+    heads = "".join(f"<th>{html.escape(metric.header)}</th>" for metric in metrics)
     body = []
     for r in sorted(run["rows"], key=lambda r: r.number):
         m = r.metrics or {}
         ppl = f"{r.ppl:.2f}{rel(r.ppl, base and base['ppl'])}" if r.quality else "-"
-        cells = [
-            str(r.number),
-            html.escape(policy_text(r.steps) or "(none)"),
-            ppl,
-            _kld(r.quality),
-            f"{m['decode_ms']:.1f}{rel(m['decode_ms'], bm.get('decode_ms'))}" if "decode_ms" in m else "-",
-            f"{m['memory_mb']:.0f}" if "memory_mb" in m else "-",  # a file over a size budget is not timed
-            f"{m['size_mb']:.0f}" if "size_mb" in m else "-",
+        cells = [str(r.number), html.escape(policy_text(r.steps) or "(none)"), ppl, _kld(r.quality)]
+        for metric in metrics:  # "-": not measured (a file over a size budget is not timed)
+            value = m.get(metric.name)
+            cells.append(metric.format(value) + (rel(value, bm.get(metric.name)) if metric.timing else ""))
+        cells += [
             html.escape(r.status + (" (cached)" if r.cached_from is not None else "") + recheck_text(r)),
             html.escape(r.reason or ""),
         ]
@@ -374,8 +374,7 @@ code {{ background: #f4f4f4; padding: 1px 4px; }}
 <h2>Techniques in the good policies</h2>
 <table><tr><th>technique</th><th>in the 5 best feasible</th><th>in all measured trials</th></tr>{usage}</table>
 <h2>Trials</h2>
-<table><tr><th>#</th><th>policy</th><th>ppl</th><th>KLD mean / p99</th><th>decode ms</th><th>memory MB</th>
-<th>size MB</th><th>status</th><th>reason</th></tr>
+<table><tr><th>#</th><th>policy</th><th>ppl</th><th>KLD mean / p99</th>{heads}<th>status</th><th>reason</th></tr>
 {"".join(body)}
 </table>
 <p>Open the study in optuna-dashboard: <code>{dashboard}</code></p>

@@ -233,24 +233,27 @@ def _status(row: TrialRecord) -> str:
 
 
 def _table(rows: list[TrialRecord], bm: dict[str, float], base_ppl: float, title: str = "") -> Table:
+    """Trials as rows; after quality, a column per metric of the metrics table (decode ms with its speedup)."""
+    from autoslm.metrics import columns
+
     table = Table(title=title)
-    for col in ("trial", "policy", "ppl", "KLD", "decode ms", "speedup", "memory MB", "size MB"):
-        if col == "policy":
-            table.add_column(col, overflow="fold", min_width=24)
-        else:
-            table.add_column(col, justify="right")
+    table.add_column("trial", justify="right")
+    table.add_column("policy", overflow="fold", min_width=24)
+    for col in ("ppl", "KLD"):
+        table.add_column(col, justify="right")
+    metrics = columns()
+    for metric in metrics:
+        table.add_column(metric.header, justify="right")
+        if metric.name == "decode_ms":
+            table.add_column("speedup", justify="right")
     for r in rows:
         m = r.metrics
         ppl = f"{r.ppl:.2f} ({100 * (r.ppl / base_ppl - 1):+.0f}%)" if r.quality else "-"
         kld = (r.quality or {}).get("kld_mean")
-        table.add_row(
-            str(r.number),
-            policy_text(r.steps),
-            ppl,
-            "-" if kld is None else f"{kld:.4f}",
-            f"{m['decode_ms']:.1f}" if "decode_ms" in m else "-",  # a file over a size budget is not timed
-            f"{bm['decode_ms'] / m['decode_ms']:.2f}x" if "decode_ms" in m else "-",
-            f"{m['memory_mb']:.0f}" if "memory_mb" in m else "-",
-            f"{m['size_mb']:.0f}" if "size_mb" in m else "-",
-        )
+        cells = [str(r.number), policy_text(r.steps), ppl, "-" if kld is None else f"{kld:.4f}"]
+        for metric in metrics:  # "-": not measured (a file over a size budget is not timed)
+            cells.append(metric.format(m.get(metric.name)))
+            if metric.name == "decode_ms":
+                cells.append(f"{bm['decode_ms'] / m['decode_ms']:.2f}x" if m.get("decode_ms") else "-")
+        table.add_row(*cells)
     return table

@@ -109,6 +109,65 @@ def test_a_search_runs_on_a_plugin_runtime_target_and_sampler(toy_plugin, tmp_pa
         assert "kind: in-process" in recipe and "runtime: toy" in recipe
 
 
+class EnergyRuntime(TorchRuntime):
+    name = "energy"
+    description = "the torch runtime, also reporting a figure a plugin declares"
+
+    def measure(self, directory: Path, settings: MeasureSettings) -> dict[str, Any]:
+        out = super().measure(directory, settings)
+        return {**out, "energy_mj": 2.0 * out["decode_ms"]}  # a test double's figure, derived from a real timing
+
+
+class EnergyPlugin:
+    @autoslm.hookimpl
+    def register_metrics(self, register: Any) -> None:
+        from autoslm.metrics import Metric
+
+        register(Metric("energy_mj", "mJ", "energy per generated token", digits=3))
+
+    @autoslm.hookimpl
+    def register_runtimes(self, register: Any) -> None:
+        register(EnergyRuntime)
+
+
+def test_a_plugins_metric_reaches_trials_json_the_live_view_the_report_and_profile(
+    toy_plugin, tmp_path: Path, capsys
+) -> None:
+    import json
+
+    from rich.console import Console
+
+    from autoslm.cli import main
+    from autoslm.metrics import all_metrics
+    from autoslm.search_view import SearchView
+
+    with _registered(EnergyPlugin(), "energy-plugin", dist="autoslm-energy", version="0.1"):
+        console = Console(record=True, width=250)
+        with SearchView(console, 2) as view:
+            result = autoslm.search(
+                model="tiny-llama", space="tiny", budget="memory_mb<=3x,energy_mj<=10x", fidelity="low", trials=2,
+                out=tmp_path / "run", sampler="brute", target="inproc://here", runtime="energy", warm_start=False,
+                progress=view.event,
+            )  # fmt: skip
+            view.summary(result)
+        rows = [r for r in json.loads((tmp_path / "run" / "trials.json").read_text()) if r["metrics"]]
+        assert rows and all(r["metrics"]["energy_mj"] == 2.0 * r["metrics"]["decode_ms"] for r in rows)
+        shown = result.best or result.closest[0]
+        assert "energy mJ" in console.export_text()
+        assert f"{shown.metrics['energy_mj']:.3f}" in console.export_text()
+        page = (tmp_path / "run" / "report.html").read_text()
+        assert "<th>energy mJ</th>" in page and f"<td>{shown.metrics['energy_mj']:.3f}</td>" in page
+        capsys.readouterr()
+        args = ["profile", "--model", "tiny-llama", "--runtime", "energy", "--target", "inproc://here",
+                "--decode-tokens", "4", "--repeats", "1"]  # fmt: skip
+        assert main(args) == 0
+        assert "energy mJ (energy per generated token)" in capsys.readouterr().out
+        assert main([*args, "--json"]) == 0
+        profiled = json.loads(capsys.readouterr().out)
+        assert profiled["energy_mj"] == 2.0 * profiled["decode_ms"]
+    assert "energy_mj" not in all_metrics()  # the plugin's removal takes its metric with it
+
+
 def test_registering_a_broken_table_entry_fails_that_plugin_only() -> None:
     class NotARuntime:
         name = "broken"

@@ -52,7 +52,10 @@ class MeasureSettings(BaseModel):
 
 
 class Measurement(BaseModel):
-    """What a target measured for one checkpoint. Names match the budget names."""
+    """What a target measured for one checkpoint. Names match the budget names. A figure a runtime measures beyond
+    these fields is kept (`extra="allow"`): `metrics()` returns it where a plugin declared it (`register_metrics`)."""
+
+    model_config = ConfigDict(extra="allow")
 
     decode_ms: float = Field(description="median ms per generated token, batch 1, greedy, KV cache")
     decode_p90_ms: float
