@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from autoslm import model_card
 from autoslm.errors import UserError
 from autoslm.plugins import DIST_NAME, VERSION
 
@@ -167,6 +168,7 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
     expected = recipe.checkpoint_sha256
     recipe = recipe.model_copy(update={"checkpoint_sha256": made})
     checkpoint.add_file(out, "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, width=120))
+    model_card.write(out, recipe)
     if expected and made != expected and not force:
         raise UserError(
             f"the rebuilt {checkpoint.weights_file(out).name} in '{out}' has sha256 {made[:16]}..., the recipe's "

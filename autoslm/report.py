@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -324,11 +325,17 @@ def _write(run: dict[str, Any], run_dir: Path, out_dir: Path) -> tuple[Path, Pat
     usage = "".join(
         f"<tr><td>{html.escape(t)}</td><td>{g}</td><td>{a}</td></tr>" for t, g, a in technique_usage(run["rows"])
     )
+    card_path = RunDir(run_dir).checkpoint / "README.md"  # the exported checkpoint's model card, where there is one
+    card = ""
+    if card_path.is_file():
+        href = html.escape(os.path.relpath(card_path, out_dir))
+        card = f"<br>Exported with its model card (what was measured, the commands that run it): <a href='{href}'>"
+        card += f"{href}</a>"
     chosen = (
         f"<p><b>Chosen policy</b> (trial {best.number}): {html.escape(policy_text(best.steps))}<br>"
         f"perplexity {best.ppl:.2f}{rel(best.ppl, base['ppl'])}, decode {best.metrics['decode_ms']:.1f} ms"
         f"{rel(best.metrics['decode_ms'], bm.get('decode_ms'))}, memory {best.metrics['memory_mb']:.0f} MB, "
-        f"size {best.metrics['size_mb']:.0f} MB</p>"
+        f"size {best.metrics['size_mb']:.0f} MB{card}</p>"
         if best
         else "<p><b>No feasible policy yet.</b></p>"
     )

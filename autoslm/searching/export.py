@@ -16,6 +16,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from autoslm import model_card
 from autoslm.run_dir import RunDir
 from autoslm.searching.settings import SearchSettings
 from autoslm.searching.trials import TrialRecord
@@ -77,6 +78,7 @@ def export_best(
         checkpoint_sha256=checkpoint.sha256_file(checkpoint.weights_file(staged)),
     )
     checkpoint.add_file(staged, "recipe.yaml", recipe.text())
+    model_card.write(staged, recipe)
     _fault("staged")
     return _commit(run_dir, staged), dest
 

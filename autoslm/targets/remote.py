@@ -24,10 +24,11 @@ RETRYABLE = {502, 503, 504}
 
 
 def pack(directory: Path, archive: Path) -> Path:
-    """An uncompressed tar of the checkpoint directory's files (flat; weights are incompressible anyway)."""
+    """An uncompressed tar of the checkpoint directory's files (flat; weights are incompressible anyway), without
+    its documentation (a model card, a Modelfile, a model folder's README): the agent measures the model only."""
     with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tf:
         for p in sorted(Path(directory).iterdir()):
-            if p.is_file() and not p.name.startswith("."):
+            if p.is_file() and not p.name.startswith(".") and p.suffix != ".md" and p.name != "Modelfile":
                 tf.add(p, arcname=p.name, recursive=False)
     return archive
 

@@ -96,6 +96,24 @@ def test_ray_two_nodes_a_killed_worker_then_a_killed_driver_and_resume(tmp_path:
     assert yaml.safe_load((out / "recipe.yaml").read_text())["search"]["backend"] == "ray"
 
 
+def test_a_node_that_cannot_run_trials_says_why_and_the_search_exits_1(tmp_path: Path) -> None:
+    """An error on the node before the trial's own handling (here: RUN/workers is a file, so the worker cannot note
+    its pid) reaches the driver with the node and the exception, instead of Ray's retries and a reasonless failure."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "workers").write_text("not a folder")
+    cmd = [*SEARCH, "--trials", "2", "--out", str(out), "--backend", "ray", "--max-concurrent", "1",
+           "--cpus-per-trial", "1", "--sampler", "random", "--no-warm-start"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    failed = [r for r in _rows(out) if r["state"] == "fail"]
+    assert len(failed) == 2, _rows(out)
+    for row in failed:
+        assert row["reason"].startswith(f"on {socket.gethostname()} (") and "FileExistsError" in row["reason"]
+        assert row["node"]["host"] == socket.gethostname()
+    assert "all 2 trials failed" in " ".join(proc.stdout.split())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

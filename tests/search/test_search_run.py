@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -222,6 +223,8 @@ def test_real_model_search_rechecks_exports_and_reapplies(tmp_path: Path) -> Non
     rebuilt = run_cli("apply", str(out / "recipe.yaml"), "--out", str(tmp_path / "rebuilt"))
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
     assert recipe["checkpoint_sha256"] in rebuilt.stdout  # the recipe reproduces the searched checkpoint exactly
+    card = (out / "checkpoint" / "README.md").read_text()
+    assert 'autoslm.load("path/to/this/folder")' in card and "decode ms" in card and "quant.dynamic_int8(" in card
 
 
 def test_a_quant_only_llamacpp_search_never_loads_the_torch_model(tmp_path: Path, monkeypatch) -> None:
@@ -250,3 +253,14 @@ def test_a_quant_only_llamacpp_search_never_loads_the_torch_model(tmp_path: Path
     assert result.best.steps[0]["params"]["imatrix"] is True
     rebuilt = autoslm.apply_recipe(str(out / "recipe.yaml"), str(tmp_path / "again"))
     assert checkpoint.sha256_file(rebuilt / GGUF) == checkpoint.sha256_file(out / "checkpoint" / GGUF)
+    # the model card: the measured figures, and the commands that run it; the rebuilt checkpoint gets the same one
+    card = (out / "checkpoint" / "README.md").read_text()
+    assert f"llama-server -m {GGUF} -c 4096 -t 2" in card and "ollama create tiny-llama-autoslm" in card
+    assert f"| {result.best.metrics['size_mb']:.2f} (" in card and "quant.gguf(type=" in card
+    assert (out / "checkpoint" / "Modelfile").read_text().startswith(f"FROM ./{GGUF}\n")
+    assert (rebuilt / "README.md").read_text() == card
+    assert "href='checkpoint/README.md'" in (out / "report.html").read_text()
+    from autoslm.targets.remote import pack
+
+    with tarfile.open(pack(out / "checkpoint", tmp_path / "up.tar")) as tf:  # an agent measures the model alone
+        assert {"README.md", "Modelfile"}.isdisjoint(tf.getnames()) and GGUF in tf.getnames()

@@ -63,11 +63,16 @@ def _trainable(config: dict[str, Any], objective: Any, baseline: dict[str, Any])
     if config.get("__cached__") is not None:
         tune.report({"objective": 0.0, "cached": int(config["__cached__"]), "node": json.dumps(node)})
         return
-    workers = RunDir(objective.run_dir).workers
-    workers.mkdir(parents=True, exist_ok=True)
-    (workers / f"{number:04d}.pid").write_text(str(os.getpid()))
-    steps = policy.steps(objective.space, {k: v for k, v in config.items() if k not in META})
-    out = objective.evaluate_policy(steps, baseline, trial_number=number, incumbent=config.get("__incumbent__"))
+    try:
+        workers = RunDir(objective.run_dir).workers
+        workers.mkdir(parents=True, exist_ok=True)
+        (workers / f"{number:04d}.pid").write_text(str(os.getpid()))
+        steps = policy.steps(objective.space, {k: v for k, v in config.items() if k not in META})
+        out = objective.evaluate_policy(steps, baseline, trial_number=number, incumbent=config.get("__incumbent__"))
+    except Exception as exc:  # this node cannot run it (a folder it cannot write, a model it lacks): say so, once
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
+        tune.report({"objective": 0.0, "error": error, "node": json.dumps(node)})
+        return
     # JSON strings: Tune flattens nested dicts in results
     tune.report({"objective": out.ppl, "outcome": json.dumps(asdict(out)), "node": json.dumps(node)})
 
@@ -140,9 +145,13 @@ def _define_searcher() -> type:
                     state, value = S.COMPLETE, out.ppl
                 elif out.status == "pruned":
                     state = S.PRUNED
+            elif result and result.get("error"):  # raised on its node, before or around the trial's own handling
+                where = json.loads(result.get("node") or "{}")
+                ot.set_user_attr("status", "failed")
+                ot.set_user_attr("reason", f"on {where.get('host')} ({where.get('ip')}): {result['error']}")
             else:
                 ot.set_user_attr("status", "failed")
-                ot.set_user_attr("reason", "the Ray worker running this trial died or raised, and retries ran out")
+                ot.set_user_attr("reason", "the Ray worker running this trial died, and retries ran out")
             if result and result.get("node"):
                 ot.set_user_attr("node", json.loads(result["node"]))
             self._ot_study.tell(ot, value, state=state)
