@@ -5,7 +5,8 @@ Two moments:
   the copies a search holds, against the memory available now. A model that cannot fit stops the search in one line.
 - after the baseline (`after_baseline`): the baseline went through every phase a trial does (apply, save or export,
   measure, low and full evaluation), so a trial costs about what it cost; memory is this process's peak so far plus
-  the measuring process's (its fixed start, measured once below, plus the model in use as measured). The line
+  the measuring process's (its fixed start, measured once below, plus the model in use as measured), or the larger
+  of the two where the search holds no model while measuring (llama.cpp's quantization: `after_baseline`). The line
   `30 trials: about 24 min (~45 s per trial, as the baseline took); peak memory about 3.1 GB of 24 GB` is printed,
   stored in the study, and compared with the real duration at the end. In llama.cpp it is an upper bound: the
   baseline evaluates the F32 model, slower than a quantized candidate (+30% to +51% on mixed-precision searches).
@@ -98,21 +99,27 @@ class Forecast:
 
 
 def after_baseline(
-    baseline: dict[str, Any], trials: int, runtime: str, timeout_s: float | None = None
+    baseline: dict[str, Any], trials: int, runtime: str, timeout_s: float | None = None, files_only: bool = False
 ) -> Forecast | None:
-    """The forecast from a baseline measured in this study (None for one stored without its phases' seconds)."""
-    from autoslm.targets.measure import peak_rss_mb
+    """The forecast from a baseline measured in this study (None for one stored without its phases' seconds).
+
+    Memory: a search that works from the model's files (`files_only`: llama.cpp's quantization) holds no model while
+    the measuring process runs (each evaluation maps its file and lets it go), so its peak is the larger of this
+    process's peak so far and its resting size plus the measuring process. Otherwise this process keeps its models
+    while a trial is measured: the sum (an upper bound)."""
+    from autoslm.targets.measure import peak_rss_mb, rss_mb
 
     seconds = baseline.get("seconds") or {}
     if not seconds:
         return None
     per_trial = float(sum(seconds.values()))
     worker = WORKER_START_MB.get(runtime, WORKER_START_MB["torch"]) + float(baseline["metrics"].get("memory_mb", 0))
+    peak = max(peak_rss_mb(), rss_mb() + worker) if files_only else peak_rss_mb() + worker
     return Forecast(
         trials=trials,
         per_trial_s=per_trial,
         total_s=per_trial * trials,
-        peak_mb=peak_rss_mb() + worker,
+        peak_mb=peak,
         memory_mb=meminfo_mb("MemTotal"),
         timeout_s=timeout_s,
     )

@@ -197,7 +197,9 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
 
         predicted = None
         if remaining == settings.trials:  # a fresh search: say what it will cost (checked against the end below)
-            predicted = after_baseline(baseline, remaining, settings.runtime, settings.timeout_s)
+            predicted = after_baseline(
+                baseline, remaining, settings.runtime, settings.timeout_s, files_only=_files_only(settings)
+            )
             if predicted is not None:
                 _emit(progress, "forecast", predicted)
                 study.set_user_attr("forecast", predicted.as_dict())

@@ -44,6 +44,24 @@ def test_the_forecast_line_and_a_timeout_that_cannot_hold_the_trials() -> None:
     )
 
 
+def test_a_search_from_files_counts_the_measuring_process_beside_its_resting_size_not_its_peak(monkeypatch) -> None:
+    """A llama.cpp quantization search maps the F32 file to evaluate it and lets it go before the measuring process
+    maps the same file: the two peaks never meet (the 3B shape: 25.4 GB forecast as their sum, on a 24 GB machine)."""
+    from autoslm.targets import measure
+
+    monkeypatch.setattr(measure, "peak_rss_mb", lambda: 12_000.0)  # evaluating the F32 baseline
+    monkeypatch.setattr(measure, "rss_mb", lambda: 900.0)  # after it
+    baseline = {"seconds": {"measure": 100.0, "quality": 200.0}, "metrics": {"memory_mb": 12_277.0}}
+    worker = forecast.WORKER_START_MB["llama.cpp"] + 12_277.0
+    files = forecast.after_baseline(baseline, 2, "llama.cpp", files_only=True)
+    assert files is not None and files.peak_mb == pytest.approx(900.0 + worker)
+    held = forecast.after_baseline(baseline, 2, "llama.cpp")  # a torch step keeps its models while measured
+    assert held is not None and held.peak_mb == pytest.approx(12_000.0 + worker)
+    monkeypatch.setattr(measure, "rss_mb", lambda: 100.0)
+    small = forecast.after_baseline({**baseline, "metrics": {"memory_mb": 50.0}}, 2, "llama.cpp", files_only=True)
+    assert small is not None and small.peak_mb == 12_000.0  # the search's own peak, where it is the larger
+
+
 def test_a_search_says_its_forecast_after_the_baseline_and_checks_it_at_the_end(tmp_path: Path) -> None:
     events: list[tuple[str, object]] = []
     result = autoslm.search(model="tiny-llama", space="tiny", budget="memory_mb<=3x", trials=2, fidelity="low",
