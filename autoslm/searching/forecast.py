@@ -9,7 +9,8 @@ Two moments:
   of the two where the search holds no model while measuring (llama.cpp's quantization: `after_baseline`). The line
   `30 trials: about 24 min (~45 s per trial, as the baseline took); peak memory about 3.1 GB of 24 GB` is printed,
   stored in the study, and compared with the real duration at the end. In llama.cpp it is an upper bound: the
-  baseline evaluates the F32 model, slower than a quantized candidate (+30% to +71% on mixed-precision searches, 270M to 3B).
+  baseline evaluates the F32 model, slower than a quantized candidate (+30% to +71% on mixed-precision searches,
+  270M to 3B).
 - after the first trial (`revised_line`, from the runner): the same at that trial's pace, also compared at the end.
 """
 
