@@ -12,23 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from autoslm.metrics import all_metrics
+from autoslm.pipeline import policy_text
 
 CONTEXT = 4096  # the context the commands ask for; the figures themselves were measured after a short prompt
 GGUF = "model.gguf"
-
-
-def _policy(steps: list[Any]) -> str:
-    if not steps:
-        return "(uncompressed)"
-    parts = []
-    for step in steps:
-        params = ", ".join(
-            f"{k}={f'{len(v)} tensors' if isinstance(v, dict) else v}"
-            for k, v in step.params.items()
-            if not k.startswith("calibration")
-        )
-        parts.append(f"{step.technique}({params})")
-    return " -> ".join(parts)
 
 
 def _slug(name: str) -> str:
@@ -75,7 +62,7 @@ def render(recipe: Any, directory: Path) -> str:
         f"# {name}, compressed by autoslm",
         "",
         f"- **Base model:** `{name}` (weights sha256 `{recipe.base_model['fingerprint'][:16]}...`)",
-        f"- **Policy:** `{_policy(recipe.steps)}` (every parameter in `recipe.yaml`)",
+        f"- **Policy:** `{policy_text([s.model_dump() for s in recipe.steps])}` (every parameter in `recipe.yaml`)",
         f"- **Budget:** `{recipe.budget or '(none)'}`",
         f"- **Measured** on the {where} in {runtime}{f' ({versions})' if versions else ''}"
         + (f", {threads} threads" if threads else "")

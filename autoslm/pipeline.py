@@ -20,6 +20,29 @@ from autoslm.technique import ApplyContext, TechniqueConfig
 log = logging.getLogger("autoslm.pipeline")
 
 
+def policy_text(steps: list[dict[str, Any]]) -> str:
+    """A policy in one line: `prune.depth(blocks=2) -> quant.gguf(type=Q4_K_M, ...)` (tables, logs, model cards)."""
+    if not steps:
+        return "(uncompressed)"
+    parts = []
+    for s in steps:
+        params = ", ".join(f"{k}={_short(v)}" for k, v in s["params"].items() if not k.startswith("calibration"))
+        parts.append(f"{s['technique']}({params})")
+    return " -> ".join(parts)
+
+
+def _short(v: Any) -> str:
+    """A parameter for a table cell; a long mapping (a per-tensor assignment) as a count of each value."""
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, dict) and len(v) > 4:
+        from collections import Counter
+
+        counts = Counter(map(str, v.values())).most_common()
+        return f"{{{len(v)} entries: {', '.join(f'{value} x{n}' for value, n in counts)}}}"
+    return str(v)
+
+
 class Step(BaseModel):
     """One technique with its parameters, as written in a recipe or sampled by the search."""
 

@@ -8,33 +8,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from autoslm.pipeline import policy_text
 from autoslm.run_dir import RunDir
 from autoslm.searching.forecast import duration, revised_line
 
 if TYPE_CHECKING:
     from autoslm.searching.trials import TrialRecord
-
-
-def policy_text(steps: list[dict[str, Any]]) -> str:
-    if not steps:
-        return "(uncompressed)"
-    parts = []
-    for s in steps:
-        params = ", ".join(f"{k}={_short(v)}" for k, v in s["params"].items() if not k.startswith("calibration"))
-        parts.append(f"{s['technique']}({params})")
-    return " -> ".join(parts)
-
-
-def _short(v: Any) -> str:
-    """A parameter for a table cell; a long mapping (a per-tensor assignment) as a count of each value."""
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    if isinstance(v, dict) and len(v) > 4:
-        from collections import Counter
-
-        counts = Counter(map(str, v.values())).most_common()
-        return f"{{{len(v)} entries: {', '.join(f'{value} x{n}' for value, n in counts)}}}"
-    return str(v)
 
 
 class SearchView:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,27 +51,35 @@ def prepare(model: str, folder: Path) -> Path:
     return out
 
 
-def one(folder: Path, batch: int, fidelity: str) -> dict[str, Any]:
-    """One evaluation in this (fresh) process."""
+def evaluate_once(folder: Path, fidelity: str, adjust: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """One llama.cpp evaluation of `folder` in this (fresh) process, after `adjust()` changed a setting: seconds, the
+    resident MB it added (peak during it minus before it) and the perplexity. eval_memory.py uses it too."""
     from transformers import AutoTokenizer
 
     from autoslm.evaluate import Fidelity
     from autoslm.quiet import quiet_libraries
     from autoslm.runtimes import get_runtime
-    from autoslm.runtimes.llamacpp import LlamaCppLM, _warm
+    from autoslm.runtimes.llamacpp import _warm
     from autoslm.targets.measure import peak_rss_mb, reset_peak_rss, rss_mb
 
     quiet_libraries()
     _warm()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     fid = Fidelity.preset(fidelity) if fidelity != "full" else Fidelity()
-    LlamaCppLM.BATCH = batch
+    adjust()
     before = rss_mb()
     reset_peak_rss()
     t0 = time.perf_counter()
     q = get_runtime("llama.cpp").evaluate(None, tokenizer, folder, fid)
     seconds = time.perf_counter() - t0
-    return {"batch": batch, "seconds": seconds, "added_mb": peak_rss_mb() - before, "ppl": q.ppl}
+    return {"seconds": seconds, "added_mb": peak_rss_mb() - before, "ppl": q.ppl}
+
+
+def one(folder: Path, batch: int, fidelity: str) -> dict[str, Any]:
+    """One evaluation in this (fresh) process, `batch` tokens per llama_decode call."""
+    from autoslm.runtimes.llamacpp import LlamaCppLM
+
+    return {"batch": batch, **evaluate_once(folder, fidelity, lambda: setattr(LlamaCppLM, "BATCH", batch))}
 
 
 def main() -> None:

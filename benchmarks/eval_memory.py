@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,31 +42,20 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def one(folder: Path, setting: str, fidelity: str) -> dict[str, Any]:
-    """One evaluation in this (fresh) process, in `setting`."""
-    from transformers import AutoTokenizer
+    """One evaluation in this (fresh) process, in `setting` (eval_batch.py's `evaluate_once`)."""
+    from eval_batch import evaluate_once
 
     from autoslm import allocator
-    from autoslm.evaluate import Fidelity
-    from autoslm.quiet import quiet_libraries
-    from autoslm.runtimes import get_runtime
-    from autoslm.runtimes.llamacpp import LlamaCppLM, _warm
-    from autoslm.targets.measure import peak_rss_mb, reset_peak_rss, rss_mb
+    from autoslm.runtimes.llamacpp import LlamaCppLM
 
-    quiet_libraries()
-    _warm()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    fid = Fidelity.preset(fidelity) if fidelity != "full" else Fidelity()
-    for name, value in SETTINGS[setting].items():
-        if name == "heap":
-            allocator.unmap_large_blocks = lambda: False  # glibc's own threshold, moving
-        else:
-            setattr(LlamaCppLM, name, value)
-    before = rss_mb()
-    reset_peak_rss()
-    t0 = time.perf_counter()
-    q = get_runtime("llama.cpp").evaluate(None, tokenizer, folder, fid)
-    seconds = time.perf_counter() - t0
-    return {"setting": setting, "seconds": seconds, "added_mb": peak_rss_mb() - before, "ppl": q.ppl}
+    def adjust() -> None:
+        for name, value in SETTINGS[setting].items():
+            if name == "heap":
+                allocator.unmap_large_blocks = lambda: False  # glibc's own threshold, moving
+            else:
+                setattr(LlamaCppLM, name, value)
+
+    return {"setting": setting, **evaluate_once(folder, fidelity, adjust)}
 
 
 def main() -> None:

@@ -76,11 +76,12 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial: one line from the view; traceback in logs/
     run_dir = settings.run_dir
-    db = RunDir(run_dir).study_db
+    run = RunDir(run_dir)
+    db = run.study_db
     if not settings.storage and db.exists() and not resume:
         raise UserError(f"run directory '{run_dir}' already holds a search: pass --resume, or choose another --out")
     had_db = not settings.storage and db.exists()
-    outputs = RunDir(run_dir).outputs()
+    outputs = run.outputs()
     if not settings.storage and not db.exists() and outputs:
         raise UserError(
             f"run directory '{run_dir}' holds a previous search's outputs ({', '.join(outputs)}) but no study.db: "
@@ -148,7 +149,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         except UserError:
             if not stored and not had_db and not settings.storage:  # nothing searched: no study to trip the next run
                 db.unlink(missing_ok=True)
-                RunDir(run_dir).lock.unlink(missing_ok=True)
+                run.lock.unlink(missing_ok=True)
                 if created and not any(run_dir.iterdir()):
                     run_dir.rmdir()
             raise
@@ -168,7 +169,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         if any(name not in (baseline.get("references") or {}) for name in settings.limits.references):
             measure_references(objective, baseline, settings.limits.references, progress)
             study.set_user_attr("baseline", baseline)
-            RunDir(run_dir).baseline_json.write_text(json.dumps(baseline, indent=2))
+            run.baseline_json.write_text(json.dumps(baseline, indent=2))
             _emit(progress, "references", {"baseline": baseline, "budget": settings.limits})
 
         if settings.warm_start and not study.get_trials(deepcopy=False):
@@ -297,6 +298,7 @@ def _runnable_space(settings: SearchSettings, objective: Any, progress: Any) -> 
 
 def _baseline(objective: Any, study: Any, run_dir: Path, device: dict[str, Any], progress: Any) -> dict[str, Any]:
     """The uncompressed model's measurement and quality: measured once per study, stored in it."""
+    run = RunDir(run_dir)
     baseline = study.user_attrs.get("baseline")
     if baseline is None:
         _emit(progress, "baseline_start", None)
@@ -317,10 +319,10 @@ def _baseline(objective: Any, study: Any, run_dir: Path, device: dict[str, Any],
             baseline["interference"] = out.interference
         baseline["device"] = device
         study.set_user_attr("baseline", baseline)
-        if objective.recheck_rounds > 0 and not RunDir(run_dir).baseline.exists():
-            Path(out.checkpoint or "").rename(RunDir(run_dir).baseline)  # kept: close calls re-measure against it
+        if objective.recheck_rounds > 0 and not run.baseline.exists():
+            Path(out.checkpoint or "").rename(run.baseline)  # kept: close calls re-measure against it
         shutil.rmtree(out.checkpoint or "", ignore_errors=True)
-    RunDir(run_dir).baseline_json.write_text(json.dumps(baseline, indent=2))
+    run.baseline_json.write_text(json.dumps(baseline, indent=2))
     return baseline
 
 

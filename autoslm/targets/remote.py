@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from autoslm import model_card
 from autoslm.errors import UserError
 from autoslm.targets import Measurement, MeasureSettings, Target, checkpoint_dir
 from autoslm.targets.local import MeasurementError
@@ -28,7 +29,7 @@ def pack(directory: Path, archive: Path) -> Path:
     its documentation (a model card, a Modelfile, a model folder's README): the agent measures the model only."""
     with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tf:
         for p in sorted(Path(directory).iterdir()):
-            if p.is_file() and not p.name.startswith(".") and p.suffix != ".md" and p.name != "Modelfile":
+            if p.is_file() and not p.name.startswith(".") and p.suffix != ".md" and p.name not in model_card.DOCS:
                 tf.add(p, arcname=p.name, recursive=False)
     return archive
 
