@@ -195,11 +195,12 @@ def _profile(
 ) -> None:  # fmt: skip
     """Measure latency and memory on this machine's CPU in a fresh process, or on a device running `autoslm agent`.
 
-    decode_ms: median (and p90) ms per generated token, batch 1, greedy, with KV cache.
+    decode_ms: median (and p90) ms per generated token, batch 1, greedy, with KV cache holding CONTEXT tokens.
     prefill_ms: one forward over a PROMPT_TOKENS prompt.  memory_mb: peak resident memory of the model in use.
     size_mb: weight files on disk.
 
     Examples:  autoslm profile --model smollm2-135m --threads 2
+               autoslm profile --model smollm2-135m --runtime llama.cpp --context 4096
                autoslm profile --model runs/x/checkpoint --target http://phone.lan:8765 --target-token $TOKEN
     """
     from pydantic import ValidationError
@@ -233,11 +234,11 @@ def _profile(
     table = Table(title=f"{model} on {m.target['cpu']} ({m.target['threads']} threads)")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("decode ms/token (median)", f"{m.decode_ms:.2f}")
+    table.add_row(f"decode ms/token (median, at {m.context} tokens of context)", f"{m.decode_ms:.2f}")
     table.add_row("decode ms/token (p90)", f"{m.decode_p90_ms:.2f}")
     table.add_row("decode tokens/s", f"{1000 / m.decode_ms:.1f}")
     table.add_row(f"prefill ms ({m.prompt_tokens} tokens)", f"{m.prefill_ms:.1f}")
-    table.add_row("memory MB (peak in use)", f"{m.memory_mb:.1f}")
+    table.add_row("memory MB (peak in use, KV cache included)", f"{m.memory_mb:.1f}")
     table.add_row("size MB (weights on disk)", f"{m.size_mb:.1f}")
     from autoslm.metrics import BUILTIN, all_metrics
 

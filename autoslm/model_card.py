@@ -13,8 +13,9 @@ from typing import Any
 
 from autoslm.metrics import all_metrics
 from autoslm.pipeline import policy_text
+from autoslm.targets import DECODE_CONTEXT
 
-CONTEXT = 4096  # the context the commands ask for; the figures themselves were measured after a short prompt
+CONTEXT = 4096  # the context the commands ask for when the figures were measured after a short prompt
 GGUF = "model.gguf"
 
 
@@ -43,9 +44,20 @@ def _figures(metrics: dict[str, Any]) -> list[str]:
     return rows
 
 
+def measured_context(recipe: Any) -> int:
+    """The tokens in the KV cache when decode was measured (`--context`; a recipe from before it: the default)."""
+    return int(recipe.target.get("context") or DECODE_CONTEXT)
+
+
+def run_context(recipe: Any) -> int:
+    """The context the commands ask for: the measured one where it was set, else CONTEXT."""
+    measured = measured_context(recipe)
+    return measured if measured > DECODE_CONTEXT else CONTEXT
+
+
 def modelfile(recipe: Any) -> str:
     threads = recipe.target.get("threads")
-    lines = [f"FROM ./{GGUF}", f"PARAMETER num_ctx {CONTEXT}"]
+    lines = [f"FROM ./{GGUF}", f"PARAMETER num_ctx {run_context(recipe)}"]
     if threads:
         lines.append(f"PARAMETER num_thread {threads}")
     return "\n".join(lines) + "\n"
@@ -57,6 +69,8 @@ def render(recipe: Any, directory: Path) -> str:
     runtime, threads = target.get("runtime", "torch"), target.get("threads")
     device = target.get("fingerprint") or {}
     versions = ", ".join(f"{k} {v}" for k, v in (target.get("runtime_version") or {}).items())
+    measured, ctx = measured_context(recipe), run_context(recipe)
+    at = "after a short prompt" if measured <= DECODE_CONTEXT else f"with {measured} tokens in the KV cache"
     where = f"{target.get('kind', 'local')} target" + (f" ({device.get('cpu')})" if device.get("cpu") else "")
     lines = [
         f"# {name}, compressed by autoslm",
@@ -66,8 +80,8 @@ def render(recipe: Any, directory: Path) -> str:
         f"- **Budget:** `{recipe.budget or '(none)'}`",
         f"- **Measured** on the {where} in {runtime}{f' ({versions})' if versions else ''}"
         + (f", {threads} threads" if threads else "")
-        + ": decode is ms per generated token after a short prompt (batch 1, greedy, KV cache); memory is the "
-        "peak resident memory of the loaded model in use; perplexity on held-out text.",
+        + f": decode is ms per generated token {at} (batch 1, greedy, KV cache); memory is the peak resident memory "
+        "of the loaded model in use, its KV cache included; perplexity on held-out text.",
         "",
         *_figures(recipe.metrics),
         "",
@@ -76,16 +90,28 @@ def render(recipe: Any, directory: Path) -> str:
     ]
     t = f" -t {threads}" if threads else ""
     if (Path(directory) / GGUF).is_file():
-        slug = _slug(name)
+        from autoslm.runtimes.llamacpp import CacheSettings
+
+        slug, cache = _slug(name), CacheSettings.of(Path(directory))
+        t += cache.flags()  # the KV cache the figures were measured with (kv.cache_type)
         lines += [
-            "With llama.cpp (a longer context than the measured one holds a larger KV cache: more memory):",
+            "With llama.cpp (a longer context than the measured one holds a larger KV cache: more memory):"
+            if ctx != measured
+            else "With llama.cpp, at the context it was measured at:",
             "",
             "```",
-            f"llama-server -m {GGUF} -c {CONTEXT}{t}",
-            f'llama-cli -m {GGUF} -c {CONTEXT}{t} -p "Once upon a time"',
+            f"llama-server -m {GGUF} -c {ctx}{t}",
+            f'llama-cli -m {GGUF} -c {ctx}{t} -p "Once upon a time"',
             "```",
             "",
-            "With Ollama (the `Modelfile` beside this card):",
+            "With Ollama (the `Modelfile` beside this card"
+            + (
+                f"; Ollama sets the KV cache for its whole server: `OLLAMA_FLASH_ATTENTION=1 "
+                f"OLLAMA_KV_CACHE_TYPE={cache.type_k.lower()} ollama serve`"
+                if cache.type_k == cache.type_v and cache.type_k != "F16"
+                else ""
+            )
+            + "):",
             "",
             "```",
             f"ollama create {slug} -f Modelfile",

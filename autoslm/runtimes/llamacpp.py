@@ -12,13 +12,16 @@ llama.cpp's logits over the same held-out windows as the torch runtime.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from autoslm import progress
 from autoslm.errors import UserError
@@ -30,6 +33,9 @@ from autoslm.targets import THREADS, MeasureSettings
 from autoslm.targets.measure import alternate, measure_loaded, prompts
 
 GGUF = "model.gguf"
+# tokens per llama_decode call and per compute pass when measuring: llama.cpp's own defaults (llama-server,
+# llama-cli: -b 2048 -ub 512), so that a prompt deeper than 512 tokens costs the compute buffers a deployment has
+BATCH, UBATCH = 2048, 512
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
@@ -85,7 +91,9 @@ class LlamaCppRuntime(Runtime):
         shutil.rmtree(scratch, ignore_errors=True)
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            steps = [p for p in planned if getattr(p.entry.cls, "runtime", None) == self.name]
+            ours = [p for p in planned if getattr(p.entry.cls, "runtime", None) == self.name]
+            context = CacheSettings.from_steps(ours)  # how llama.cpp opens the model (kv.cache_type)
+            steps = [p for p in ours if not callable(getattr(p.config, "context_settings", None))]
             if steps:
                 with progress.phase("exporting the F32 GGUF"):
                     source = f32_export(model, tokenizer)
@@ -113,6 +121,8 @@ class LlamaCppRuntime(Runtime):
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         names = [GGUF, "config.json", *(n for n in TOKENIZER_FILES if (directory / n).is_file())]
+        if context != CacheSettings():
+            meta[CONTEXT_KEY] = context.model_dump()
         return checkpoint.write_manifest(directory, names, runtime=self.name, **meta)
 
     def prepare(self, spec: str) -> Path:
@@ -156,7 +166,7 @@ class LlamaCppRuntime(Runtime):
         unmap_large_blocks()  # the logits of every task row, freed, would stay resident otherwise
         n_ctx = 2 * max(fidelity.seq_len, 512)  # two perplexity windows per call
         with open_gguf(Path(directory) / GGUF, n_ctx=32) as llm:
-            lm = LlamaCppLM(llm, n_ctx=n_ctx)
+            lm = LlamaCppLM(llm, n_ctx=n_ctx, cache=CacheSettings.of(Path(directory)))
             try:
                 return evaluate(lm, tokenizer, fidelity, reference=reference, keep_topk=keep_topk, prior=prior)
             finally:
@@ -172,7 +182,7 @@ class LlamaCppRuntime(Runtime):
         return measure_loaded(
             directory,
             settings,
-            lambda: open_gguf(directory / GGUF, n_ctx=_n_ctx(settings), threads=settings.threads),
+            lambda: _measure_gguf(directory / GGUF, settings),
             lambda llm: _runner(llm, decode_prompt, prefill_prompt, settings),
             target={"runtime": self.name},
         )
@@ -186,12 +196,74 @@ class LlamaCppRuntime(Runtime):
             checkpoint.verify_dir(directory)
         decode_prompt, prefill_prompt = prompts(paths["baseline"], settings)
         with contextlib.ExitStack() as stack:
-            llms = {
-                name: stack.enter_context(open_gguf(d / GGUF, n_ctx=_n_ctx(settings), threads=settings.threads))
-                for name, d in paths.items()
-            }
+            llms = {name: stack.enter_context(_measure_gguf(d / GGUF, settings)) for name, d in paths.items()}
             runs = {name: _runner(llm, decode_prompt, prefill_prompt, settings) for name, llm in llms.items()}
             return alternate(runs["baseline"], runs["candidate"], settings, rounds)
+
+
+CONTEXT_KEY = "llama_context"  # the manifest's record of how llama.cpp opens the model (CacheSettings)
+CACHE_TYPES = ("F16", "Q8_0", "Q4_0")
+
+
+class CacheSettings(BaseModel):
+    """How llama.cpp opens a checkpoint's model beyond its weights: the KV cache's number formats and flash
+    attention (technique kv.cache_type). The runtime records them in the manifest; an agent reads them from a
+    client's upload, so they are checked like any other input."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type_k: Literal["F16", "Q8_0", "Q4_0"] = "F16"
+    type_v: Literal["F16", "Q8_0", "Q4_0"] = "F16"
+    flash_attn: bool = False
+
+    @classmethod
+    def from_steps(cls, planned: list[Any]) -> CacheSettings:
+        """The settings the policy's steps ask for (each step's `context_settings()`, the later ones winning)."""
+        merged: dict[str, Any] = {}
+        for p in planned:
+            make = getattr(p.config, "context_settings", None)
+            if callable(make):
+                merged.update(make())
+        return cls(**merged)
+
+    @classmethod
+    def of(cls, directory: Path) -> CacheSettings:
+        """The settings a checkpoint's manifest records (none: llama.cpp's defaults); a UserError where they are
+        not ones this runtime knows."""
+        from autoslm import checkpoint
+
+        path = Path(directory) / checkpoint.MANIFEST
+        try:
+            recorded = json.loads(path.read_text()).get(CONTEXT_KEY) if path.is_file() else None
+        except (OSError, ValueError, AttributeError, RecursionError):
+            return cls()  # an unreadable manifest is verify_dir's to report
+        if recorded is None:
+            return cls()
+        try:
+            return cls.model_validate(recorded)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            raise UserError(
+                f"checkpoint '{directory}': {checkpoint.MANIFEST} '{CONTEXT_KEY}' is not understood "
+                f"({'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}); the KV cache types are "
+                f"{', '.join(CACHE_TYPES)}: re-export the checkpoint"
+            ) from exc
+
+    def llama_kwargs(self) -> dict[str, Any]:
+        """llama-cpp-python's `Llama(...)` arguments (ggml's type numbers from gguf-py's table)."""
+        from gguf import GGMLQuantizationType
+
+        return {
+            "type_k": GGMLQuantizationType[self.type_k].value,
+            "type_v": GGMLQuantizationType[self.type_v].value,
+            "flash_attn": self.flash_attn,
+        }
+
+    def flags(self) -> str:
+        """The same settings as llama.cpp's command-line flags ('' for the defaults)."""
+        if self == CacheSettings():
+            return ""
+        return f" -ctk {self.type_k.lower()} -ctv {self.type_v.lower()} -fa {'on' if self.flash_attn else 'off'}"
 
 
 def quantize_settings(config: Any) -> dict[str, Any]:
@@ -202,8 +274,11 @@ def quantize_settings(config: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def open_gguf(path: Path, n_ctx: int, threads: int = THREADS, logits_all: bool = False) -> Iterator[Any]:
-    """A llama.cpp model + context (quiet), closed on exit."""
+def open_gguf(
+    path: Path, n_ctx: int, threads: int = THREADS, logits_all: bool = False, cache: CacheSettings | None = None
+) -> Iterator[Any]:
+    """A llama.cpp model + context (quiet), closed on exit; `cache`: the KV cache's settings (default: llama.cpp's
+    F16 cache, no flash attention)."""
     from llama_cpp import Llama
 
     path = Path(path)
@@ -213,11 +288,12 @@ def open_gguf(path: Path, n_ctx: int, threads: int = THREADS, logits_all: bool =
         llm = Llama(
             model_path=str(path),
             n_ctx=n_ctx,
-            n_batch=n_ctx,
-            n_ubatch=n_ctx,
+            n_batch=min(n_ctx, BATCH),
+            n_ubatch=min(n_ctx, UBATCH),
             n_threads=threads,
             n_threads_batch=threads,
             logits_all=logits_all,
+            **(cache or CacheSettings()).llama_kwargs(),
             seed=0,
             verbose=False,
         )
@@ -232,7 +308,23 @@ def _runner(llm: Any, decode_prompt: list[int], prefill_prompt: list[int], setti
 
 
 def _n_ctx(settings: MeasureSettings) -> int:
-    return max(settings.prompt_tokens, 16 + settings.decode_tokens) + 8
+    """The context a measurement opens: the prefill prompt, or the decode prompt and the tokens decoded after it."""
+    return max(settings.prompt_tokens, settings.context + settings.decode_tokens) + 8
+
+
+@contextlib.contextmanager
+def _measure_gguf(path: Path, settings: MeasureSettings) -> Iterator[Any]:
+    """The model opened for measuring, refused with a UserError where the context asked for (`--context`) is
+    longer than the one the model was trained for."""
+    n_ctx = _n_ctx(settings)
+    with open_gguf(path, n_ctx=n_ctx, threads=settings.threads, cache=CacheSettings.of(path.parent)) as llm:
+        trained = int(llm._model.n_ctx_train())
+        if n_ctx > trained > 0:
+            raise UserError(
+                f"--context {settings.context}: the model holds {trained} tokens, and timing decode there takes "
+                f"{n_ctx}; give --context {max(1, trained - settings.decode_tokens - 8)} or less"
+            )
+        yield llm
 
 
 def _warm() -> None:
@@ -299,12 +391,19 @@ class LlamaCppLM:
     # floats) to 150 MB for Gemma-3, in as many llama_decode calls as 64 rows at `BATCH` tokens per call
     rows_per_call = 16
 
-    def __init__(self, llm: Any, n_ctx: int, threads: int = THREADS, batch: int | None = None) -> None:
+    def __init__(
+        self, llm: Any, n_ctx: int, threads: int = THREADS, batch: int | None = None, cache: CacheSettings | None = None
+    ) -> None:
         import llama_cpp
         from llama_cpp import _internals
 
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
+        if cache is not None and cache != CacheSettings():  # else llama.cpp's defaults (F16, flash attention: auto)
+            kwargs = cache.llama_kwargs()
+            params.type_k, params.type_v = kwargs["type_k"], kwargs["type_v"]
+            if cache.flash_attn:
+                params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         vocab = llm.n_vocab()
         params.n_batch = params.n_ubatch = self.n_batch = min(batch or self.BATCH or self.tokens_per_call(vocab), n_ctx)
         params.n_seq_max = self.max_seqs = min(self.MAX_SEQS, self.n_batch)  # llama.cpp: at most one per token

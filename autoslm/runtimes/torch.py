@@ -135,6 +135,7 @@ def measure_checkpoint(directory: Path, settings: MeasureSettings) -> dict[str, 
     torch.manual_seed(settings.seed)
     directory = Path(directory)
     checkpoint.verify_dir(directory)
+    _check_context(directory, settings)
     decode_prompt, prefill_prompt = _tensors(prompts(directory, settings))
     _warm_runtime(directory, decode_prompt, prefill_prompt)
 
@@ -157,10 +158,29 @@ def measure_pair(candidate: Path, baseline: Path, settings: MeasureSettings, rou
     models = {}
     for name, directory in (("baseline", Path(baseline)), ("candidate", Path(candidate))):
         checkpoint.verify_dir(directory)
+        _check_context(directory, settings)
         models[name] = checkpoint.load_model(directory, verify=False)
     decode_prompt, prefill_prompt = _tensors(prompts(Path(baseline), settings))
     runs = {name: _runner(m, decode_prompt, prefill_prompt, settings) for name, m in models.items()}
     return alternate(runs["baseline"], runs["candidate"], settings, rounds)
+
+
+def _check_context(directory: Path, settings: MeasureSettings) -> None:
+    """A UserError where decode at `settings.context` would run past the positions the model was trained for."""
+    import json
+
+    from autoslm.errors import UserError
+
+    try:
+        trained = json.loads((Path(directory) / "config.json").read_text()).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return
+    need = max(settings.prompt_tokens, settings.context + settings.decode_tokens)
+    if isinstance(trained, int) and need > trained > 0:
+        raise UserError(
+            f"--context {settings.context}: the model holds {trained} positions, and timing decode there takes "
+            f"{need}; give --context {max(1, trained - settings.decode_tokens)} or less"
+        )
 
 
 def _runner(model: Any, decode_prompt: Any, prefill_prompt: Any, settings: MeasureSettings) -> Any:

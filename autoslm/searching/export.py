@@ -59,6 +59,7 @@ def export_best(
             "runtime": settings.runtime,
             "runtime_version": get_runtime(settings.runtime).version(),
             "threads": settings.threads,  # what the candidates were measured with
+            "context": settings.context,  # tokens in the KV cache when decode was timed
             "fingerprint": target.fingerprint(),
         },
         budget=str(settings.limits),

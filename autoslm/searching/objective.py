@@ -23,7 +23,7 @@ from autoslm.pipeline import resolved_steps
 from autoslm.run_dir import RunDir
 from autoslm.searching.budget import Budget
 from autoslm.searching.space import SearchSpace
-from autoslm.targets import THREADS
+from autoslm.targets import DECODE_CONTEXT, THREADS
 
 REFERENCE_TOPK = 64  # the baseline's top-k next-token log-probs per position: the reference of every KLD
 REFERENCES: dict[tuple[str, str], Any] = {}  # (reference file, runtime) -> Reference, loaded once per process
@@ -85,6 +85,7 @@ class Objective:
     target_token: str | None = None
     runtime: str = "torch"
     threads: int = THREADS  # measuring threads, pinned (MeasureSettings.threads)
+    context: int = DECODE_CONTEXT  # tokens in the KV cache when decode is timed (MeasureSettings.context)
     prune_factor: float = 3.0  # prune when low-fidelity ppl exceeds this x the baseline's
     recheck_rounds: int = 4  # close calls: rounds of timing the candidate beside the baseline; 0 = never
     recheck_margin: float = 0.15  # a close call: the worst timing violation within +-15% of its limit
@@ -111,6 +112,7 @@ class Objective:
             target_token=settings.target_token,
             runtime=settings.runtime,
             threads=settings.threads,
+            context=settings.context,
             recheck_rounds=settings.recheck_rounds,
             recheck_margin=settings.recheck_margin,
             busy_retries=settings.busy_retries,
@@ -126,7 +128,9 @@ class Objective:
     def measure_settings(self) -> Any:
         from autoslm.targets import MeasureSettings
 
-        return MeasureSettings(runtime=self.runtime, threads=self.threads, timeout_s=self.measure_timeout_s)
+        return MeasureSettings(
+            runtime=self.runtime, threads=self.threads, context=self.context, timeout_s=self.measure_timeout_s
+        )
 
     def base(self) -> Any:
         """The base model loaded into torch, once per process (each worker reuses it across trials), on the first

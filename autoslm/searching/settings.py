@@ -17,7 +17,7 @@ from autoslm.errors import UserError
 from autoslm.models import DEFAULT_MODEL, spec_help
 from autoslm.searching.budget import Budget
 from autoslm.searching.space import spaces_dir
-from autoslm.targets import THREADS
+from autoslm.targets import DECODE_CONTEXT, MAX_CONTEXT, THREADS
 
 
 def _shipped_spaces() -> str:
@@ -27,7 +27,7 @@ def _shipped_spaces() -> str:
 
 # A resumed (or joined) search must keep these: trials measured or judged under other values are not comparable.
 # The seed may differ: processes sharing one study each seed their own sampler, and each trial records its seed.
-IDENTITY = ("model", "budget", "space", "fidelity", "sampler", "target", "runtime", "threads")
+IDENTITY = ("model", "budget", "space", "fidelity", "sampler", "target", "runtime", "threads", "context")
 
 
 class SearchSettings(BaseModel):
@@ -108,6 +108,14 @@ class SearchSettings(BaseModel):
         le=256,
         description="threads every measurement runs the candidate with (pinned): the deployment's thread count. On "
         "a target with no more cores than this, any other work lands in the timings (docs/benchmarks.md)",
+    )
+    context: int = Field(
+        DECODE_CONTEXT,
+        ge=1,
+        le=MAX_CONTEXT,
+        description="tokens in the KV cache when decode is timed (as `llama-bench -d N`); memory_mb is then the peak "
+        f"with that cache, so a budget means 'at N tokens of context'. Default {DECODE_CONTEXT}: decode right after "
+        "a short prompt",
     )
     target_token: str | None = Field(None, exclude=True, repr=False, description="the agent's token (never stored)")
 

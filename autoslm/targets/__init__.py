@@ -21,6 +21,9 @@ from autoslm.errors import UserError
 
 # threads of every measurement, evaluation and quantization unless told: this machine's 2 cores (a phone's big cores)
 THREADS = 2
+# tokens in the KV cache when decode is timed unless told (`--context`): decode right after a short prompt
+DECODE_CONTEXT = 16
+MAX_CONTEXT = 32768  # the deepest cache a measurement fills (an agent holds it in memory: bounded)
 
 
 class MeasureSettings(BaseModel):
@@ -31,6 +34,14 @@ class MeasureSettings(BaseModel):
     runtime: str = Field("torch", max_length=64, description="what executes the checkpoint (autoslm/runtimes/)")
     threads: int = Field(THREADS, ge=1, le=1024, description="threads, pinned for every measurement")
     prompt_tokens: int = Field(128, ge=1, le=8192, description="prompt length for prefill_ms")
+    context: int = Field(
+        DECODE_CONTEXT,
+        ge=1,
+        le=MAX_CONTEXT,
+        description="tokens in the KV cache when decode is timed (a prompt of this many tokens first, as "
+        f"`llama-bench -d N`); memory_mb is the peak with that cache. Default {DECODE_CONTEXT}: right after a short "
+        "prompt. Budgets then mean 'at N tokens of context'",
+    )
     decode_tokens: int = Field(32, ge=2, le=2048, description="greedy tokens generated per decode run")
     repeats: int = Field(3, ge=1, le=100, description="timed runs after warm-up (median and p90 over all of them)")
     warmup: int = Field(1, ge=0, le=20, description="untimed runs first")
@@ -61,7 +72,8 @@ class Measurement(BaseModel):
     decode_p90_ms: float
     prefill_ms: float = Field(description="median ms for a forward pass over the prompt")
     prompt_tokens: int
-    memory_mb: float = Field(description="peak resident memory of the loaded model while in use")
+    context: int = Field(DECODE_CONTEXT, description="tokens in the KV cache when decode was timed")
+    memory_mb: float = Field(description="peak resident memory of the loaded model while in use, with its KV cache")
     size_mb: float = Field(description="weight files on disk")
     bpw: float | None = Field(None, description="bits per weight of the weight tensors")
     interference: dict[str, Any] | None = Field(

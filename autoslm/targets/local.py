@@ -13,7 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from autoslm.targets import Measurement, MeasureSettings, PairMeasurement, Target, checkpoint_dir, forkserver
+from autoslm.targets import (
+    DECODE_CONTEXT,
+    Measurement,
+    MeasureSettings,
+    PairMeasurement,
+    Target,
+    checkpoint_dir,
+    forkserver,
+)
 
 
 def die_with_parent() -> None:
@@ -46,7 +54,9 @@ def timeout_for(settings: MeasureSettings, sizes_mb: list[float], rounds: int = 
     if settings.timeout_s:
         return settings.timeout_s
     runs = settings.warmup + settings.repeats * max(1, rounds)
-    tokens = (settings.decode_tokens + settings.prompt_tokens / 8) / 48  # one run as a share of the default run
+    # one run as a share of the default run (32 tokens decoded after 16, a 128-token prefill); prompts cost ~1/8 of
+    # a decoded token each
+    tokens = (settings.decode_tokens + (settings.prompt_tokens + settings.context - DECODE_CONTEXT) / 8) / 48
     need = sum(runs * SECONDS_PER_GB_RUN * tokens * size / 1024 for size in sizes_mb)
     return max(FLOOR_S, 120.0 + need)
 

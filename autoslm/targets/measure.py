@@ -133,13 +133,15 @@ class TokenizerJson:
 
 
 def prompts(directory: Path, settings: Any) -> tuple[list[int], list[int]]:
-    """The decode prompt (16 tokens) and the prefill prompt (`settings.prompt_tokens`) of a checkpoint directory,
-    from its tokenizer.json where it has one, else its transformers tokenizer."""
+    """The decode prompt (`settings.context` tokens: the KV cache decode is timed at) and the prefill prompt
+    (`settings.prompt_tokens`) of a checkpoint directory, from its tokenizer.json where it has one, else its
+    transformers tokenizer."""
     from autoslm import checkpoint
 
     path = Path(directory) / "tokenizer.json"
     tokenizer = TokenizerJson(path) if path.is_file() else checkpoint.load_tokenizer(Path(directory))
-    return prompt_ids(tokenizer, 16, settings.seed), prompt_ids(tokenizer, settings.prompt_tokens, settings.seed + 1)
+    decode = prompt_ids(tokenizer, settings.context, settings.seed)
+    return decode, prompt_ids(tokenizer, settings.prompt_tokens, settings.seed + 1)
 
 
 Timer = Any  # () -> (decode ms per token list, prefill ms): one decode run and one prefill of a loaded model
@@ -213,6 +215,7 @@ def measure_loaded(
         **timing,
         "interference": interference.with_gate(figures, gate),
         "prompt_tokens": settings.prompt_tokens,
+        "context": settings.context,
         "memory_mb": max(0.0, peak - base),
         "size_mb": checkpoint.weights_size_mb(Path(directory)),
         "bpw": checkpoint.weights_bpw(Path(directory)),

@@ -18,6 +18,7 @@ from autoslm.pipeline import Step, apply_steps, plan
 from autoslm.runtimes import check_policy, get_runtime
 from autoslm.runtimes.llamacpp import GGUF, open_gguf
 from autoslm.targets import MeasureSettings, get_target
+from autoslm.targets.local import MeasurementError
 from autoslm.technique import ApplyContext
 
 pytest.importorskip("llama_cpp")
@@ -127,6 +128,24 @@ def test_measure_and_evaluate_in_llamacpp(fresh_tiny, tmp_path: Path) -> None:
     theirs = get_runtime("torch").evaluate(fresh_tiny.model, fresh_tiny.tokenizer, directory, fid)
     assert ours.ppl == pytest.approx(theirs.ppl, rel=1e-3)  # the same windows, the same model, another runtime
     assert ours.hyperbaton_acc == theirs.hyperbaton_acc and ours.cloze_acc == theirs.cloze_acc
+
+
+def test_decode_at_depth_fills_the_cache_reads_slower_and_holds_more(fresh_tiny, tmp_path: Path) -> None:
+    """--context N: decode is timed with N tokens in the KV cache, and memory_mb holds that cache. The tiny model's
+    weights are ~13 MB, so attention over 2,000 cached tokens is most of a decoded token's work."""
+    _, directory = _save(fresh_tiny, [], tmp_path / "c")
+    target = get_target("local")
+    at = {
+        n: target.measure(directory, MeasureSettings(runtime="llama.cpp", prompt_tokens=32, decode_tokens=8, context=n))
+        for n in (16, 2000)
+    }
+    assert at[16].context == 16 and at[2000].context == 2000
+    assert at[2000].decode_ms > at[16].decode_ms  # an order, not a time
+    # the deeper cache (4 layers x 2 x 32 F16 values: 512 bytes a token) and the compute buffers of a 512-token
+    # batch: 15 -> 33 MB here
+    assert at[2000].memory_mb > at[16].memory_mb + 3
+    with pytest.raises(MeasurementError, match=r"--context 2045: the model holds 2048 tokens.*give --context 2032"):
+        target.measure(directory, MeasureSettings(runtime="llama.cpp", decode_tokens=8, context=2045))
 
 
 def test_evaluation_decodes_a_few_tokens_per_call_and_gets_each_row_s_own_logits(fresh_tiny, tmp_path: Path) -> None:

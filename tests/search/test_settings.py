@@ -35,6 +35,9 @@ TINY = {"model": "tiny-llama", "space": "tiny", "fidelity": "low", "sampler": "r
         ({"threads": 0}, "--threads must be a positive integer (got 0)"),
         ({"threads": 10**9}, "--threads must be at most 256"),
         ({"threads": "two"}, "--threads input should be a valid integer"),
+        ({"context": 0}, "--context must be a positive integer (got 0)"),
+        ({"context": 10**12}, "--context must be at most 32768"),
+        ({"context": "4k"}, "--context input should be a valid integer"),
     ],
 )
 def test_bad_settings_are_one_clear_error_and_write_nothing(options: dict, fragment: str, tmp_path: Path) -> None:
@@ -93,6 +96,9 @@ def test_resume_reports_what_it_applies() -> None:
     # timings at another thread count are not comparable with the stored ones
     with pytest.raises(UserError, match=r"threads: 2 -> 1"):
         SearchSettings.create(model="tiny-llama", threads=1).resumed_from(stored)
+    # nor are timings and memory at another depth of the KV cache
+    with pytest.raises(UserError, match=r"context: 16 -> 4096"):
+        SearchSettings.create(model="tiny-llama", context=4096).resumed_from(stored)
 
 
 def test_more_threads_than_the_target_has_is_refused_before_anything_is_written(tmp_path: Path) -> None:
