@@ -37,8 +37,12 @@ def weights_file(directory: Path) -> Path:
 
 
 def weights_size_mb(directory: Path) -> float:
-    """Size on disk of the weight files (what `size_mb` reports)."""
-    return sum(p.stat().st_size for p in Path(directory).iterdir() if p.suffix in (".safetensors", ".gguf")) / 2**20
+    """Size on disk of the weight files (what `size_mb` reports): model.gguf, else every safetensors shard (a GGUF
+    checkpoint may hold other GGUF files beside its model: the importance matrix, the F32 export)."""
+    gguf = Path(directory) / "model.gguf"
+    if gguf.is_file():
+        return gguf.stat().st_size / 2**20
+    return sum(p.stat().st_size for p in Path(directory).iterdir() if p.suffix == ".safetensors") / 2**20
 
 
 class GgufTensor(NamedTuple):

@@ -359,10 +359,19 @@ def apply(
     force: Annotated[
         bool, typer.Option(help="apply even if the base model's fingerprint or the rebuilt weights' sha256 differ")
     ] = False,
+    f32: Annotated[
+        bool,
+        typer.Option(
+            "--f32",
+            help="llama.cpp: also write model-f32.gguf, the F32 export the recipe's stock llama-quantize command "
+            "reads (recipe.yaml: stock)",
+        ),
+    ] = False,
 ) -> None:
     """Rebuild a compressed checkpoint from its base model and a recipe (same seed, same weights).
 
     Example:  autoslm apply runs/smollm2-135m/recipe.yaml --out ckpt/
+              autoslm apply runs/smollm2-135m/recipe.yaml --out ckpt/ --f32   # then: cd ckpt && llama-quantize ...
     """
     _quiet_libraries()
     from autoslm.checkpoint import sha256_file, weights_file
@@ -370,7 +379,7 @@ def apply(
 
     expected = Recipe.read(recipe).checkpoint_sha256
     with console.status(f"applying {recipe}"):
-        directory = apply_recipe(recipe, out, model=model, force=force)
+        directory = apply_recipe(recipe, out, model=model, force=force, f32=f32)
     made = sha256_file(weights_file(directory))
     verdict = (
         "no checkpoint_sha256 in the recipe to compare"

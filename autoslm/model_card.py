@@ -139,6 +139,18 @@ def render(recipe: Any, directory: Path) -> str:
         "```",
         "",
     ]
+    command = (getattr(recipe, "stock", None) or {}).get("llama_quantize")
+    if command:
+        lines += [
+            "With stock llama.cpp (`llama-quantize` of the same llama.cpp version; `--f32` writes the F32 export it "
+            "reads; the importance matrix and per-tensor types are the files beside this card):",
+            "",
+            "```",
+            "autoslm apply recipe.yaml --out rebuilt --f32",
+            f"cd rebuilt && {command}",
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -448,6 +448,7 @@ def model_info(model: Any) -> dict[str, int]:
         "intermediate_size": int(cfg.intermediate_size),
         "num_attention_heads": int(cfg.num_attention_heads),
         "num_key_value_heads": int(getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)),
+        "head_dim": int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads),
         "vocab_size": int(cfg.vocab_size),
         "num_parameters": model.num_parameters if isinstance(model, ModelFiles) else count_parameters(model),
     }

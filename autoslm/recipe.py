@@ -45,6 +45,11 @@ class Recipe(BaseModel):
     search: dict[str, Any] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)
     checkpoint_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    stock: dict[str, str] = Field(
+        default_factory=dict,
+        description="llama.cpp: the `llama-quantize` command that makes the same GGUF from the F32 export, and the "
+        "files beside the checkpoint it reads (imatrix.gguf, tensor-types.txt); empty otherwise",
+    )
 
     @field_validator("base_model")
     @classmethod
@@ -105,8 +110,12 @@ def environment() -> dict[str, str]:
     return env
 
 
-def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None, force: bool = False) -> Path:
-    """Rebuild the compressed checkpoint a recipe describes, from its base model, into `out`.
+def apply_recipe(
+    path: Path | str, out: Path | str, *, model: str | None = None, force: bool = False, f32: bool = False
+) -> Path:
+    """Rebuild the compressed checkpoint a recipe describes, from its base model, into `out`. `f32` (llama.cpp):
+    also write the F32 GGUF the policy's quantization started from, as the recipe's stock `llama-quantize` command
+    reads it (`model-f32.gguf`, outside the manifest).
 
     Refuses (unless `force`) when the base model's fingerprint differs from the recipe's, and names the plugin
     package to install when a step's technique is missing. Applied twice, the weights file is byte-identical; when
@@ -163,7 +172,12 @@ def apply_recipe(path: Path | str, out: Path | str, *, model: str | None = None,
     check_policy(runtime, planned, subject)
     compressed = apply_planned(subject, planned, ctx)
     fingerprint = recipe.base_model["fingerprint"]
-    get_runtime(runtime).save(compressed, base.tokenizer, out, planned, base_fingerprint=fingerprint)
+    rt = get_runtime(runtime)
+    if f32 and not callable(getattr(rt, "write_f32", None)):
+        raise UserError(f"--f32: the {runtime} runtime writes no F32 GGUF; it applies to llama.cpp recipes")
+    rt.save(compressed, base.tokenizer, out, planned, base_fingerprint=fingerprint)
+    if f32:
+        rt.write_f32(compressed, base.tokenizer, out)  # type: ignore[attr-defined]
     made = checkpoint.sha256_file(checkpoint.weights_file(out))
     expected = recipe.checkpoint_sha256
     recipe = recipe.model_copy(update={"checkpoint_sha256": made})

@@ -20,8 +20,10 @@ from pydantic import model_validator
 
 import autoslm
 from autoslm import ApplyContext, Categorical, Stage, Technique, TechniqueConfig
+from autoslm.errors import UserError
 
 CacheType = Literal["f16", "q8_0", "q4_0"]
+BLOCK = 32  # values per block of q8_0 and q4_0: a head's keys and values are whole blocks or cannot be stored
 
 
 class KvCacheConfig(TechniqueConfig):
@@ -50,9 +52,18 @@ class KvCacheType(Technique):
 
     @classmethod
     def space(cls, info: dict[str, int], target: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {"k": Categorical(choices=("f16", "q8_0", "q4_0")), "v": Categorical(choices=("f16", "q8_0", "q4_0"))}
+        types = ("f16", "q8_0", "q4_0") if info.get("head_dim", BLOCK) % BLOCK == 0 else ("f16",)
+        return {"k": Categorical(choices=types), "v": Categorical(choices=types)}
 
     def apply(self, model: Any, config: KvCacheConfig, ctx: ApplyContext) -> Any:
+        cfg = model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        quantized = sorted({t for t in (config.k, config.v) if t != "f16"})
+        if quantized and head_dim % BLOCK:
+            raise UserError(
+                f"kv.cache_type: llama.cpp stores a {quantized[0]} cache in blocks of {BLOCK} values, and this "
+                f"model's attention heads have {head_dim}: use f16 for k and v"
+            )
         return model  # the llama.cpp runtime opens the model with this cache (LlamaCppRuntime.save records it)
 
 

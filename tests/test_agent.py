@@ -166,7 +166,15 @@ def test_oversized_runtime_name_is_400(agent: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [{"threads": 0}, {"quiet_wait_s": 1e9}, {"quiet_wait_s": -1}, {"quiet_wait_s": "forever"}]
+    "bad",
+    [
+        {"threads": 0},
+        {"quiet_wait_s": 1e9},
+        {"quiet_wait_s": -1},
+        {"quiet_wait_s": "forever"},
+        {"context": 10**9},  # a KV cache of a billion tokens: refused before any memory is taken
+        {"context": 0},
+    ],
 )
 def test_bad_settings_are_400(agent: str, tiny_ckpt: Path, bad: dict) -> None:
     r = requests.post(

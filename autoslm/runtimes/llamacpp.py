@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from autoslm import progress
 from autoslm.errors import UserError
+from autoslm.llamacpp import stock
 
 # llama.cpp's number formats, derived from gguf-py's tables
 from autoslm.llamacpp.types import FTYPES, K_FALLBACK, TENSOR_TYPES, TYPE_BITS  # noqa: F401 (re-exported)
@@ -106,6 +107,8 @@ class LlamaCppRuntime(Runtime):
                         )
                 with progress.phase("quantizing in llama.cpp"):
                     quantize(source / "f32.gguf", directory / GGUF, config, imatrix)
+                # what stock llama-quantize needs to make the same GGUF from the F32 export (autoslm/llamacpp/stock.py)
+                meta[STOCK_KEY] = stock.write(directory, config, imatrix, _override_pattern, GGUF)
             elif isinstance(model, ModelFiles):  # the F32 GGUF the trials quantize: one file, one set of pages
                 with progress.phase("exporting the GGUF"):
                     source = f32_export(model, tokenizer)
@@ -124,6 +127,14 @@ class LlamaCppRuntime(Runtime):
         if context != CacheSettings():
             meta[CONTEXT_KEY] = context.model_dump()
         return checkpoint.write_manifest(directory, names, runtime=self.name, **meta)
+
+    def write_f32(self, model: Any, tokenizer: Any, directory: Path) -> Path:
+        """The F32 GGUF a quantized checkpoint was made from, as `model-f32.gguf` beside it (not in its manifest):
+        what the recipe's stock `llama-quantize` command reads. `model`: as given to `save`."""
+        path = Path(directory) / stock.F32_FILE
+        path.unlink(missing_ok=True)
+        _link_or_copy(f32_export(model, tokenizer) / "f32.gguf", path)
+        return path
 
     def prepare(self, spec: str) -> Path:
         """A checkpoint with model.gguf as it is; a .gguf file as it is (beside the tokenizer of its cached
@@ -201,6 +212,7 @@ class LlamaCppRuntime(Runtime):
             return alternate(runs["baseline"], runs["candidate"], settings, rounds)
 
 
+STOCK_KEY = "llama_quantize"  # the manifest's record of the stock command that makes the same GGUF
 CONTEXT_KEY = "llama_context"  # the manifest's record of how llama.cpp opens the model (CacheSettings)
 CACHE_TYPES = ("F16", "Q8_0", "Q4_0")
 

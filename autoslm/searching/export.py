@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from autoslm import model_card
+from autoslm.llamacpp import stock
 from autoslm.run_dir import RunDir
 from autoslm.searching.settings import SearchSettings
 from autoslm.searching.trials import TrialRecord
@@ -77,6 +78,7 @@ def export_best(
         },
         environment=environment(),
         checkpoint_sha256=checkpoint.sha256_file(checkpoint.weights_file(staged)),
+        stock=stock.recorded(staged),
     )
     checkpoint.add_file(staged, "recipe.yaml", recipe.text())
     model_card.write(staged, recipe)

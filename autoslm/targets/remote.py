@@ -17,6 +17,7 @@ from typing import Any
 
 from autoslm import model_card
 from autoslm.errors import UserError
+from autoslm.llamacpp import stock
 from autoslm.targets import Measurement, MeasureSettings, Target, checkpoint_dir
 from autoslm.targets.local import MeasurementError
 
@@ -24,12 +25,16 @@ log = logging.getLogger("autoslm.target")
 RETRYABLE = {502, 503, 504}
 
 
+NOT_THE_MODEL = (*model_card.DOCS, *stock.FILES)  # documentation, and what stock llama.cpp rebuilds the GGUF with
+
+
 def pack(directory: Path, archive: Path) -> Path:
     """An uncompressed tar of the checkpoint directory's files (flat; weights are incompressible anyway), without
-    its documentation (a model card, a Modelfile, a model folder's README): the agent measures the model only."""
+    its documentation (a model card, a Modelfile, a model folder's README) or the files for stock llama.cpp
+    (`stock.FILES`): the agent measures the model only."""
     with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tf:
         for p in sorted(Path(directory).iterdir()):
-            if p.is_file() and not p.name.startswith(".") and p.suffix != ".md" and p.name not in model_card.DOCS:
+            if p.is_file() and not p.name.startswith(".") and p.suffix != ".md" and p.name not in NOT_THE_MODEL:
                 tf.add(p, arcname=p.name, recursive=False)
     return archive
 

@@ -15,6 +15,7 @@ from autoslm import checkpoint
 from autoslm.errors import UserError
 from autoslm.evaluate import Fidelity
 from autoslm.pipeline import Step, apply_steps, plan
+from autoslm.recipe import Recipe
 from autoslm.runtimes import check_policy, get_runtime
 from autoslm.runtimes.llamacpp import GGUF, open_gguf
 from autoslm.targets import MeasureSettings, get_target
@@ -230,8 +231,20 @@ def test_search_in_llamacpp_exports_a_gguf_that_apply_rebuilds_byte_identically(
     recipe = (out / "recipe.yaml").read_text()
     assert "runtime: llama.cpp" in recipe and "llama-cpp-python:" in recipe
     assert (out / "checkpoint" / GGUF).is_file() and not list((out / "checkpoint").glob("*.safetensors"))
-    rebuilt = autoslm.apply_recipe(str(out / "recipe.yaml"), str(tmp_path / "again"))
+    rebuilt = autoslm.apply_recipe(str(out / "recipe.yaml"), str(tmp_path / "again"), f32=True)
     assert checkpoint.sha256_file(rebuilt / GGUF) == checkpoint.sha256_file(out / "checkpoint" / GGUF)
+    # the stock llama-quantize command that makes it, and the F32 export it reads (outside the manifest)
+    command = Recipe.read(out / "recipe.yaml").stock["llama_quantize"]
+    assert command.startswith("llama-quantize ") and command.endswith(" model-f32.gguf model.gguf " + _type(out))
+    assert f"cd rebuilt && {command}" in (out / "checkpoint" / "README.md").read_text()
+    manifest = (rebuilt / checkpoint.MANIFEST).read_text()
+    assert (rebuilt / "model-f32.gguf").is_file() and "model-f32.gguf" not in manifest
+    assert checkpoint.weights_size_mb(rebuilt) == (rebuilt / GGUF).stat().st_size / 2**20  # the F32 is not counted
+
+
+def _type(out: Path) -> str:
+    return next(s["params"]["type"] for s in Recipe.read(out / "recipe.yaml").model_dump()["steps"]
+                if s["technique"] == "quant.gguf")  # fmt: skip
 
 
 def test_cli_eval_and_profile_in_llamacpp(fresh_tiny, tmp_path: Path) -> None:

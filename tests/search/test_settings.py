@@ -159,18 +159,21 @@ def test_a_changed_plugin_version_is_not_reused_and_resume_warns(tmp_path, monke
     assert len([r for r in second.trials if r.counted]) == 2
 
 
-def test_threads_reach_the_recipe_and_a_resume_keeps_them(tmp_path: Path) -> None:
+def test_threads_and_context_reach_the_recipe_and_a_resume_keeps_them(tmp_path: Path) -> None:
     import json
 
     import yaml
 
     out = tmp_path / "run"
-    autoslm.search(**{**TINY, "budget": "size_mb<=1.5x"}, threads=1, trials=1, out=out, warm_start=False)
+    options = {**TINY, "budget": "size_mb<=1.5x", "context": 64}
+    autoslm.search(**options, threads=1, trials=1, out=out, warm_start=False)
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
-    assert recipe["target"]["threads"] == 1
+    assert recipe["target"]["threads"] == 1 and recipe["target"]["context"] == 64
+    card = (out / "checkpoint/README.md").read_text()
+    assert "decode is ms per generated token with 64 tokens in the KV cache" in card
     # the stored settings carry it: a resume measures with the same count
     with pytest.raises(UserError, match=r"threads: 1 -> 2"):
-        autoslm.search(**{**TINY, "budget": "size_mb<=1.5x"}, threads=2, trials=2, out=out, resume=True)
+        autoslm.search(**options, threads=2, trials=2, out=out, resume=True)
     assert len(json.loads((out / "trials.json").read_text())) == 1
 
 
