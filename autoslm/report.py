@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from autoslm.errors import UserError
 from autoslm.metrics import columns
 from autoslm.run_dir import RunDir
+from autoslm.targets import DECODE_CONTEXT
 
 if TYPE_CHECKING:
     from autoslm.searching.trials import TrialRecord
@@ -159,8 +160,10 @@ def plot(run: dict[str, Any], path: Path) -> Path:
     if ys and max(ys) / max(min(ys), 1e-9) > 20:
         ax.set_yscale("log")
     settings = run["settings"]
+    depth = int(settings.get("context") or DECODE_CONTEXT)
+    at = f" · at {depth} tokens of context" if depth > DECODE_CONTEXT else ""
     ax.set_title(
-        f"{settings.get('model', '?')} · budget {settings.get('budget', '?')} · {len(rows)} trials", fontsize=11
+        f"{settings.get('model', '?')} · budget {settings.get('budget', '?')}{at} · {len(rows)} trials", fontsize=11
     )
     if sc is not None:
         fig.colorbar(sc, ax=ax, label="peak memory MB")

@@ -11,6 +11,7 @@ from rich.table import Table
 from autoslm.pipeline import policy_text
 from autoslm.run_dir import RunDir
 from autoslm.searching.forecast import duration, revised_line
+from autoslm.targets import DECODE_CONTEXT
 
 if TYPE_CHECKING:
     from autoslm.searching.trials import TrialRecord
@@ -106,8 +107,10 @@ class SearchView:
             self.baseline = payload["baseline"]
             m = self.baseline["metrics"]
             budget = payload["budget"] if payload["budget"].limits else "none (no limits: the most accurate wins)"
+            depth = int(payload.get("context") or DECODE_CONTEXT)
+            at = f" at {depth} tokens of context" if depth > DECODE_CONTEXT else ""
             self.progress.console.print(
-                f"baseline: ppl {self.baseline['ppl']:.2f}, decode {m['decode_ms']:.1f} ms/token, "
+                f"baseline: ppl {self.baseline['ppl']:.2f}, decode {m['decode_ms']:.1f} ms/token{at}, "
                 f"memory {m['memory_mb']:.0f} MB, size {m['size_mb']:.0f} MB  ·  budget {budget}"
             )
             busy = self.baseline.get("interference") or {}

@@ -165,7 +165,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, progress: Any 
         baseline = _baseline(objective, study, run_dir, device, progress)
         if (baseline.get("interference") or {}).get("disturbed"):
             objective.busy_streak = 1  # a baseline that never settled: the machine is known busy from the start
-        _emit(progress, "baseline", {"baseline": baseline, "budget": settings.limits})
+        _emit(progress, "baseline", {"baseline": baseline, "budget": settings.limits, "context": settings.context})
         if any(name not in (baseline.get("references") or {}) for name in settings.limits.references):
             measure_references(objective, baseline, settings.limits.references, progress)
             study.set_user_attr("baseline", baseline)
