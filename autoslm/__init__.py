@@ -68,11 +68,12 @@ def load(directory: str) -> Any:
     return load_dir(path)
 
 
-def apply_recipe(recipe: str, out: str, model: str | None = None, force: bool = False) -> Any:
-    """Rebuild the checkpoint a recipe.yaml describes from its base model (see autoslm.recipe.apply_recipe)."""
+def apply_recipe(recipe: str, out: str, model: str | None = None, force: bool = False, f32: bool = False) -> Any:
+    """Rebuild the checkpoint a recipe.yaml describes from its base model (see autoslm.recipe.apply_recipe); `f32`
+    (llama.cpp): also write the F32 export the recipe's stock llama-quantize command reads."""
     from autoslm.recipe import apply_recipe as _apply
 
-    return _apply(recipe, out, model=model, force=force)
+    return _apply(recipe, out, model=model, force=force, f32=f32)
 
 
 def load_model(spec: str) -> Any:

@@ -112,7 +112,9 @@ class RemoteTarget(Target):
                 data = self._request(
                     "POST",
                     "/measure",
-                    params={"settings": settings.model_dump_json()},
+                    # only what differs from the defaults: an agent of an older version, which knows fewer
+                    # settings (`--context`), still serves a client that does not use the new ones
+                    params={"settings": settings.model_dump_json(exclude_defaults=True)},
                     data=body,
                     headers={"Content-Type": "application/x-tar"},
                     timeout=(10, self.timeout_s),
