@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from autoslm.errors import UserError
 from autoslm.targets import (
     DECODE_CONTEXT,
     Measurement,
@@ -117,6 +118,9 @@ class LocalTarget(Target):
             if line.startswith("AUTOSLM-RESULT "):
                 return json.loads(line.split(" ", 1)[1])
         tail = output.strip().splitlines()[-1:] or ["no output"]
+        refused = tail[0].removeprefix(f"{UserError.__module__}.{UserError.__name__}: ")
+        if refused != tail[0]:  # the checkpoint or the settings, refused in words by the measuring process
+            raise MeasurementError(refused)
         reason = "killed (out of memory?)" if code in (-9, 137) else f"exit {code}"
         raise MeasurementError(f"measurement process failed ({reason}): {tail[0]}")
 
