@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from autoslm.llamacpp import stock
 from autoslm.metrics import all_metrics
 from autoslm.pipeline import policy_text
 from autoslm.targets import DECODE_CONTEXT
@@ -139,7 +140,7 @@ def render(recipe: Any, directory: Path) -> str:
         "```",
         "",
     ]
-    command = (getattr(recipe, "stock", None) or {}).get("llama_quantize")
+    command = recipe.stock.get(stock.MANIFEST_KEY)
     if command:
         lines += [
             "With stock llama.cpp (`llama-quantize` of the same llama.cpp version; `--f32` writes the F32 export it "

@@ -20,6 +20,7 @@ from typing import Any
 IMATRIX_FILE = "imatrix.gguf"
 TYPES_FILE = "tensor-types.txt"
 F32_FILE = "model-f32.gguf"  # the F32 export the command reads (`autoslm` writes it; see docs/recipe.md)
+MANIFEST_KEY = "llama_quantize"  # where a checkpoint's manifest records the command
 FILES = (IMATRIX_FILE, TYPES_FILE, F32_FILE)  # beside the model, outside its manifest: never uploaded to an agent
 
 
@@ -57,13 +58,13 @@ def recorded(directory: Path) -> dict[str, str]:
     from autoslm.checkpoint import MANIFEST
 
     try:
-        command = json.loads((Path(directory) / MANIFEST).read_text()).get("llama_quantize")
+        command = json.loads((Path(directory) / MANIFEST).read_text()).get(MANIFEST_KEY)
     except (OSError, ValueError, AttributeError):
         return {}
     if not isinstance(command, str):
         return {}
     files = [name for name in (IMATRIX_FILE, TYPES_FILE) if (Path(directory) / name).is_file()]
-    return {"llama_quantize": command, "from": F32_FILE, **({"files": ", ".join(files)} if files else {})}
+    return {MANIFEST_KEY: command, "from": F32_FILE, **({"files": ", ".join(files)} if files else {})}
 
 
 def write_imatrix(path: Path, means: dict[str, Any], chunks: int, size: int) -> Path:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -108,7 +108,7 @@ class LlamaCppRuntime(Runtime):
                 with progress.phase("quantizing in llama.cpp"):
                     quantize(source / "f32.gguf", directory / GGUF, config, imatrix)
                 # what stock llama-quantize needs to make the same GGUF from the F32 export (autoslm/llamacpp/stock.py)
-                meta[STOCK_KEY] = stock.write(directory, config, imatrix, _override_pattern, GGUF)
+                meta[stock.MANIFEST_KEY] = stock.write(directory, config, imatrix, _override_pattern, GGUF)
             elif isinstance(model, ModelFiles):  # the F32 GGUF the trials quantize: one file, one set of pages
                 with progress.phase("exporting the GGUF"):
                     source = f32_export(model, tokenizer)
@@ -212,9 +212,9 @@ class LlamaCppRuntime(Runtime):
             return alternate(runs["baseline"], runs["candidate"], settings, rounds)
 
 
-STOCK_KEY = "llama_quantize"  # the manifest's record of the stock command that makes the same GGUF
 CONTEXT_KEY = "llama_context"  # the manifest's record of how llama.cpp opens the model (CacheSettings)
-CACHE_TYPES = ("F16", "Q8_0", "Q4_0")
+CacheType = Literal["F16", "Q8_0", "Q4_0"]
+CACHE_TYPES: tuple[str, ...] = get_args(CacheType)
 
 
 class CacheSettings(BaseModel):
@@ -224,8 +224,8 @@ class CacheSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    type_k: Literal["F16", "Q8_0", "Q4_0"] = "F16"
-    type_v: Literal["F16", "Q8_0", "Q4_0"] = "F16"
+    type_k: CacheType = "F16"
+    type_v: CacheType = "F16"
     flash_attn: bool = False
 
     @classmethod
